@@ -1,0 +1,196 @@
+"""The `diffbench` command line: run, list, plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from diffbench import plugins, results
+from diffbench.contract import ParamError
+from diffbench.selectors import SelectorError, parse_int_list
+from diffbench.suite import DEVICES, Suite, SuiteError, expand, load_suite, resolve_devices
+from diffbench.training import default_cache_dir
+
+INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError)
+
+
+class InputError(click.ClickException):
+    """Bad input: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"diffbench: error: {self.format_message()}", err=True)
+
+
+def log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="diffbench")
+@click.option(
+    "--plugin",
+    "plugin_specs",
+    multiple=True,
+    metavar="FILE.py|MODULE",
+    help="Load an unpackaged plugin (repeatable). DIFFBENCH_PLUGINS adds more, comma-separated.",
+)
+def main(plugin_specs: tuple[str, ...]) -> None:
+    """Benchmark diffusion classifiers: which estimator gives the best accuracy for the compute."""
+    try:
+        plugins.load_plugins(plugin_specs)
+    except plugins.PluginError as exc:
+        raise InputError(str(exc)) from None
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the plugins as JSON.")
+def list_plugins(as_json: bool) -> None:
+    """List every dataset, denoiser and estimator plugin with its params and source."""
+    try:
+        found = plugins.registry()
+    except plugins.PluginError as exc:
+        raise InputError(str(exc)) from None
+    listing = {
+        kind + "s": [
+            {
+                "name": r.name,
+                "params": r.cls.params,
+                "source": r.source,
+                "doc": (r.cls.__doc__ or "").strip().splitlines()[0] if r.cls.__doc__ else "",
+            }
+            for r in sorted(entries.values(), key=lambda r: r.name)
+        ]
+        for kind, entries in found.items()
+    }
+    if as_json:
+        click.echo(json.dumps(listing, indent=2, default=str))
+        return
+    for kind, entries in listing.items():
+        click.secho(f"{kind}:", bold=True)
+        for entry in entries:
+            params = ", ".join(f"{k}={v!r}" for k, v in entry["params"].items()) or "no params"
+            click.echo(f"  {entry['name']:<16} {params}")
+            click.echo(f"  {'':<16} from {entry['source']}")
+
+
+def build_suite(
+    suite_name, datasets, denoisers, estimators, trials, device, seed, repeats, schedule, batch_size
+) -> Suite:
+    suite = load_suite(suite_name or "quick")
+    overrides = {
+        "datasets": list(datasets),
+        "denoisers": list(denoisers),
+        "estimators": list(estimators),
+        "trials": parse_int_list(trials) if trials else None,
+        "devices": [device] if device else None,
+        "seed": seed,
+        "repeats": repeats,
+        "schedule": schedule,
+        "batch_size": batch_size,
+    }
+    return replace(suite, **{k: v for k, v in overrides.items() if v not in (None, [])})
+
+
+@main.command()
+@click.option("-d", "--dataset", "datasets", multiple=True, metavar="SELECTOR", help="Dataset selector (repeatable).")
+@click.option(
+    "-m", "--denoiser", "denoisers", multiple=True, metavar="SELECTOR", help="Denoiser selector (repeatable)."
+)
+@click.option(
+    "-e",
+    "--estimator",
+    "estimators",
+    multiple=True,
+    metavar="SELECTOR",
+    help='Estimator selector (repeatable), e.g. -e "truncated[t_min=100,t_max=[300,600]]".',
+)
+@click.option("--trials", metavar="LIST", help="Trials per class, comma-separated, e.g. 1,2,4,8.")
+@click.option("--device", type=click.Choice(DEVICES), help="cpu, cuda, or auto (every device present).")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed for data, training and estimator noise.")
+@click.option("--repeats", type=click.IntRange(min=1), help="Timed repeats per cell (median and IQR).")
+@click.option("--schedule", type=click.Choice(["linear", "cosine"]), help="Noise schedule.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Most rows per denoiser call (memory cap).")
+@click.option(
+    "--suite", "suite_name", metavar="NAME|FILE.toml", help="A built-in suite or a suite file (default: quick)."
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default results/<timestamp>).")
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=click.Path(path_type=Path),
+    help="Checkpoint cache folder (default $DIFFBENCH_CACHE or ~/.cache/diffbench).",
+)
+@click.option("--no-cache", is_flag=True, help="Train afresh and do not save the weights.")
+@click.option("--no-plots", is_flag=True, help="Write the table only.")
+@click.option("--progress/--no-progress", default=None, help="Show training progress bars (default: on a terminal).")
+def run(
+    datasets,
+    denoisers,
+    estimators,
+    trials,
+    device,
+    seed,
+    repeats,
+    schedule,
+    batch_size,
+    suite_name,
+    out,
+    cache_dir,
+    no_cache,
+    no_plots,
+    progress,
+) -> None:
+    """Run a benchmark grid (default: the built-in quick suite) and write table and plots."""
+    from diffbench import plots, runner
+
+    try:
+        suite = build_suite(
+            suite_name, datasets, denoisers, estimators, trials, device, seed, repeats, schedule, batch_size
+        )
+        devices = resolve_devices(suite.devices, log=log)
+        cells = expand(suite, devices)
+    except INPUT_ERRORS as exc:
+        raise InputError(str(exc)) from None
+    if not cells:
+        raise InputError("the grid is empty: no device is available for the devices asked for")
+    out = out or Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if (out / results.TABLE).exists():
+        raise InputError(f"'{out}' already holds a run; choose another --out so that it is not overwritten")
+    cache = None if no_cache else (cache_dir or default_cache_dir())
+    log(f"running {len(cells)} cells on {', '.join(devices)}; results go to {out}")
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    frame = runner.run(suite, cells, out, cache, progress=show_progress, log=log)
+    (out / "suite.json").write_text(json.dumps(suite.to_dict(), indent=2, default=str))
+    if not no_plots:
+        for path in plots.plot_run(out):
+            log(f"plot: {path}")
+    click.echo(results.summary(frame))
+    click.echo(f"\nresults: {out / results.TABLE} (and {results.CSV})")
+    failed = frame[frame["status"] != "ok"]
+    if not failed.empty:
+        for _, row in failed.iterrows():
+            log(f"failed: {row['estimator_label']} at {row['trials']} trials on {row['device']}: {row['error']}")
+        raise click.ClickException(f"{len(failed)} of {len(frame)} cells failed (see the 'error' column)")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+def plot(run_dir: Path) -> None:
+    """Redraw the plots of a finished run from its saved tables."""
+    from diffbench import plots
+
+    try:
+        made = plots.plot_run(run_dir)
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from None
+    for path in made:
+        click.echo(f"plot: {path}")
+    if not made:
+        raise click.ClickException(f"'{run_dir}' has no finished cell to plot")

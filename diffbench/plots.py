@@ -1,0 +1,160 @@
+"""Plots drawn from a run folder's tables alone, so `diffbench plot DIR` can redraw any old run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from diffbench import results  # noqa: E402
+
+PANEL = ["dataset_label", "denoiser_label"]
+
+
+def _panels(frame: pd.DataFrame, ncols_extra: int = 0):
+    keys = list(frame.groupby(PANEL, sort=False).groups)
+    return keys, len(keys)
+
+
+def accuracy_vs_nfe(frame: pd.DataFrame, path: Path) -> Path:
+    """Accuracy against denoiser evaluations per sample, one line per estimator, 95% CI bands."""
+    keys, n = _panels(frame)
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.5), squeeze=False)
+    labels = list(dict.fromkeys(frame["estimator_label"]))
+    palette = dict(zip(labels, sns.color_palette("tab10", len(labels)), strict=True))
+    for ax, key in zip(axes[0], keys, strict=True):
+        panel = frame.set_index(PANEL).loc[[key]].reset_index()
+        for (label, device), line in panel.groupby(["estimator_label", "device"], sort=False):
+            line = line.sort_values("nfe_per_sample")
+            style = "-" if device == panel["device"].iloc[0] else "--"
+            ax.plot(
+                line["nfe_per_sample"],
+                line["accuracy"],
+                style,
+                marker="o",
+                color=palette[label],
+                label=f"{label} ({device})" if panel["device"].nunique() > 1 else label,
+            )
+            ax.fill_between(
+                line["nfe_per_sample"],
+                line["accuracy_ci_low"],
+                line["accuracy_ci_high"],
+                color=palette[label],
+                alpha=0.15,
+            )
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="denoiser evaluations per sample (NFE)", ylabel="test accuracy", title=f"{key[0]} x {key[1]}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def throughput(frame: pd.DataFrame, path: Path) -> Path:
+    """Samples per second and efficiency against trials, by estimator (hue) and device (style)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    data = frame.assign(where=frame["device"] + " · " + frame["dataset_label"] + " x " + frame["denoiser_label"])
+    sns.lineplot(data=data, x="trials", y="samples_per_s", hue="estimator_label", style="where", marker="o", ax=axes[0])
+    for _, line in data.groupby(["estimator_label", "where"]):
+        axes[0].errorbar(
+            line["trials"],
+            line["samples_per_s"],
+            yerr=line["samples_per_s_iqr"] / 2,
+            fmt="none",
+            ecolor="grey",
+            alpha=0.6,
+        )
+    axes[0].set(xscale="log", yscale="log", ylabel="samples / s (median, IQR bars)", title="classification throughput")
+    sns.lineplot(
+        data=data,
+        x="trials",
+        y="efficiency",
+        hue="estimator_label",
+        style="where",
+        marker="o",
+        ax=axes[1],
+        legend=False,
+    )
+    axes[1].axhline(1.0, color="grey", lw=0.8, ls=":")
+    axes[1].set(xscale="log", ylabel="evals/s ÷ bare forward rows/s", title="efficiency")
+    axes[0].legend(fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def decision_regions(regions: pd.DataFrame, points: pd.DataFrame, path: Path) -> Path:
+    """Each estimator's predicted class over the plane (shaded by confidence) with the test points."""
+    keys = list(regions.groupby(PANEL + ["estimator_label"], sort=False).groups)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.2), squeeze=False)
+    colors = sns.color_palette("tab10")
+    for ax, key in zip(axes[0], keys, strict=True):
+        grid = regions.set_index(PANEL + ["estimator_label"]).loc[[key]]
+        xs, ys = np.sort(grid["x0"].unique()), np.sort(grid["x1"].unique())
+        pred = grid.pivot_table(index="x1", columns="x0", values="pred").to_numpy()
+        conf = grid.pivot_table(index="x1", columns="x0", values="confidence").to_numpy()
+        rgb = np.array(colors)[pred.astype(int)]
+        shade = 0.25 + 0.55 * (conf[..., None] - conf.min()) / max(np.ptp(conf), 1e-9)
+        ax.imshow(1 - shade * (1 - rgb), origin="lower", extent=(xs[0], xs[-1], ys[0], ys[-1]), aspect="auto")
+        test = points.set_index(PANEL).loc[[key[:2]]]
+        test = test[test["source"] == "test"]
+        ax.scatter(
+            test["x0"],
+            test["x1"],
+            c=np.array(colors)[test["label"].to_numpy()],
+            s=4,
+            edgecolors="black",
+            linewidths=0.2,
+        )
+        ax.set(title=f"{key[2]} ({int(grid['trials'].iloc[0])} trials)\n{key[0]} x {key[1]}", xticks=[], yticks=[])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def model_samples(points: pd.DataFrame, path: Path) -> Path:
+    """The conditional model's own samples per class beside the test data: did it learn the data?"""
+    keys = list(points.groupby(PANEL, sort=False).groups)
+    fig, axes = plt.subplots(len(keys), 2, figsize=(8.4, 4.2 * len(keys)), squeeze=False)
+    for row, key in zip(axes, keys, strict=True):
+        panel = points.set_index(PANEL).loc[[key]]
+        for ax, source, title in zip(row, ["test", "model"], ["test data", "model samples"], strict=True):
+            part = panel[panel["source"] == source]
+            sns.scatterplot(data=part, x="x0", y="x1", hue="label", palette="tab10", s=6, ax=ax, linewidth=0)
+            ax.set(title=f"{title}: {key[0]} x {key[1]}", xlabel="", ylabel="")
+            ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Draw every plot of a run folder from its saved tables; returns the PNG paths."""
+    run_dir = Path(run_dir)
+    frame = results.read_table(run_dir)
+    ok = frame[frame["status"] == "ok"]
+    made: list[Path] = []
+    if ok.empty:
+        return made
+    made.append(accuracy_vs_nfe(ok, run_dir / "accuracy_vs_nfe.png"))
+    made.append(throughput(ok, run_dir / "throughput.png"))
+    if (run_dir / results.REGIONS).is_file() and (run_dir / results.SAMPLES).is_file():
+        regions = pd.read_parquet(run_dir / results.REGIONS)
+        points = pd.read_parquet(run_dir / results.SAMPLES)
+        made.append(decision_regions(regions, points, run_dir / "decision_regions.png"))
+        made.append(model_samples(points, run_dir / "model_samples.png"))
+    return made

@@ -1,0 +1,141 @@
+"""Plugin discovery: entry points, ``--plugin`` files and modules, ``DIFFBENCH_PLUGINS``.
+
+Built-in plugins arrive exactly like third-party ones, through the ``diffbench``
+entry-point group. The registry is rebuilt from the hooks on every call, so a test
+can ``pm.register(obj)`` a plugin and ``pm.unregister(obj)`` it afterwards.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from diffbench import hookspecs
+from diffbench.contract import KINDS, Plugin
+
+ENTRY_POINT_GROUP = "diffbench"
+ENV_VAR = "DIFFBENCH_PLUGINS"
+
+pm = pluggy.PluginManager("diffbench")
+pm.add_hookspecs(hookspecs)
+pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or registered; the message says which and how to mend it."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    kind: str
+    name: str
+    cls: type[Plugin]
+    source: str
+
+
+def load_plugin(spec: str) -> ModuleType:
+    """Import and register a plugin given as a ``path/to/file.py`` or a module name."""
+    if spec.endswith(".py") or os.sep in spec or "/" in spec:
+        path = Path(spec).resolve()
+        if not path.is_file():
+            raise PluginError(f"plugin file '{spec}' does not exist; check the --plugin path")
+        name = f"diffbench_file_plugin_{abs(hash(str(path)))}"
+        if name in sys.modules:
+            return sys.modules[name]
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        module.__diffbench_source__ = f"file {path}"  # type: ignore[attr-defined]
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            raise PluginError(f"plugin file '{spec}' failed to import: {type(exc).__name__}: {exc}") from None
+    else:
+        try:
+            module = importlib.import_module(spec)
+        except ImportError as exc:
+            raise PluginError(
+                f"plugin module '{spec}' cannot be imported ({exc}); "
+                "give a file path ending in .py or an importable module name"
+            ) from None
+        except Exception as exc:
+            raise PluginError(f"plugin module '{spec}' failed to import: {type(exc).__name__}: {exc}") from None
+    if not pm.is_registered(module):
+        pm.register(module, name=getattr(module, "__diffbench_source__", f"module {spec}"))
+    return module
+
+
+def load_plugins(specs: list[str] | tuple[str, ...] = ()) -> None:
+    """Load the ``--plugin`` specs and those listed in ``DIFFBENCH_PLUGINS``."""
+    from_env = [s.strip() for s in os.environ.get(ENV_VAR, "").split(",") if s.strip()]
+    for spec in [*from_env, *specs]:
+        load_plugin(spec)
+
+
+def _source(plugin: Any) -> str:
+    for registered, dist in pm.list_plugin_distinfo():
+        if registered is plugin:
+            return f"{dist.project_name} {dist.version}"
+    return pm.get_name(plugin) or repr(plugin)
+
+
+def registry() -> dict[str, dict[str, Registered]]:
+    """Every registered plugin class by kind and name; raises PluginError on a bad one."""
+    found: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
+    for kind, base in KINDS.items():
+        caller = getattr(pm.hook, f"register_{kind}s")
+        for impl in reversed(caller.get_hookimpls()):
+            source = _source(impl.plugin)
+
+            def register(cls: type, kind: str = kind, base: type = base, source: str = source) -> None:
+                _check_class(cls, kind, base, source)
+                clash = found[kind].get(cls.name)
+                if clash is not None and clash.cls is not cls:
+                    raise PluginError(
+                        f"{kind} name '{cls.name}' is registered twice: by {clash.source} "
+                        f"and by {source}; rename one of them or stop loading one plugin"
+                    )
+                found[kind][cls.name] = Registered(kind, cls.name, cls, source)
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"plugin {source} raised in register_{kind}s: {type(exc).__name__}: {exc}") from None
+    return found
+
+
+def _check_class(cls: Any, kind: str, base: type, source: str) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginError(
+            f"{source} registered {cls!r} as a {kind}, but it is not a subclass of diffbench.{base.__name__}"
+        )
+    if not isinstance(cls.name, str) or not cls.name:
+        raise PluginError(f"{source}: {kind} class {cls.__name__} needs a non-empty string `name`")
+    if not isinstance(cls.params, dict):
+        raise PluginError(f"{source}: {kind} '{cls.name}' needs `params` to be a dict of defaults")
+
+
+def get(kind: str, name: str) -> Registered:
+    """Look up one plugin by kind and name, with a did-you-mean on a miss."""
+    known = registry()[kind]
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise PluginError(
+            f"unknown {kind} '{name}'; {hint}known {kind}s: {', '.join(sorted(known)) or 'none'} "
+            "(`diffbench list` shows them all, --plugin loads more)"
+        )
+    return known[name]

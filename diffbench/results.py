@@ -1,0 +1,131 @@
+"""The tidy results table: provenance, atomic writes, reading back and the terminal summary."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+import diffbench
+
+TABLE = "results.parquet"
+CSV = "results.csv"
+REGIONS = "regions.parquet"
+SAMPLES = "samples.parquet"
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (well behaved at 0 and 1)."""
+    if n == 0:
+        return math.nan, math.nan
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def git_commit() -> str:
+    """The commit of the diffbench source tree, with ``-dirty`` if it has changes; '' outside git."""
+    root = Path(diffbench.__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return ""
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return cpu_name()
+
+
+def provenance() -> dict[str, Any]:
+    """What every row records about the software and machine that produced it."""
+    return {
+        "diffbench_version": diffbench.__version__,
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda or "",
+        "python_version": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "hostname": platform.node(),
+        "git_commit": git_commit(),
+        "command": " ".join(["diffbench", *sys.argv[1:]]),
+    }
+
+
+def param_columns(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {f"p_{prefix}_{k}": (str(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in params.items()}
+
+
+def write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write parquet or csv through a temporary file and rename: never a half-written table."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_table(rows: list[dict[str, Any]], out: Path) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    write_atomic(frame, out / TABLE)
+    write_atomic(frame, out / CSV)
+    return frame
+
+
+def read_table(run_dir: Path) -> pd.DataFrame:
+    path = Path(run_dir) / TABLE
+    if not path.is_file():
+        raise FileNotFoundError(f"'{run_dir}' holds no {TABLE}; give the folder a `diffbench run` wrote")
+    return pd.read_parquet(path)
+
+
+def summary(frame: pd.DataFrame) -> str:
+    """Accuracy by estimator x trials, and throughput at the largest trials, as text."""
+    ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        return "no cell finished"
+    parts = []
+    for (dataset, denoiser, device), group in ok.groupby(["dataset", "denoiser", "device"], sort=False):
+        acc = group.pivot_table(index="estimator_label", columns="trials", values="accuracy", sort=False)
+        last = group[group["trials"] == group["trials"].max()].set_index("estimator_label")
+        speed = last[["nfe_per_sample", "samples_per_s", "efficiency"]]
+        parts.append(
+            f"{dataset} x {denoiser} on {device}: accuracy by trials\n{acc.round(3).to_string()}\n"
+            f"at {int(group['trials'].max())} trials:\n{speed.round(2).to_string()}"
+        )
+    return "\n\n".join(parts)

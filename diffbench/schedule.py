@@ -1,0 +1,72 @@
+"""DDPM noise schedules, forward diffusion and ancestral sampling."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from diffbench.model import ConditionalModel
+
+SCHEDULES = ("linear", "cosine")
+
+
+def make_betas(kind: str = "linear", num_timesteps: int = 1000) -> torch.Tensor:
+    """Betas in float64: linear 1e-4..0.02 (Ho et al.) scaled to T, or cosine (Nichol & Dhariwal)."""
+    if num_timesteps < 2:
+        raise ValueError(f"num_timesteps must be at least 2, got {num_timesteps}")
+    if kind == "linear":
+        scale = 1000 / num_timesteps
+        return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
+    if kind == "cosine":
+        s = 0.008
+        steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+        f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        abar = f / f[0]
+        return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    raise ValueError(f"unknown schedule '{kind}'; choose one of {', '.join(SCHEDULES)}")
+
+
+class NoiseSchedule:
+    """Holds betas and alphas_cumprod of one schedule; float64 on the CPU, cast on request."""
+
+    def __init__(self, kind: str = "linear", num_timesteps: int = 1000) -> None:
+        self.kind = kind
+        self.num_timesteps = num_timesteps
+        self.betas = make_betas(kind, num_timesteps)
+        self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)
+
+    def describe(self) -> dict[str, object]:
+        return {"schedule": self.kind, "num_timesteps": self.num_timesteps}
+
+
+def q_sample(alphas_cumprod: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, broadcasting abar_t over trailing dims.
+
+    ``t`` may have more dims than one: it is matched against the leading dims of ``eps``.
+    """
+    abar = alphas_cumprod[t].to(eps.dtype)
+    abar = abar.reshape(*t.shape, *([1] * (eps.dim() - t.dim())))
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+
+
+@torch.inference_mode()
+def sample(model: ConditionalModel, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Draw one sample per label by DDPM ancestral sampling (sigma_t^2 = beta_t)."""
+    betas = model.betas.to(model.device)
+    abar = model.alphas_cumprod.double()
+    labels = labels.to(model.device)
+    n = labels.shape[0]
+    x = torch.randn(n, *model.data_shape, generator=generator, device=model.device, dtype=model.dtype)
+    for step in reversed(range(model.num_timesteps)):
+        t = torch.full((n,), step, device=model.device, dtype=torch.long)
+        eps = model.eps(x, t, labels)
+        beta, a = betas[step].item(), abar[step].item()
+        mean = (x - beta / math.sqrt(1 - a) * eps) / math.sqrt(1 - beta)
+        if step > 0:
+            noise = torch.randn(x.shape, generator=generator, device=model.device, dtype=model.dtype)
+            mean = mean + math.sqrt(beta) * noise
+        x = mean
+    return x

@@ -1,0 +1,125 @@
+"""benchopt-style selectors: ``truncated[t_min=100,t_max=[300,600]]`` -> one spec per grid point."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Any
+
+EXAMPLE = "truncated[t_min=100,t_max=[300,600]]"
+_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+class SelectorError(ValueError):
+    """A selector string could not be parsed."""
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def fail(self, what: str) -> SelectorError:
+        return SelectorError(
+            f"malformed selector '{self.text}': {what} at position {self.pos}; "
+            f"write name or name[key=value,key=[v1,v2]], e.g. {EXAMPLE}"
+        )
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def expect(self, char: str) -> None:
+        if self.peek() != char:
+            found = f"'{self.peek()}'" if self.peek() else "the end"
+            raise self.fail(f"expected '{char}' but found {found}")
+        self.pos += 1
+
+    def name(self) -> str:
+        match = _NAME.match(self.text, self.pos)
+        if not match:
+            raise self.fail("expected a name")
+        self.pos = match.end()
+        return match.group()
+
+    def scalar(self) -> Any:
+        if self.peek() in ("'", '"'):
+            quote = self.peek()
+            end = self.text.find(quote, self.pos + 1)
+            if end < 0:
+                raise self.fail("unterminated quoted value")
+            value, self.pos = self.text[self.pos + 1 : end], end + 1
+            return value
+        start = self.pos
+        while self.peek() and self.peek() not in ",]=[":
+            self.pos += 1
+        raw = self.text[start : self.pos].strip()
+        if not raw:
+            raise self.fail("expected a value")
+        return parse_value(raw)
+
+    def value(self) -> Any:
+        if self.peek() != "[":
+            return self.scalar()
+        self.pos += 1
+        items = [self.scalar()]
+        while self.peek() == ",":
+            self.pos += 1
+            items.append(self.scalar())
+        self.expect("]")
+        return items
+
+    def selector(self) -> tuple[str, dict[str, Any]]:
+        name = self.name()
+        params: dict[str, Any] = {}
+        if self.peek() == "[":
+            self.pos += 1
+            while True:
+                key = self.name()
+                if key in params:
+                    raise self.fail(f"param '{key}' given twice")
+                self.expect("=")
+                params[key] = self.value()
+                if self.peek() != ",":
+                    break
+                self.pos += 1
+            self.expect("]")
+        if self.pos != len(self.text):
+            raise self.fail(f"unexpected '{self.text[self.pos :]}'")
+        return name, params
+
+
+def parse_value(raw: str) -> Any:
+    """Turn a bare selector value into bool, int, float or str."""
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def parse(text: str) -> tuple[str, dict[str, Any]]:
+    """Parse one selector into its plugin name and params (list values still unexpanded)."""
+    return _Parser(text.replace(" ", "")).selector()
+
+
+def expand(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Parse a selector and expand its list values into the grid of (name, params)."""
+    name, params = parse(text)
+    keys = list(params)
+    choices = [v if isinstance(v, list) else [v] for v in params.values()]
+    return [(name, dict(zip(keys, combo, strict=True))) for combo in itertools.product(*choices)]
+
+
+def parse_int_list(text: str, what: str = "trials") -> list[int]:
+    """Parse ``1,2,4,8`` into positive ints."""
+    values = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise SelectorError(f"{what} must be positive integers separated by commas, e.g. 1,2,4,8; got '{text}'")
+        values.append(int(part))
+    return values

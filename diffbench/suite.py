@@ -1,0 +1,166 @@
+"""Suites (saved grids, TOML) and their expansion into cells."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffbench import plugins, selectors
+from diffbench.contract import Plugin
+from diffbench.schedule import SCHEDULES
+from diffbench.training import TrainSettings
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SuiteError(ValueError):
+    """A suite file or a run's options are malformed."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    datasets: list[str] = field(default_factory=lambda: ["spirals"])
+    denoisers: list[str] = field(default_factory=lambda: ["mlp"])
+    estimators: list[str] = field(default_factory=lambda: ["full-mc", "shared-noise", "truncated"])
+    trials: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    devices: list[str] = field(default_factory=lambda: ["auto"])
+    seed: int = 0
+    repeats: int = 5
+    schedule: str = "linear"
+    timesteps: int = 1000
+    batch_size: int = 8192
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["train"] = vars(self.train).copy()
+        return out
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measured point of the grid; plugins are instances with validated params."""
+
+    dataset: Plugin
+    denoiser: Plugin
+    estimator: Plugin
+    trials: int
+    device: str
+    seed: int
+
+
+def builtin_suites() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("diffbench.suites").iterdir() if p.name.endswith(".toml"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """Load a built-in suite by name or a suite TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise SuiteError(f"suite file '{name_or_path}' does not exist")
+        text, where = path.read_text(), f"suite file '{name_or_path}'"
+    elif name_or_path in builtin_suites():
+        text = resources.files("diffbench.suites").joinpath(f"{name_or_path}.toml").read_text()
+        where = f"built-in suite '{name_or_path}'"
+    else:
+        raise SuiteError(f"unknown suite '{name_or_path}'; give a .toml file or one of: {', '.join(builtin_suites())}")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{where} is not valid TOML: {exc}") from None
+    return suite_from_dict(data, where)
+
+
+def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
+    known = {f.name: f for f in fields(Suite)}
+    values: dict[str, Any] = {}
+    defaults = Suite()
+    for key, value in data.items():
+        if key not in known:
+            raise SuiteError(f"{where}: unknown key '{key}'; known keys: {', '.join(known)}")
+        default = getattr(defaults, key)
+        if key == "train":
+            if not isinstance(value, dict):
+                raise SuiteError(f"{where}: [train] must be a table with steps, batch_size, lr")
+            train_keys = set(vars(default))
+            bad = set(value) - train_keys
+            if bad:
+                raise SuiteError(f"{where}: unknown [train] key(s) {sorted(bad)}; known: {sorted(train_keys)}")
+            try:
+                value = replace(default, **value)
+            except (TypeError, ValueError) as exc:
+                raise SuiteError(f"{where}: bad [train] settings: {exc}") from None
+        elif isinstance(default, list):
+            if isinstance(value, (str, int)):
+                value = [value]
+            if not isinstance(value, list) or not value:
+                raise SuiteError(f"{where}: '{key}' must be a non-empty list")
+        elif not isinstance(value, type(default)) or isinstance(value, bool):
+            raise SuiteError(f"{where}: '{key}' must be {type(default).__name__}, got {value!r}")
+        values[key] = value
+    suite = replace(defaults, **values)
+    check_suite(suite, where)
+    return suite
+
+
+def check_suite(suite: Suite, where: str = "suite") -> None:
+    """Check values that need no plugin: trials, devices, schedule, counts."""
+    if any(not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in suite.trials):
+        raise SuiteError(f"{where}: trials must be positive integers, got {suite.trials}")
+    for device in suite.devices:
+        if device not in DEVICES:
+            raise SuiteError(f"{where}: unknown device '{device}'; choose from {', '.join(DEVICES)}")
+    if suite.schedule not in SCHEDULES:
+        raise SuiteError(f"{where}: unknown schedule '{suite.schedule}'; choose from {', '.join(SCHEDULES)}")
+    if suite.repeats < 1 or suite.timesteps < 2 or suite.batch_size < 1 or suite.seed < 0:
+        raise SuiteError(f"{where}: repeats, batch_size must be >= 1, timesteps >= 2 and seed >= 0")
+    for kind in ("datasets", "denoisers", "estimators"):
+        if not all(isinstance(s, str) for s in getattr(suite, kind)):
+            raise SuiteError(f"{where}: '{kind}' must be a list of selector strings")
+
+
+def resolve_devices(requested: list[str], log=print) -> list[str]:
+    """Expand ``auto`` to every device present; drop CUDA (said once) when it is missing."""
+    has_cuda = torch.cuda.is_available()
+    out: list[str] = []
+    for device in requested:
+        wanted = ["cpu", "cuda"] if device == "auto" else [device]
+        for d in wanted:
+            if d == "cuda" and not has_cuda:
+                if "cuda-missing" not in out:
+                    log("CUDA is not available on this machine: skipping the cuda device")
+                    out.append("cuda-missing")
+                continue
+            if d not in out:
+                out.append(d)
+    return [d for d in out if d != "cuda-missing"]
+
+
+def instantiate(kind: str, selector: str) -> list[Plugin]:
+    """Every plugin instance a selector expands to; raises on unknown names or params."""
+    instances = []
+    for name, params in selectors.expand(selector):
+        cls = plugins.get(kind, name).cls
+        instances.append(cls(**params))
+    return instances
+
+
+def expand(suite: Suite, devices: list[str]) -> list[Cell]:
+    """The grid: every dataset x denoiser x estimator x trials x device of a suite."""
+    datasets = [p for s in suite.datasets for p in instantiate("dataset", s)]
+    denoisers = [p for s in suite.denoisers for p in instantiate("denoiser", s)]
+    estimators = [p for s in suite.estimators for p in instantiate("estimator", s)]
+    return [
+        Cell(ds, dn, est, trials, device, suite.seed)
+        for ds in datasets
+        for dn in denoisers
+        for device in devices
+        for est in estimators
+        for trials in suite.trials
+    ]

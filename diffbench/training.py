@@ -1,0 +1,165 @@
+"""Training a conditional denoiser by epsilon-prediction MSE, cached on disk by a content key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from diffbench.contract import Dataset, Denoiser, Splits
+from diffbench.schedule import NoiseSchedule, q_sample
+
+CACHE_ENV = "DIFFBENCH_CACHE"
+CACHE_FORMAT = 1  # bump when training code changes what a key's weights would be
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 4000
+    batch_size: int = 512
+    lr: float = 2e-3
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"training needs steps >= 1, batch_size >= 1 and lr > 0, got {self}")
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "diffbench"
+
+
+def cache_key(
+    dataset: Dataset,
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    settings: TrainSettings,
+    seed: int,
+    device: torch.device,
+) -> str:
+    """A hash of everything that determines the trained weights."""
+    ident: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "dataset": [dataset.name, dataset.params],
+        "denoiser": [denoiser.name, denoiser.params],
+        "schedule": schedule.describe(),
+        "train": asdict(settings),
+        "seed": seed,
+        "device": device.type,
+    }
+    text = json.dumps(ident, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def train(
+    module: torch.nn.Module,
+    splits: Splits,
+    schedule: NoiseSchedule,
+    settings: TrainSettings,
+    seed: int,
+    device: torch.device,
+    desc: str = "train",
+    progress: bool = True,
+) -> list[float]:
+    """Fit ``module`` to predict the noise of x_t = sqrt(abar) x + sqrt(1-abar) eps; returns losses."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    module.to(device).train()
+    x_all = splits.train_x.to(device)
+    y_all = splits.train_y.to(device)
+    abar = schedule.alphas_cumprod.to(device, torch.float32)
+    optimizer = torch.optim.Adam(module.parameters(), lr=settings.lr)
+    lr_decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
+    losses = []
+    bar = tqdm(range(settings.steps), desc=desc, disable=not progress, file=sys.stderr, leave=False)
+    for _ in bar:
+        idx = torch.randint(0, x_all.shape[0], (settings.batch_size,), generator=generator, device=device)
+        x0, c = x_all[idx], y_all[idx]
+        t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=generator, device=device)
+        eps = torch.randn(x0.shape, generator=generator, device=device)
+        loss = torch.nn.functional.mse_loss(module(q_sample(abar, x0, t, eps), t, c), eps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr_decay.step()
+        losses.append(loss.item())
+        if len(losses) % 100 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-100:]) / 100:.4f}")
+    module.eval()
+    return losses
+
+
+def build_module(denoiser: Denoiser, splits: Splits, seed: int) -> torch.nn.Module:
+    """Build the denoiser's module with its initial weights drawn from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = denoiser.build(splits.data_shape, splits.num_classes)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"denoiser '{denoiser.name}' build() returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a state dict so that a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_or_train(
+    dataset: Dataset,
+    denoiser: Denoiser,
+    splits: Splits,
+    schedule: NoiseSchedule,
+    settings: TrainSettings,
+    seed: int,
+    device: torch.device,
+    cache_dir: Path | None,
+    progress: bool = True,
+    log=print,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Return the trained module, from the cache when it holds these settings, else trained now."""
+    module = build_module(denoiser, splits, seed)
+    key = cache_key(dataset, denoiser, schedule, settings, seed, device)
+    path = None if cache_dir is None else Path(cache_dir) / f"{denoiser.name}-{dataset.name}-{key}.pt"
+    info: dict[str, Any] = {"cache_key": key, "checkpoint": str(path) if path else "", "cache_hit": False}
+    if path is not None and path.exists():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+            info.update(cache_hit=True, train_s=0.0)
+            return module.to(device).eval(), info
+        except Exception as exc:
+            log(f"cached checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); retraining it")
+            module = build_module(denoiser, splits, seed)
+    start = time.perf_counter()
+    losses = train(
+        module,
+        splits,
+        schedule,
+        settings,
+        seed,
+        device,
+        desc=f"train {denoiser.name} on {dataset.name}",
+        progress=progress,
+    )
+    info.update(train_s=time.perf_counter() - start, final_loss=sum(losses[-100:]) / len(losses[-100:]))
+    if path is not None:
+        save_atomic({k: v.detach().cpu() for k, v in module.state_dict().items()}, path)
+    return module, info
