@@ -12,11 +12,12 @@ import click
 
 from diffbench import plugins, results
 from diffbench.contract import ParamError
+from diffbench.schedule import SCHEDULES
 from diffbench.selectors import SelectorError, parse_int_list
 from diffbench.suite import DEVICES, Suite, SuiteError, expand, load_suite, resolve_devices
-from diffbench.training import default_cache_dir
+from diffbench.training import CheckpointError, default_cache_dir
 
-INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError)
+INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError)
 
 
 class InputError(click.ClickException):
@@ -77,96 +78,121 @@ def list_plugins(as_json: bool) -> None:
         for entry in entries:
             params = ", ".join(f"{k}={v!r}" for k, v in entry["params"].items()) or "no params"
             click.echo(f"  {entry['name']:<16} {params}")
+            if "accepts" in entry:
+                click.echo(f"  {'':<16} takes {entry['accepts']}")
             click.echo(f"  {'':<16} from {entry['source']}")
 
 
-def build_suite(
-    suite_name, datasets, denoisers, estimators, trials, device, seed, repeats, schedule, batch_size
-) -> Suite:
-    suite = load_suite(suite_name or "quick")
-    overrides = {
-        "datasets": list(datasets),
-        "denoisers": list(denoisers),
-        "estimators": list(estimators),
-        "trials": parse_int_list(trials) if trials else None,
-        "devices": [device] if device else None,
-        "seed": seed,
-        "repeats": repeats,
-        "schedule": schedule,
-        "batch_size": batch_size,
-    }
-    return replace(suite, **{k: v for k, v in overrides.items() if v not in (None, [])})
+def grid_options(command):
+    """The options that choose a grid, shared by `run` and `train`."""
+    options = [
+        click.option(
+            "-d", "--dataset", "datasets", multiple=True, metavar="SELECTOR", help="Dataset selector (repeatable)."
+        ),
+        click.option(
+            "-m", "--denoiser", "denoisers", multiple=True, metavar="SELECTOR", help="Denoiser selector (repeatable)."
+        ),
+        click.option(
+            "-e",
+            "--estimator",
+            "estimators",
+            multiple=True,
+            metavar="SELECTOR",
+            help='Estimator selector (repeatable), e.g. -e "truncated[t_min=100,t_max=[300,600]]".',
+        ),
+        click.option("--trials", metavar="LIST", help="Trials per class, comma-separated, e.g. 1,2,4,8."),
+        click.option("--device", type=click.Choice(DEVICES), help="cpu, cuda, or auto (every device present)."),
+        click.option("--seed", type=click.IntRange(min=0), help="Seed for data, training and estimator noise."),
+        click.option("--repeats", type=click.IntRange(min=1), help="Timed repeats per cell (median and IQR)."),
+        click.option("--schedule", type=click.Choice(SCHEDULES), help="Noise schedule."),
+        click.option("--batch-size", type=click.IntRange(min=1), help="Most rows per denoiser call (memory cap)."),
+        click.option(
+            "--suite",
+            "suite_name",
+            metavar="NAME|FILE.toml",
+            help="A built-in suite (quick, full) or a suite file; default quick.",
+        ),
+        click.option(
+            "--cache",
+            "cache_dir",
+            type=click.Path(path_type=Path),
+            help="Checkpoint cache folder (default $DIFFBENCH_CACHE or ~/.cache/diffbench).",
+        ),
+        click.option(
+            "--progress/--no-progress", default=None, help="Show training progress bars (default: on a terminal)."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
-@main.command()
-@click.option("-d", "--dataset", "datasets", multiple=True, metavar="SELECTOR", help="Dataset selector (repeatable).")
-@click.option(
-    "-m", "--denoiser", "denoisers", multiple=True, metavar="SELECTOR", help="Denoiser selector (repeatable)."
-)
-@click.option(
-    "-e",
-    "--estimator",
-    "estimators",
-    multiple=True,
-    metavar="SELECTOR",
-    help='Estimator selector (repeatable), e.g. -e "truncated[t_min=100,t_max=[300,600]]".',
-)
-@click.option("--trials", metavar="LIST", help="Trials per class, comma-separated, e.g. 1,2,4,8.")
-@click.option("--device", type=click.Choice(DEVICES), help="cpu, cuda, or auto (every device present).")
-@click.option("--seed", type=click.IntRange(min=0), help="Seed for data, training and estimator noise.")
-@click.option("--repeats", type=click.IntRange(min=1), help="Timed repeats per cell (median and IQR).")
-@click.option("--schedule", type=click.Choice(["linear", "cosine"]), help="Noise schedule.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Most rows per denoiser call (memory cap).")
-@click.option(
-    "--suite", "suite_name", metavar="NAME|FILE.toml", help="A built-in suite or a suite file (default: quick)."
-)
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default results/<timestamp>).")
-@click.option(
-    "--cache",
-    "cache_dir",
-    type=click.Path(path_type=Path),
-    help="Checkpoint cache folder (default $DIFFBENCH_CACHE or ~/.cache/diffbench).",
-)
-@click.option("--no-cache", is_flag=True, help="Train afresh and do not save the weights.")
-@click.option("--no-plots", is_flag=True, help="Write the table only.")
-@click.option("--progress/--no-progress", default=None, help="Show training progress bars (default: on a terminal).")
-def run(
-    datasets,
-    denoisers,
-    estimators,
-    trials,
-    device,
-    seed,
-    repeats,
-    schedule,
-    batch_size,
-    suite_name,
-    out,
-    cache_dir,
-    no_cache,
-    no_plots,
-    progress,
-) -> None:
-    """Run a benchmark grid (default: the built-in quick suite) and write table and plots."""
-    from diffbench import plots, runner
-
+def build_grid(opts: dict) -> tuple[Suite, list[str], list]:
+    """Suite (built-in or file, overridden by the command line), devices and cells; InputError on bad input."""
     try:
-        suite = build_suite(
-            suite_name, datasets, denoisers, estimators, trials, device, seed, repeats, schedule, batch_size
-        )
+        suite = load_suite(opts["suite_name"] or "quick")
+        overrides = {
+            "datasets": list(opts["datasets"]),
+            "denoisers": list(opts["denoisers"]),
+            "estimators": list(opts["estimators"]),
+            "trials": parse_int_list(opts["trials"]) if opts["trials"] else None,
+            "devices": [opts["device"]] if opts["device"] else None,
+            "seed": opts["seed"],
+            "repeats": opts["repeats"],
+            "schedule": opts["schedule"],
+            "batch_size": opts["batch_size"],
+        }
+        suite = replace(suite, **{k: v for k, v in overrides.items() if v not in (None, [])})
         devices = resolve_devices(suite.devices, log=log)
         cells = expand(suite, devices)
+        for denoiser in {repr(c.denoiser): c.denoiser for c in cells}.values():
+            suite.train_settings(denoiser)
     except INPUT_ERRORS as exc:
+        raise InputError(str(exc)) from None
+    except (TypeError, ValueError) as exc:  # a denoiser's own `train` defaults are malformed
         raise InputError(str(exc)) from None
     if not cells:
         raise InputError("the grid is empty: no device is available for the devices asked for")
+    return suite, devices, cells
+
+
+def cache_folder(opts: dict, no_cache: bool = False) -> Path | None:
+    return None if no_cache else (opts["cache_dir"] or default_cache_dir())
+
+
+def show_progress(opts: dict) -> bool:
+    return sys.stderr.isatty() if opts["progress"] is None else opts["progress"]
+
+
+@main.command()
+@grid_options
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default results/<timestamp>).")
+@click.option("--no-cache", is_flag=True, help="Train afresh and do not save the weights.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Your own trained weights (a state dict for the selected denoiser and params): skips training.",
+)
+@click.option("--no-plots", is_flag=True, help="Write the table only.")
+def run(out, no_cache, checkpoint, no_plots, **opts) -> None:
+    """Run a benchmark grid (default: the built-in quick suite) and write table and plots."""
+    from diffbench import plots, runner
+
+    suite, devices, cells = build_grid(opts)
+    if checkpoint is not None:
+        if len({repr(c.denoiser) for c in cells}) != 1:
+            raise InputError("--checkpoint holds one model: select exactly one denoiser (-m NAME[params])")
+        if not checkpoint.is_file():
+            raise InputError(f"checkpoint '{checkpoint}' does not exist")
     out = out or Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if (out / results.TABLE).exists():
         raise InputError(f"'{out}' already holds a run; choose another --out so that it is not overwritten")
-    cache = None if no_cache else (cache_dir or default_cache_dir())
     log(f"running {len(cells)} cells on {', '.join(devices)}; results go to {out}")
-    show_progress = sys.stderr.isatty() if progress is None else progress
-    frame = runner.run(suite, cells, out, cache, progress=show_progress, log=log)
+    frame = runner.run(
+        suite, cells, out, cache_folder(opts, no_cache), progress=show_progress(opts), log=log, checkpoint=checkpoint
+    )
+    if frame.empty:
+        raise click.ClickException("no cell ran: every dataset x denoiser pair was skipped (see above)")
     (out / "suite.json").write_text(json.dumps(suite.to_dict(), indent=2, default=str))
     if not no_plots:
         for path in plots.plot_run(out):
@@ -178,6 +204,18 @@ def run(
         for _, row in failed.iterrows():
             log(f"failed: {row['estimator_label']} at {row['trials']} trials on {row['device']}: {row['error']}")
         raise click.ClickException(f"{len(failed)} of {len(frame)} cells failed (see the 'error' column)")
+
+
+@main.command()
+@grid_options
+def train(**opts) -> None:
+    """Train (or confirm cached) every model a grid needs, without classifying."""
+    from diffbench import runner
+
+    suite, _, cells = build_grid(opts)
+    failed = runner.train_only(suite, cells, cache_folder(opts), progress=show_progress(opts), log=log)
+    if failed:
+        raise click.ClickException(f"{failed} model(s) failed to train (see above)")
 
 
 @main.command()

@@ -104,6 +104,14 @@ class Dataset(Plugin):
 
 class Denoiser(Plugin):
     kind = "denoiser"
+    #: The data shapes this architecture takes, in words (shown by `diffbench list` and in skip lines).
+    accepts: ClassVar[str] = "any shape"
+    #: Training settings that suit this architecture (keys of TrainSettings); a suite's [train] overrides them.
+    train: ClassVar[dict[str, Any]] = {}
+
+    def supports(self, data_shape: tuple[int, ...]) -> bool:
+        """Whether ``build`` can take data of this sample shape (default: any)."""
+        return True
 
     def build(self, data_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
         """Return a module ``forward(x_t [N,*shape], t [N] long, c [N] long) -> eps_hat``."""

@@ -18,14 +18,10 @@ from diffbench import results  # noqa: E402
 PANEL = ["dataset_label", "denoiser_label"]
 
 
-def _panels(frame: pd.DataFrame, ncols_extra: int = 0):
-    keys = list(frame.groupby(PANEL, sort=False).groups)
-    return keys, len(keys)
-
-
 def accuracy_vs_nfe(frame: pd.DataFrame, path: Path) -> Path:
     """Accuracy against denoiser evaluations per sample, one line per estimator, 95% CI bands."""
-    keys, n = _panels(frame)
+    keys = list(frame.groupby(PANEL, sort=False).groups)
+    n = len(keys)
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.5), squeeze=False)
     labels = list(dict.fromkeys(frame["estimator_label"]))
     palette = dict(zip(labels, sns.color_palette("tab10", len(labels)), strict=True))
@@ -126,20 +122,40 @@ def decision_regions(regions: pd.DataFrame, points: pd.DataFrame, path: Path) ->
 
 
 def model_samples(points: pd.DataFrame, path: Path) -> Path:
-    """The conditional model's own samples per class beside the test data: did it learn the data?"""
+    """The conditional model's own samples per class beside test data: did it learn the data?"""
     keys = list(points.groupby(PANEL, sort=False).groups)
-    fig, axes = plt.subplots(len(keys), 2, figsize=(8.4, 4.2 * len(keys)), squeeze=False)
+    fig, axes = plt.subplots(len(keys), 2, figsize=(9, 4.5 * len(keys)), squeeze=False)
     for row, key in zip(axes, keys, strict=True):
         panel = points.set_index(PANEL).loc[[key]]
+        shape = [int(n) for n in str(panel["shape"].iloc[0]).split("x")] if "shape" in panel else [2]
         for ax, source, title in zip(row, ["test", "model"], ["test data", "model samples"], strict=True):
             part = panel[panel["source"] == source]
-            sns.scatterplot(data=part, x="x0", y="x1", hue="label", palette="tab10", s=6, ax=ax, linewidth=0)
-            ax.set(title=f"{title}: {key[0]} x {key[1]}", xlabel="", ylabel="")
-            ax.set_aspect("equal")
+            ax.set_title(f"{title}: {key[0]} x {key[1]}")
+            if shape == [2]:
+                sns.scatterplot(data=part, x="x0", y="x1", hue="label", palette="tab10", s=6, ax=ax, linewidth=0)
+                ax.set(xlabel="", ylabel="")
+                ax.set_aspect("equal")
+            else:
+                ax.imshow(image_grid(part, shape), cmap="gray", vmin=-1, vmax=1)
+                ax.set(xlabel="one column per class", xticks=[], yticks=[])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def image_grid(part: pd.DataFrame, shape: list[int]) -> np.ndarray:
+    """Tile flattened images into one picture: a column per class, first channel only."""
+    pixels = part[[f"x{i}" for i in range(int(np.prod(shape)))]].to_numpy().reshape(-1, *shape)[:, 0]
+    labels = part["label"].to_numpy()
+    classes = sorted(set(labels))
+    rows = max(int((labels == c).sum()) for c in classes)
+    h, w = pixels.shape[1:]
+    grid = np.full((rows * (h + 1), len(classes) * (w + 1)), -1.0)
+    for col, c in enumerate(classes):
+        for r, image in enumerate(pixels[labels == c]):
+            grid[r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = image
+    return grid
 
 
 def plot_run(run_dir: Path) -> list[Path]:
@@ -152,9 +168,10 @@ def plot_run(run_dir: Path) -> list[Path]:
         return made
     made.append(accuracy_vs_nfe(ok, run_dir / "accuracy_vs_nfe.png"))
     made.append(throughput(ok, run_dir / "throughput.png"))
-    if (run_dir / results.REGIONS).is_file() and (run_dir / results.SAMPLES).is_file():
-        regions = pd.read_parquet(run_dir / results.REGIONS)
+    if (run_dir / results.SAMPLES).is_file():
         points = pd.read_parquet(run_dir / results.SAMPLES)
-        made.append(decision_regions(regions, points, run_dir / "decision_regions.png"))
+        if (run_dir / results.REGIONS).is_file():
+            regions = pd.read_parquet(run_dir / results.REGIONS)
+            made.append(decision_regions(regions, points, run_dir / "decision_regions.png"))
         made.append(model_samples(points, run_dir / "model_samples.png"))
     return made

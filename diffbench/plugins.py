@@ -86,7 +86,7 @@ def load_plugins(specs: list[str] | tuple[str, ...] = ()) -> None:
 def _source(plugin: Any) -> str:
     for registered, dist in pm.list_plugin_distinfo():
         if registered is plugin:
-            return f"{dist.project_name} {dist.version}"
+            return f"{dist.project_name} {dist.version} ({getattr(plugin, '__name__', pm.get_name(plugin))})"
     return pm.get_name(plugin) or repr(plugin)
 
 

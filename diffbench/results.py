@@ -120,12 +120,14 @@ def summary(frame: pd.DataFrame) -> str:
     if ok.empty:
         return "no cell finished"
     parts = []
-    for (dataset, denoiser, device), group in ok.groupby(["dataset", "denoiser", "device"], sort=False):
+    for (dataset, denoiser, device), group in ok.groupby(["dataset_label", "denoiser_label", "device"], sort=False):
         acc = group.pivot_table(index="estimator_label", columns="trials", values="accuracy", sort=False)
         last = group[group["trials"] == group["trials"].max()].set_index("estimator_label")
         speed = last[["nfe_per_sample", "samples_per_s", "efficiency"]]
+        bayes = group["bayes_accuracy"].iloc[0] if "bayes_accuracy" in group else math.nan
+        optimum = "" if pd.isna(bayes) else f" (Bayes-optimal accuracy {bayes:.3f})"
         parts.append(
-            f"{dataset} x {denoiser} on {device}: accuracy by trials\n{acc.round(3).to_string()}\n"
+            f"{dataset} x {denoiser} on {device}: accuracy by trials{optimum}\n{acc.round(3).to_string()}\n"
             f"at {int(group['trials'].max())} trials:\n{speed.round(2).to_string()}"
         )
     return "\n\n".join(parts)

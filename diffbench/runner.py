@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import resource
 import time
 from pathlib import Path
@@ -12,16 +13,17 @@ import pandas as pd
 import torch
 
 from diffbench import results
-from diffbench.contract import Splits
+from diffbench.contract import Plugin, Splits
 from diffbench.model import ConditionalModel
 from diffbench.results import param_columns, wilson_interval
 from diffbench.schedule import NoiseSchedule, sample
 from diffbench.suite import Cell, Suite
 from diffbench.timing import measure, timed, tune_cpu_allocator
-from diffbench.training import load_or_train
+from diffbench.training import build_module, load_checkpoint, load_or_train
 
 REGION_GRID = 64  # decision regions are drawn on a REGION_GRID x REGION_GRID lattice
-SAMPLES_PER_CLASS = 300
+SAMPLES_PER_CLASS = 300  # 2-D points per class drawn from the model
+IMAGES_PER_CLASS = 8  # images per class drawn from the model
 
 
 class PluginOutputError(RuntimeError):
@@ -95,6 +97,7 @@ def measure_cell(cell: Cell, model: ConditionalModel, x: torch.Tensor, y: torch.
 
 
 def identity(cell: Cell, suite: Suite) -> dict[str, Any]:
+    train = suite.train_settings(cell.denoiser)
     return {
         "dataset": cell.dataset.name,
         "denoiser": cell.denoiser.name,
@@ -108,9 +111,9 @@ def identity(cell: Cell, suite: Suite) -> dict[str, Any]:
         "schedule": suite.schedule,
         "num_timesteps": suite.timesteps,
         "batch_size": suite.batch_size,
-        "train_steps": suite.train.steps,
-        "train_batch_size": suite.train.batch_size,
-        "train_lr": suite.train.lr,
+        "train_steps": train.steps,
+        "train_batch_size": train.batch_size,
+        "train_lr": train.lr,
         **param_columns("dataset", cell.dataset.params),
         **param_columns("denoiser", cell.denoiser.params),
         **param_columns("estimator", cell.estimator.params),
@@ -121,32 +124,23 @@ def failure(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, PluginOutputError) else f"{type(exc).__name__}: {exc}"
 
 
-def figure_data(
-    cells: list[Cell], model: ConditionalModel, splits: Splits, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Decision regions of each estimator (at its largest trials) and the model's own samples, 2-D only."""
-    first = cells[0]
-    ids = {
-        "dataset": first.dataset.name,
-        "denoiser": first.denoiser.name,
-        "dataset_label": repr(first.dataset),
-        "denoiser_label": repr(first.denoiser),
-    }
+def regions_data(cells: list[Cell], model: ConditionalModel, splits: Splits, seed: int, ids: dict) -> pd.DataFrame:
+    """Each estimator's predicted class on a lattice over the 2-D test data, at its largest trials."""
     lo = splits.test_x.min(0).values - 0.3
     hi = splits.test_x.max(0).values + 0.3
     axes = [torch.linspace(lo[i].item(), hi[i].item(), REGION_GRID) for i in range(2)]
     grid = torch.stack(torch.meshgrid(*axes, indexing="xy"), dim=-1).reshape(-1, 2)
-    regions = []
     best: dict[str, Cell] = {}
     for cell in cells:
         label = repr(cell.estimator)
         if label not in best or cell.trials > best[label].trials:
             best[label] = cell
+    frames = []
     for label, cell in best.items():
         generator = torch.Generator(device=model.device).manual_seed(seed)
         err = cell.estimator.errors(model, grid.to(model.device, model.dtype), cell.trials, generator)
         prob = torch.softmax(-err.float(), dim=1).cpu()
-        regions.append(
+        frames.append(
             pd.DataFrame(
                 {
                     **ids,
@@ -159,32 +153,103 @@ def figure_data(
                 }
             )
         )
+    return pd.concat(frames, ignore_index=True)
+
+
+def samples_data(model: ConditionalModel, splits: Splits, seed: int, ids: dict) -> pd.DataFrame:
+    """The model's own samples per class beside test data, flattened to columns x0, x1, ..."""
+    per_class = SAMPLES_PER_CLASS if splits.data_shape == (2,) else IMAGES_PER_CLASS
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    labels = torch.arange(model.num_classes).repeat_interleave(SAMPLES_PER_CLASS)
+    labels = torch.arange(model.num_classes).repeat_interleave(per_class)
     drawn = sample(model, labels, generator).float().cpu()
-    points = pd.concat(
-        [
-            pd.DataFrame(
-                {
-                    **ids,
-                    "source": "model",
-                    "label": labels.numpy(),
-                    "x0": drawn[:, 0].numpy(),
-                    "x1": drawn[:, 1].numpy(),
-                }
-            ),
-            pd.DataFrame(
-                {
-                    **ids,
-                    "source": "test",
-                    "label": splits.test_y.numpy(),
-                    "x0": splits.test_x[:, 0].numpy(),
-                    "x1": splits.test_x[:, 1].numpy(),
-                }
-            ),
-        ]
+    if splits.data_shape == (2,):
+        test_x, test_y = splits.test_x, splits.test_y
+    else:  # the first few test images of each class
+        keep = torch.cat([torch.nonzero(splits.test_y == c)[:per_class, 0] for c in range(model.num_classes)])
+        test_x, test_y = splits.test_x[keep], splits.test_y[keep]
+    shape = "x".join(map(str, splits.data_shape))
+    frames = []
+    for source, x, y in (("model", drawn, labels), ("test", test_x, test_y)):
+        flat = x.reshape(len(x), -1).numpy()
+        columns = {f"x{i}": flat[:, i] for i in range(flat.shape[1])}
+        frames.append(pd.DataFrame({**ids, "shape": shape, "source": source, "label": y.numpy(), **columns}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def group_ids(cell: Cell) -> dict[str, str]:
+    return {
+        "dataset": cell.dataset.name,
+        "denoiser": cell.denoiser.name,
+        "dataset_label": repr(cell.dataset),
+        "denoiser_label": repr(cell.denoiser),
+    }
+
+
+def groups(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells that share one trained model: same dataset and denoiser (and seed)."""
+    key = lambda c: (repr(c.dataset), repr(c.denoiser), c.seed)  # noqa: E731
+    return [list(g) for _, g in itertools.groupby(cells, key=key)]
+
+
+def prepare(
+    first: Cell,
+    suite: Suite,
+    schedule: NoiseSchedule,
+    device: torch.device,
+    cache_dir: Path | None,
+    checkpoint: Path | None,
+    progress: bool,
+    log,
+) -> tuple[Splits, torch.nn.Module, dict[str, Any]] | None:
+    """Data and trained module of one group; None (with one line said) when the pair does not fit."""
+    splits = check_splits(first.dataset.load(first.seed), first.dataset.name)
+    pair = f"{first.dataset!r} x {first.denoiser!r}"
+    if not first.denoiser.supports(splits.data_shape):
+        log(
+            f"skipping {pair}: {first.denoiser.name} takes {first.denoiser.accepts}, "
+            f"but {first.dataset.name} has samples of shape {list(splits.data_shape)}"
+        )
+        return None
+    if checkpoint is not None:
+        module = load_checkpoint(build_module(first.denoiser, splits, first.seed), checkpoint, pair)
+        log(f"{pair}: loaded weights from {checkpoint}")
+        return splits, module.to(device).eval(), {"cache_hit": False, "train_s": 0.0, "checkpoint": str(checkpoint)}
+    module, info = load_or_train(
+        first.dataset,
+        first.denoiser,
+        splits,
+        schedule,
+        suite.train_settings(first.denoiser),
+        first.seed,
+        device,
+        cache_dir,
+        progress=progress,
+        log=log,
     )
-    return pd.concat(regions, ignore_index=True), points
+    if info["cache_hit"]:
+        log(f"{pair}: loaded cached weights")
+    else:
+        log(f"{pair}: trained in {info['train_s']:.1f}s")
+    return splits, module, info
+
+
+def train_only(suite: Suite, cells: list[Cell], cache_dir: Path | None, progress: bool = True, log=print) -> int:
+    """Train (or confirm cached) every model a grid needs; returns how many failed."""
+    schedule = NoiseSchedule(suite.schedule, suite.timesteps)
+    device = train_device(cells)
+    failed = 0
+    for group in groups(cells):
+        try:
+            prepare(group[0], suite, schedule, device, cache_dir, None, progress, log)
+        except Exception as exc:
+            failed += 1
+            log(f"{group[0].dataset!r} x {group[0].denoiser!r} failed: {failure(exc)}")
+    return failed
+
+
+def train_device(cells: list[Cell]) -> torch.device:
+    """Models are trained once, on CUDA when any cell uses it, and loaded onto every device."""
+    return torch.device("cuda" if any(c.device == "cuda" for c in cells) else "cpu")
 
 
 def run(
@@ -194,6 +259,7 @@ def run(
     cache_dir: Path | None,
     progress: bool = True,
     log=print,
+    checkpoint: Path | None = None,
 ) -> pd.DataFrame:
     """Measure every cell, writing the table after each one; returns the table."""
     out.mkdir(parents=True, exist_ok=True)
@@ -201,39 +267,21 @@ def run(
     base = {**results.provenance(), "cpu_allocator_tuned": tune_cpu_allocator()}
     rows: list[dict[str, Any]] = []
     regions, samples = [], []
-    train_device = torch.device("cuda" if any(c.device == "cuda" for c in cells) else "cpu")
-
-    def group_key(c: Cell) -> tuple[str, str]:
-        return repr(c.dataset), repr(c.denoiser)
-
-    for _, group_iter in itertools.groupby(cells, key=group_key):
-        group = list(group_iter)
+    for group in groups(cells):
         first = group[0]
+        ids = group_ids(first)
         start = time.perf_counter()
         try:
-            splits = check_splits(first.dataset.load(first.seed), first.dataset.name)
-            module, train_info = load_or_train(
-                first.dataset,
-                first.denoiser,
-                splits,
-                schedule,
-                suite.train,
-                first.seed,
-                train_device,
-                cache_dir,
-                progress=progress,
-                log=log,
-            )
+            prepared = prepare(first, suite, schedule, train_device(cells), cache_dir, checkpoint, progress, log)
         except Exception as exc:
-            log(f"{repr(first.dataset)} x {repr(first.denoiser)} failed: {failure(exc)}")
-            for cell in group:
-                rows.append({**identity(cell, suite), "status": "failed", "error": failure(exc), **base})
+            log(f"{first.dataset!r} x {first.denoiser!r} failed: {failure(exc)}")
+            rows += [{**identity(c, suite), "status": "failed", "error": failure(exc), **base} for c in group]
             results.write_table(rows, out)
             continue
-        if train_info["cache_hit"]:
-            log(f"{repr(first.denoiser)} on {repr(first.dataset)}: loaded cached weights")
-        else:
-            log(f"{repr(first.denoiser)} on {repr(first.dataset)}: trained in {train_info['train_s']:.1f}s")
+        if prepared is None:
+            continue
+        splits, module, info = prepared
+        bayes = bayes_accuracy(first.dataset, splits)
         setup_s = time.perf_counter() - start
         for device, dev_iter in itertools.groupby(group, key=lambda c: c.device):
             dev_cells = list(dev_iter)
@@ -242,32 +290,46 @@ def run(
             )
             x = splits.test_x.to(model.device, model.dtype)
             y = splits.test_y.to(model.device)
+            done = []
             for cell in dev_cells:
                 cell_start = time.perf_counter()
                 row = {
                     **identity(cell, suite),
                     "device_name": results.device_name(device),
-                    "cache_hit": train_info["cache_hit"],
-                    "train_s": train_info.get("train_s", 0.0),
+                    "bayes_accuracy": bayes,
+                    "cache_hit": info["cache_hit"],
+                    "train_s": info.get("train_s", 0.0),
                     "setup_s": setup_s,
                 }
                 try:
                     row.update(measure_cell(cell, model, x, y, suite.repeats), status="ok", error="")
+                    done.append(cell)
                 except Exception as exc:
                     row.update(status="failed", error=failure(exc))
                     log(f"{row['estimator_label']} at {cell.trials} trials on {device} failed: {row['error']}")
                 row["wall_s"] = time.perf_counter() - cell_start
                 rows.append({**row, **base})
                 results.write_table(rows, out)
-            done = [c for c, r in zip(dev_cells, rows[-len(dev_cells) :], strict=True) if r["status"] == "ok"]
-            if splits.data_shape == (2,) and device == group[0].device and done:
-                try:
-                    r, s = figure_data(done, model, splits, first.seed)
-                    regions.append(r)
-                    samples.append(s)
-                except Exception as exc:
-                    log(f"figure data for {repr(first.dataset)} x {repr(first.denoiser)} failed: {failure(exc)}")
+            if device != group[0].device:
+                continue
+            try:  # the figures' data, once per model
+                samples.append(samples_data(model, splits, first.seed, ids))
+                if splits.data_shape == (2,) and done:
+                    regions.append(regions_data(done, model, splits, first.seed, ids))
+            except Exception as exc:
+                log(f"figure data for {first.dataset!r} x {first.denoiser!r} failed: {failure(exc)}")
     if regions:
         results.write_atomic(pd.concat(regions, ignore_index=True), out / results.REGIONS)
+    if samples:
         results.write_atomic(pd.concat(samples, ignore_index=True), out / results.SAMPLES)
+    if not rows:
+        return pd.DataFrame(columns=["status"])
     return results.write_table(rows, out)
+
+
+def bayes_accuracy(dataset: Plugin, splits: Splits) -> float:
+    """Test accuracy of the Bayes-optimal classifier where the dataset knows its distribution, else NaN."""
+    posterior = getattr(dataset, "bayes_log_posterior", None)
+    if posterior is None:
+        return math.nan
+    return (posterior(splits.test_x).argmax(1) == splits.test_y).float().mean().item()

@@ -34,12 +34,17 @@ class Suite:
     schedule: str = "linear"
     timesteps: int = 1000
     batch_size: int = 8192
-    train: TrainSettings = field(default_factory=TrainSettings)
+    #: Training overrides: TrainSettings keys for every denoiser, or a table per denoiser name.
+    train: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["train"] = vars(self.train).copy()
-        return out
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def train_settings(self, denoiser: Plugin) -> TrainSettings:
+        """Defaults < the denoiser's own ``train`` < the suite's [train] < its [train.<denoiser>]."""
+        overrides = {k: v for k, v in self.train.items() if not isinstance(v, dict)}
+        merged = {**getattr(denoiser, "train", {}), **overrides, **self.train.get(denoiser.name, {})}
+        return TrainSettings(**merged)
 
 
 @dataclass(frozen=True)
@@ -86,16 +91,7 @@ def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
             raise SuiteError(f"{where}: unknown key '{key}'; known keys: {', '.join(known)}")
         default = getattr(defaults, key)
         if key == "train":
-            if not isinstance(value, dict):
-                raise SuiteError(f"{where}: [train] must be a table with steps, batch_size, lr")
-            train_keys = set(vars(default))
-            bad = set(value) - train_keys
-            if bad:
-                raise SuiteError(f"{where}: unknown [train] key(s) {sorted(bad)}; known: {sorted(train_keys)}")
-            try:
-                value = replace(default, **value)
-            except (TypeError, ValueError) as exc:
-                raise SuiteError(f"{where}: bad [train] settings: {exc}") from None
+            value = check_train_table(value, where)
         elif isinstance(default, list):
             if isinstance(value, (str, int)):
                 value = [value]
@@ -107,6 +103,26 @@ def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
     suite = replace(defaults, **values)
     check_suite(suite, where)
     return suite
+
+
+def check_train_table(table: Any, where: str) -> dict[str, Any]:
+    """Validate a [train] table: TrainSettings keys, or sub-tables of them per denoiser name."""
+    if not isinstance(table, dict):
+        raise SuiteError(f"{where}: [train] must be a table of steps, batch_size, lr")
+    known = {f.name for f in fields(TrainSettings)}
+    for key, value in table.items():
+        sub = value if isinstance(value, dict) else {key: value}
+        bad = set(sub) - known
+        if bad:
+            raise SuiteError(
+                f"{where}: unknown [train] key(s) {sorted(bad)}; known: {sorted(known)} "
+                "(or a [train.<denoiser>] table of them)"
+            )
+        try:
+            TrainSettings(**sub)
+        except (TypeError, ValueError) as exc:
+            raise SuiteError(f"{where}: bad [train] settings: {exc}") from None
+    return table
 
 
 def check_suite(suite: Suite, where: str = "suite") -> None:

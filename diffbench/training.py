@@ -29,8 +29,10 @@ class TrainSettings:
     lr: float = 2e-3
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError(f"training needs steps >= 1, batch_size >= 1 and lr > 0, got {self}")
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.steps, self.batch_size))
+        number = isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
+        if not (ints and number and self.steps >= 1 and self.batch_size >= 1 and self.lr > 0):
+            raise ValueError(f"training needs integer steps >= 1 and batch_size >= 1 and lr > 0, got {self}")
 
 
 def default_cache_dir() -> Path:
@@ -141,12 +143,11 @@ def load_or_train(
     info: dict[str, Any] = {"cache_key": key, "checkpoint": str(path) if path else "", "cache_hit": False}
     if path is not None and path.exists():
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            module.load_state_dict(state)
+            load_checkpoint(module, path, f"{denoiser!r}")
             info.update(cache_hit=True, train_s=0.0)
             return module.to(device).eval(), info
-        except Exception as exc:
-            log(f"cached checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); retraining it")
+        except CheckpointError as exc:
+            log(f"cached {exc}; retraining it")
             module = build_module(denoiser, splits, seed)
     start = time.perf_counter()
     losses = train(
@@ -163,3 +164,43 @@ def load_or_train(
     if path is not None:
         save_atomic({k: v.detach().cpu() for k, v in module.state_dict().items()}, path)
     return module, info
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable or does not fit the denoiser it was given for."""
+
+
+def load_checkpoint(module: torch.nn.Module, path: Path, what: str) -> torch.nn.Module:
+    """Load a state dict (``weights_only=True``: no pickle code runs) that must fit ``module`` exactly."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint '{path}' does not exist") from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint '{path}' cannot be read as a weights-only state dict ({type(exc).__name__}: {exc})"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint '{path}' is not a state dict of tensors (save module.state_dict())")
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k} (checkpoint {list(state[k].shape)}, model {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+            if items
+        ]
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit {what}: {'; '.join(parts)}; "
+            "give the denoiser the params it was trained with"
+        )
+    module.load_state_dict(state)
+    return module

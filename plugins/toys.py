@@ -1,0 +1,159 @@
+"""2-D toy datasets: `spirals`, `moons`, `circles`, `checkerboard` and `gaussian-mixture`.
+
+Each draws its train and test points from one seeded generator; sizes, noise and the
+shape's own knobs are params. Points are scaled to roughly [-2, 2], where the DDPM
+schedule's noise levels span everything from fine detail to pure noise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+import diffbench
+
+
+class Toy2D(diffbench.Dataset):
+    """Base of the 2-D toys: subclasses draw ``n`` labelled points in ``draw``."""
+
+    params = {"n_train": 4000, "n_test": 1000, "noise": 0.05}
+    class_names: list[str] = []
+
+    def validate(self) -> None:
+        p = self.params
+        if p["n_train"] < 2 or p["n_test"] < 2:
+            raise diffbench.ParamError(f"{self.name} needs n_train and n_test of at least 2")
+        if p["noise"] < 0:
+            raise diffbench.ParamError(f"{self.name} needs noise >= 0")
+
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def load(self, seed: int) -> diffbench.Splits:
+        generator = torch.Generator().manual_seed(seed)
+        train_x, train_y = self.draw(self.params["n_train"], generator)
+        test_x, test_y = self.draw(self.params["n_test"], generator)
+        names = [f"{self.name} {c}" for c in range(self.num_classes())]
+        return diffbench.Splits(train_x.float(), train_y.long(), test_x.float(), test_y.long(), names)
+
+    def jitter(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return x + self.params["noise"] * torch.randn(x.shape, generator=generator)
+
+
+class Spirals(Toy2D):
+    """Two interlaced spirals, one per class."""
+
+    name = "spirals"
+    params = {"n_train": 4000, "n_test": 1000, "noise": 0.04, "turns": 1.0}
+    class_names = ["0", "1"]
+
+    def validate(self) -> None:
+        super().validate()
+        if self.params["turns"] <= 0:
+            raise diffbench.ParamError("spirals needs turns > 0")
+
+    def draw(self, n, generator):
+        y = torch.arange(n) % 2
+        # sqrt spreads points evenly along the arc rather than crowding the centre
+        r = torch.rand(n, generator=generator).sqrt()
+        angle = r * self.params["turns"] * 2 * math.pi + y * math.pi
+        x = torch.stack([r * torch.cos(angle), r * torch.sin(angle)], dim=1)
+        return 1.5 * self.jitter(x, generator), y
+
+
+class Moons(Toy2D):
+    """Two interleaving half circles (as scikit-learn's make_moons)."""
+
+    name = "moons"
+    params = {"n_train": 4000, "n_test": 1000, "noise": 0.1}
+    class_names = ["0", "1"]
+
+    def draw(self, n, generator):
+        y = torch.arange(n) % 2
+        angle = torch.rand(n, generator=generator) * math.pi
+        upper = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+        lower = torch.stack([1 - torch.cos(angle), 0.5 - torch.sin(angle)], dim=1)
+        x = torch.where(y[:, None] == 0, upper, lower) - torch.tensor([0.5, 0.25])
+        return 1.5 * self.jitter(x, generator), y
+
+
+class Circles(Toy2D):
+    """A small circle inside a large one."""
+
+    name = "circles"
+    params = {"n_train": 4000, "n_test": 1000, "noise": 0.05, "factor": 0.5}
+    class_names = ["outer", "inner"]
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.params["factor"] < 1:
+            raise diffbench.ParamError("circles needs 0 < factor < 1")
+
+    def draw(self, n, generator):
+        y = torch.arange(n) % 2
+        angle = torch.rand(n, generator=generator) * 2 * math.pi
+        radius = torch.where(y == 1, self.params["factor"], 1.0)
+        x = radius[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+        return 1.8 * self.jitter(x, generator), y
+
+
+class Checkerboard(Toy2D):
+    """Points uniform on a ``cells`` x ``cells`` board in [-2, 2]^2; the class is the square's colour."""
+
+    name = "checkerboard"
+    params = {"n_train": 4000, "n_test": 1000, "noise": 0.0, "cells": 4}
+    class_names = ["black", "white"]
+
+    def validate(self) -> None:
+        super().validate()
+        if self.params["cells"] < 2:
+            raise diffbench.ParamError("checkerboard needs cells >= 2")
+
+    def draw(self, n, generator):
+        x = torch.rand(n, 2, generator=generator) * 4 - 2
+        square = ((x + 2) / 4 * self.params["cells"]).floor().clamp(max=self.params["cells"] - 1)
+        y = (square.sum(1) % 2).long()
+        return self.jitter(x, generator), y
+
+
+class GaussianMixture(Toy2D):
+    """``k`` isotropic Gaussians evenly spaced on a circle, one per class; neighbours overlap a little.
+
+    The mixture is known, so ``bayes_log_posterior`` gives the Bayes-optimal classifier.
+    """
+
+    name = "gaussian-mixture"
+    params = {"n_train": 4000, "n_test": 1000, "k": 8, "radius": 2.0, "std": 0.35}
+
+    def validate(self) -> None:
+        p = self.params
+        if p["n_train"] < 2 or p["n_test"] < 2:
+            raise diffbench.ParamError("gaussian-mixture needs n_train and n_test of at least 2")
+        if p["k"] < 2 or p["radius"] <= 0 or p["std"] <= 0:
+            raise diffbench.ParamError("gaussian-mixture needs k >= 2, radius > 0 and std > 0")
+
+    def num_classes(self) -> int:
+        return self.params["k"]
+
+    def means(self) -> torch.Tensor:
+        angle = torch.arange(self.params["k"]) * 2 * math.pi / self.params["k"]
+        return self.params["radius"] * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+
+    def draw(self, n, generator):
+        y = torch.arange(n) % self.params["k"]
+        return self.means()[y] + self.params["std"] * torch.randn(n, 2, generator=generator), y
+
+    def bayes_log_posterior(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(c | x) of the true mixture (equal priors): the best any classifier can do."""
+        sq = torch.cdist(x.double(), self.means().double()).square()
+        return torch.log_softmax(-sq / (2 * self.params["std"] ** 2), dim=1).to(x.dtype)
+
+
+@diffbench.hookimpl
+def register_datasets(register):
+    for cls in (Spirals, Moons, Circles, Checkerboard, GaussianMixture):
+        register(cls)
