@@ -121,6 +121,13 @@ class Denoiser(Plugin):
 class Estimator(Plugin):
     kind = "estimator"
 
+    def fit(self, model: ConditionalModel, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> None:
+        """Optionally tune the estimator on held-out labelled training data before it classifies.
+
+        The runner calls this once per cell with samples the test set never sees; its NFE
+        are counted separately (``fit_nfe_per_sample``). The default does nothing.
+        """
+
     def errors(
         self,
         model: ConditionalModel,

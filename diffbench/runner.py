@@ -6,6 +6,7 @@ import itertools
 import math
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from diffbench.timing import measure, timed, tune_cpu_allocator
 from diffbench.training import build_module, load_checkpoint, load_or_train
 
 REGION_GRID = 64  # decision regions are drawn on a REGION_GRID x REGION_GRID lattice
+HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, 500  # training data held out for estimators' fit and calibration
 SAMPLES_PER_CLASS = 300  # 2-D points per class drawn from the model
 IMAGES_PER_CLASS = 8  # images per class drawn from the model
 
@@ -68,15 +70,28 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak, KiB on Linux
 
 
-def measure_cell(cell: Cell, model: ConditionalModel, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict:
-    """Accuracy from one seeded pass, then interleaved timed repeats."""
+@dataclass
+class CellData:
+    """What a cell classifies (test) and may tune on (held-out training data), on the model's device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    heldout_x: torch.Tensor
+    heldout_y: torch.Tensor
+
+
+def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, repeats: int) -> dict:
+    """Fit on held-out data, accuracy from one seeded pass, then interleaved timed repeats."""
     device = model.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    x, y = data.x, data.y
     n, k = x.shape[0], model.num_classes
     generator = torch.Generator(device=device).manual_seed(cell.seed)
-    errors: list[torch.Tensor] = []
     model.reset_nfe()
+    cell.estimator.fit(model, data.heldout_x, data.heldout_y, generator)
+    fit_nfe = model.reset_nfe()
+    errors: list[torch.Tensor] = []
     first_s = timed(lambda: errors.append(cell.estimator.errors(model, x, cell.trials, generator)), device)
     nfe = model.reset_nfe()
     err = check_errors(errors[0], n, k, cell.estimator.name).float()
@@ -91,6 +106,7 @@ def measure_cell(cell: Cell, model: ConditionalModel, x: torch.Tensor, y: torch.
         "accuracy_ci_low": low,
         "accuracy_ci_high": high,
         "nfe_per_sample": nfe / n,
+        "fit_nfe_per_sample": fit_nfe / max(1, data.heldout_x.shape[0]),
         **vars(speed),
         "peak_memory_mb": peak_memory_mb(device),
     }
@@ -176,6 +192,19 @@ def samples_data(model: ConditionalModel, splits: Splits, seed: int, ids: dict) 
     return pd.concat(frames, ignore_index=True)
 
 
+def hold_out(splits: Splits, seed: int) -> tuple[Splits, torch.Tensor, torch.Tensor]:
+    """Set aside a seeded random part of the training data that the model never trains on.
+
+    Estimators may ``fit`` on it (and calibration uses it); the test set stays untouched.
+    """
+    n = splits.train_x.shape[0]
+    size = min(HOLDOUT_MAX, int(n * HOLDOUT_FRACTION))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    held, kept = order[:size], order[size:]
+    train = Splits(splits.train_x[kept], splits.train_y[kept], splits.test_x, splits.test_y, splits.class_names)
+    return train, splits.train_x[held], splits.train_y[held]
+
+
 def group_ids(cell: Cell) -> dict[str, str]:
     return {
         "dataset": cell.dataset.name,
@@ -191,6 +220,17 @@ def groups(cells: list[Cell]) -> list[list[Cell]]:
     return [list(g) for _, g in itertools.groupby(cells, key=key)]
 
 
+@dataclass
+class Prepared:
+    """One group's data (training part without the held-out samples) and its trained module."""
+
+    splits: Splits
+    heldout_x: torch.Tensor
+    heldout_y: torch.Tensor
+    module: torch.nn.Module
+    info: dict[str, Any]
+
+
 def prepare(
     first: Cell,
     suite: Suite,
@@ -200,9 +240,10 @@ def prepare(
     checkpoint: Path | None,
     progress: bool,
     log,
-) -> tuple[Splits, torch.nn.Module, dict[str, Any]] | None:
+) -> Prepared | None:
     """Data and trained module of one group; None (with one line said) when the pair does not fit."""
     splits = check_splits(first.dataset.load(first.seed), first.dataset.name)
+    splits, heldout_x, heldout_y = hold_out(splits, first.seed)
     pair = f"{first.dataset!r} x {first.denoiser!r}"
     if not first.denoiser.supports(splits.data_shape):
         log(
@@ -213,7 +254,8 @@ def prepare(
     if checkpoint is not None:
         module = load_checkpoint(build_module(first.denoiser, splits, first.seed), checkpoint, pair)
         log(f"{pair}: loaded weights from {checkpoint}")
-        return splits, module.to(device).eval(), {"cache_hit": False, "train_s": 0.0, "checkpoint": str(checkpoint)}
+        info = {"cache_hit": False, "train_s": 0.0, "checkpoint": str(checkpoint)}
+        return Prepared(splits, heldout_x, heldout_y, module.to(device).eval(), info)
     module, info = load_or_train(
         first.dataset,
         first.denoiser,
@@ -230,7 +272,7 @@ def prepare(
         log(f"{pair}: loaded cached weights")
     else:
         log(f"{pair}: trained in {info['train_s']:.1f}s")
-    return splits, module, info
+    return Prepared(splits, heldout_x, heldout_y, module, info)
 
 
 def train_only(suite: Suite, cells: list[Cell], cache_dir: Path | None, progress: bool = True, log=print) -> int:
@@ -280,7 +322,7 @@ def run(
             continue
         if prepared is None:
             continue
-        splits, module, info = prepared
+        splits, module, info = prepared.splits, prepared.module, prepared.info
         bayes = bayes_accuracy(first.dataset, splits)
         setup_s = time.perf_counter() - start
         for device, dev_iter in itertools.groupby(group, key=lambda c: c.device):
@@ -288,8 +330,12 @@ def run(
             model = ConditionalModel(
                 module, schedule, splits.num_classes, splits.data_shape, device, max_batch=suite.batch_size
             )
-            x = splits.test_x.to(model.device, model.dtype)
-            y = splits.test_y.to(model.device)
+            data = CellData(
+                splits.test_x.to(model.device, model.dtype),
+                splits.test_y.to(model.device),
+                prepared.heldout_x.to(model.device, model.dtype),
+                prepared.heldout_y.to(model.device),
+            )
             done = []
             for cell in dev_cells:
                 cell_start = time.perf_counter()
@@ -302,7 +348,7 @@ def run(
                     "setup_s": setup_s,
                 }
                 try:
-                    row.update(measure_cell(cell, model, x, y, suite.repeats), status="ok", error="")
+                    row.update(measure_cell(cell, model, data, suite.repeats), status="ok", error="")
                     done.append(cell)
                 except Exception as exc:
                     row.update(status="failed", error=failure(exc))

@@ -19,7 +19,7 @@ from diffbench.contract import Dataset, Denoiser, Splits
 from diffbench.schedule import NoiseSchedule, q_sample
 
 CACHE_ENV = "DIFFBENCH_CACHE"
-CACHE_FORMAT = 1  # bump when training code changes what a key's weights would be
+CACHE_FORMAT = 2  # bump when training code changes what a key's weights would be
 
 
 @dataclass(frozen=True)
