@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -93,10 +94,17 @@ def throughput(frame: pd.DataFrame, path: Path) -> Path:
 
 def decision_regions(regions: pd.DataFrame, points: pd.DataFrame, path: Path) -> Path:
     """Each estimator's predicted class over the plane (shaded by confidence) with the test points."""
-    keys = list(regions.groupby(PANEL + ["estimator_label"], sort=False).groups)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4.2), squeeze=False)
-    colors = sns.color_palette("tab10")
-    for ax, key in zip(axes[0], keys, strict=True):
+    pairs = list(regions.groupby(PANEL, sort=False).groups)
+    labels = list(dict.fromkeys(regions["estimator_label"]))
+    fig, axes = plt.subplots(len(pairs), len(labels), figsize=(4.2 * len(labels), 4.2 * len(pairs)), squeeze=False)
+    classes = int(max(regions["pred"].max(), points["label"].max())) + 1
+    colors = sns.color_palette("tab10" if classes <= 10 else "husl", classes)
+    present = set(regions.groupby(PANEL + ["estimator_label"], sort=False).groups)
+    for (row, pair), (col, label) in itertools.product(enumerate(pairs), enumerate(labels)):
+        ax, key = axes[row][col], (*pair, label)
+        if key not in present:
+            ax.set_axis_off()
+            continue
         grid = regions.set_index(PANEL + ["estimator_label"]).loc[[key]]
         xs, ys = np.sort(grid["x0"].unique()), np.sort(grid["x1"].unique())
         pred = grid.pivot_table(index="x1", columns="x0", values="pred").to_numpy()
