@@ -26,7 +26,8 @@ class InputError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.echo(f"diffbench: error: {self.format_message()}", err=True)
+        one_line = " ".join(self.format_message().split())
+        click.echo(f"diffbench: error: {one_line}", err=True)
 
 
 def log(message: str) -> None:
@@ -65,6 +66,7 @@ def list_plugins(as_json: bool) -> None:
                 "params": r.cls.params,
                 "source": r.source,
                 "doc": (r.cls.__doc__ or "").strip().splitlines()[0] if r.cls.__doc__ else "",
+                **({"accepts": r.cls.accepts, "train": r.cls.train} if kind == "denoiser" else {}),
             }
             for r in sorted(entries.values(), key=lambda r: r.name)
         ]

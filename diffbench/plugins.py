@@ -8,6 +8,7 @@ can ``pm.register(obj)`` a plugin and ``pm.unregister(obj)`` it afterwards.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -48,9 +49,9 @@ def load_plugin(spec: str) -> ModuleType:
         path = Path(spec).resolve()
         if not path.is_file():
             raise PluginError(f"plugin file '{spec}' does not exist; check the --plugin path")
-        name = f"diffbench_file_plugin_{abs(hash(str(path)))}"
+        name = f"diffbench_file_plugin_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
         if name in sys.modules:
-            return sys.modules[name]
+            return register_module(sys.modules[name], sys.modules[name].__diffbench_source__)
         module_spec = importlib.util.spec_from_file_location(name, path)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
@@ -71,8 +72,21 @@ def load_plugin(spec: str) -> ModuleType:
             ) from None
         except Exception as exc:
             raise PluginError(f"plugin module '{spec}' failed to import: {type(exc).__name__}: {exc}") from None
-    if not pm.is_registered(module):
-        pm.register(module, name=getattr(module, "__diffbench_source__", f"module {spec}"))
+    return register_module(module, getattr(module, "__diffbench_source__", f"module {spec}"))
+
+
+def register_module(module: ModuleType, source: str) -> ModuleType:
+    """Register a plugin module once; a hook with a wrong signature is a PluginError."""
+    if pm.is_registered(module):
+        return module
+    try:
+        pm.register(module, name=source)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(
+            f"plugin {source} has a malformed hook ({exc}); a hook takes exactly one argument, `register`"
+        ) from None
+    except ValueError as exc:
+        raise PluginError(f"plugin {source} cannot be registered: {exc}") from None
     return module
 
 

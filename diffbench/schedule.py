@@ -18,8 +18,8 @@ def make_betas(kind: str = "linear", num_timesteps: int = 1000) -> torch.Tensor:
     if num_timesteps < 2:
         raise ValueError(f"num_timesteps must be at least 2, got {num_timesteps}")
     if kind == "linear":
-        scale = 1000 / num_timesteps
-        return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
+        scale = 1000 / num_timesteps  # keeps the total noise of Ho et al.'s T = 1000 schedule
+        return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64).clamp(max=0.999)
     if kind == "cosine":
         s = 0.008
         steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps

@@ -103,7 +103,21 @@ def parse_value(raw: str) -> Any:
 
 def parse(text: str) -> tuple[str, dict[str, Any]]:
     """Parse one selector into its plugin name and params (list values still unexpanded)."""
-    return _Parser(text.replace(" ", "")).selector()
+    return _Parser(_drop_unquoted_spaces(text)).selector()
+
+
+def _drop_unquoted_spaces(text: str) -> str:
+    """``a[x = 1, y='b c']`` -> ``a[x=1,y='b c']``: spaces outside quotes mean nothing."""
+    out, quote = [], ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char.isspace():
+            continue
+        out.append(char)
+    return "".join(out)
 
 
 def expand(text: str) -> list[tuple[str, dict[str, Any]]]:

@@ -92,6 +92,21 @@ class BareForward:
             self.model.module(self.x[:rest], self.t[:rest], self.c[:rest])
 
 
+def calibrate(run_pass: Callable[[], object], device: torch.device, first_pass_s: float) -> int:
+    """Passes per timed region so that a warm region lasts at least MIN_REGION_S.
+
+    The first pass is cold (allocations, lazy init) and can be several times slower than
+    a warm one, so the estimate from it is checked on warm regions and scaled up.
+    """
+    inner = max(1, math.ceil(MIN_REGION_S / max(first_pass_s, 1e-6)))
+    for _ in range(4):
+        region_s = timed(lambda n=inner: [run_pass() for _ in range(n)], device)
+        if region_s >= MIN_REGION_S:
+            break
+        inner = max(inner + 1, math.ceil(inner * 1.2 * MIN_REGION_S / max(region_s, 1e-6)))
+    return inner
+
+
 def measure(
     run_pass: Callable[[], object],
     model: ConditionalModel,
@@ -106,7 +121,7 @@ def measure(
     each region repeats so that it lasts at least MIN_REGION_S. NFE is read from the
     model's counter over the timed regions.
     """
-    inner = max(1, math.ceil(MIN_REGION_S / max(first_pass_s, 1e-6)))
+    inner = calibrate(run_pass, model.device, first_pass_s)
     est_rates, eval_rates, bare_rates, efficiencies = [], [], [], []
     bare: BareForward | None = None
     for _ in range(repeats):

@@ -1,0 +1,41 @@
+"""CUDA: estimators and a tiny run on the GPU (skipped without one)."""
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import Recorder, make_model, write_suite
+
+from diffbench import plugins
+from diffbench.cli import main
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("name", ["full-mc", "shared-noise", "truncated"])
+def test_estimator_on_cuda(name):
+    model = make_model(Recorder(dim=2, num_classes=3), device="cuda", max_batch=16)
+    x = torch.randn(5, 2, device="cuda")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    err = plugins.get("estimator", name).cls().errors(model, x, 4, generator)
+    assert err.shape == (5, 3) and err.device.type == "cuda" and torch.isfinite(err).all()
+    assert model.nfe == 5 * 4 * 3
+    again = plugins.get("estimator", name).cls().errors(model, x, 4, torch.Generator(device="cuda").manual_seed(0))
+    assert torch.equal(err, again)
+
+
+def test_tiny_run_on_cuda(tmp_path):
+    suite = write_suite(tmp_path / "tiny.toml", devices=["cuda"], estimators=["shared-noise", "full-mc"])
+    args = ["run", "--suite", suite, "--out", tmp_path / "run", "--cache", tmp_path / "cache", "--no-plots"]
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert len(table) == 4 and (table["status"] == "ok").all()
+    assert set(table["device"]) == {"cuda"}
+    assert (table["device_name"] == torch.cuda.get_device_name()).all()
+    assert (table["nfe_per_sample"] == table["trials"] * 2).all()
+    assert (table["peak_memory_mb"] > 0).all()
+    assert list((tmp_path / "cache").glob("*.pt")), "trained on cuda and cached"

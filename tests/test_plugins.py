@@ -1,0 +1,240 @@
+"""Plugin discovery and registration: entry points, plugin objects, files, modules, the env var."""
+
+import json
+import sys
+
+import pytest
+import torch
+from conftest import error_lines, hooks_for
+
+import diffbench
+from diffbench import plugins
+from diffbench.contract import Plugin
+
+PLUGIN_FILE = '''
+import torch
+import diffbench
+
+class Zero(diffbench.Estimator):
+    """Scores every class zero."""
+
+    name = "zero-est"
+    params = {"scale": 1.0}
+
+    def errors(self, model, x, trials, generator):
+        return torch.zeros(x.shape[0], model.num_classes)
+
+@diffbench.hookimpl
+def register_estimators(register):
+    register(Zero)
+'''
+
+
+class Dummy(diffbench.Estimator):
+    """An estimator that scores every class zero."""
+
+    name = "dummy"
+    params = {"lr": 0.1, "steps": 3, "flag": False, "mode": "a", "sizes": [1, 2]}
+
+    def errors(self, model, x, trials, generator):
+        return torch.zeros(x.shape[0], model.num_classes)
+
+
+@pytest.fixture
+def plugin_file(tmp_path):
+    path = tmp_path / "zero_plugin.py"
+    path.write_text(PLUGIN_FILE)
+    return path
+
+
+def test_builtins_arrive_through_entry_points():
+    found = plugins.registry()
+    assert set(found) == {"dataset", "denoiser", "estimator"}
+    builtins = [("dataset", "spirals"), ("denoiser", "mlp")] + [
+        ("estimator", name) for name in ("full-mc", "shared-noise", "truncated")
+    ]
+    for kind, name in builtins:
+        entry = found[kind][name]
+        assert entry.kind == kind and entry.name == name and entry.cls.name == name
+        assert entry.source.startswith("diffbench "), entry.source
+        assert "diffbench_plugins." in entry.source
+
+
+def test_a_registered_plugin_object_is_found_and_forgotten_on_unregister(register_plugin):
+    obj = register_plugin(hooks_for(estimators=[Dummy]), name="test plugin")
+    entry = plugins.get("estimator", "dummy")
+    assert entry.cls is Dummy and entry.source == "test plugin"
+    plugins.pm.unregister(obj)
+    assert "dummy" not in plugins.registry()["estimator"]
+
+
+def test_unknown_name_gets_a_did_you_mean():
+    with pytest.raises(plugins.PluginError, match="did you mean 'shared-noise'"):
+        plugins.get("estimator", "shared-nosie")
+
+
+def test_a_name_clash_names_both_sources(register_plugin):
+    class Clash(Dummy):
+        name = "shared-noise"
+
+    register_plugin(hooks_for(estimators=[Clash]), name="clashing plugin")
+    with pytest.raises(plugins.PluginError) as info:
+        plugins.registry()
+    message = str(info.value)
+    assert "'shared-noise' is registered twice" in message
+    assert "clashing plugin" in message and "diffbench_plugins.monte_carlo" in message
+
+
+@pytest.mark.parametrize(
+    ("hooks", "match"),
+    [
+        ({"estimators": [int]}, "not a subclass of diffbench.Estimator"),
+        ({"estimators": [type("SpiralsAgain", (diffbench.Dataset,), {"name": "x"})]}, "not a subclass"),
+        ({"denoisers": [type("Nameless", (diffbench.Denoiser,), {})]}, "non-empty string `name`"),
+        ({"datasets": [type("BadParams", (diffbench.Dataset,), {"name": "bp", "params": [1]})]}, "dict of defaults"),
+    ],
+)
+def test_registering_a_bad_class_is_a_clear_error(register_plugin, hooks, match):
+    register_plugin(hooks_for(**hooks), name="bad plugin")
+    with pytest.raises(plugins.PluginError, match=match) as info:
+        plugins.registry()
+    assert "bad plugin" in str(info.value)
+
+
+def test_a_plugin_raising_in_its_hook_is_reported(register_plugin):
+    class Raising:
+        @diffbench.hookimpl
+        def register_datasets(self, register):
+            raise RuntimeError("boom")
+
+    register_plugin(Raising(), name="raising plugin")
+    with pytest.raises(plugins.PluginError, match="raising plugin raised in register_datasets: RuntimeError: boom"):
+        plugins.registry()
+
+
+class TestParams:
+    def test_defaults_are_merged_with_overrides(self):
+        est = Dummy(steps=5)
+        assert est.params == {"lr": 0.1, "steps": 5, "flag": False, "mode": "a", "sizes": [1, 2]}
+        assert Dummy.params["steps"] == 3, "class defaults are untouched"
+        assert repr(est) == "dummy[steps=5]" and repr(Dummy()) == "dummy"
+
+    def test_unknown_key_gets_a_did_you_mean(self):
+        with pytest.raises(diffbench.ParamError, match="no param 'step'; did you mean 'steps'") as info:
+            Dummy(step=5)
+        assert "known params: lr, steps, flag, mode, sizes" in str(info.value)
+
+    def test_numbers_are_coerced_to_the_default_type(self):
+        est = Dummy(lr=1, steps=4.0, sizes=(3,))
+        assert est.params["lr"] == 1.0 and isinstance(est.params["lr"], float)
+        assert est.params["steps"] == 4 and isinstance(est.params["steps"], int)
+        assert est.params["sizes"] == [3]
+
+    @pytest.mark.parametrize(
+        ("key", "value"),
+        [("lr", "fast"), ("lr", True), ("steps", 2.5), ("steps", "3"), ("flag", 1), ("mode", 2), ("sizes", 1)],
+    )
+    def test_wrong_types_are_rejected(self, key, value):
+        with pytest.raises(diffbench.ParamError, match=f"param '{key}' must be"):
+            Dummy(**{key: value})
+
+    def test_validate_runs_after_merging(self):
+        class Positive(Plugin):
+            name = "positive"
+            params = {"n": 1}
+
+            def validate(self):
+                if self.params["n"] < 1:
+                    raise diffbench.ParamError("n must be positive")
+
+        with pytest.raises(diffbench.ParamError, match="positive"):
+            Positive(n=0)
+
+
+def test_cli_plugin_file_is_listed_with_its_file_source(cli, plugin_file):
+    result = cli("--plugin", plugin_file, "list")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("zero-est"))
+    assert "scale=1.0" in lines[at]
+    assert lines[at + 1].strip() == f"from file {plugin_file.resolve()}"
+
+
+def test_cli_list_json_has_three_kinds(cli):
+    result = cli("list", "--json")
+    assert result.exit_code == 0
+    listing = json.loads(result.stdout)
+    assert set(listing) == {"datasets", "denoisers", "estimators"}
+    estimators = {entry["name"]: entry for entry in listing["estimators"]}
+    assert {"full-mc", "shared-noise", "truncated"} <= set(estimators)
+    assert estimators["truncated"]["params"] == {"loss": "l2", "t_min": 0, "t_max": 300}
+    assert estimators["full-mc"]["doc"].startswith("A fresh timestep")
+
+
+# Regression (bug found by this suite): `list` never showed Denoiser.accepts.
+def test_cli_list_shows_what_a_denoiser_accepts(cli):
+    result = cli("list")
+    assert "takes any shape" in result.stdout
+
+
+def test_env_var_loads_a_file_plugin(cli, plugin_file, monkeypatch):
+    monkeypatch.setenv(plugins.ENV_VAR, f" {plugin_file} ,")
+    result = cli("list", "--json")
+    assert result.exit_code == 0, result.output
+    names = [entry["name"] for entry in json.loads(result.stdout)["estimators"]]
+    assert "zero-est" in names
+
+
+def test_a_module_plugin_loads_by_name(tmp_path, monkeypatch):
+    (tmp_path / "my_zero_plugin.py").write_text(PLUGIN_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = plugins.load_plugin("my_zero_plugin")
+    try:
+        assert plugins.get("estimator", "zero-est").source == "module my_zero_plugin"
+    finally:
+        plugins.pm.unregister(module)
+        sys.modules.pop("my_zero_plugin", None)
+
+
+def test_a_missing_plugin_file_is_one_line_and_exit_2(cli, tmp_path):
+    result = cli("--plugin", tmp_path / "nope.py", "list")
+    assert result.exit_code == 2
+    assert error_lines(result) == [
+        f"diffbench: error: plugin file '{tmp_path / 'nope.py'}' does not exist; check the --plugin path"
+    ]
+    assert result.stdout == ""
+
+
+def test_a_missing_plugin_module_is_one_line_and_exit_2(cli):
+    result = cli("--plugin", "no_such_diffbench_plugin_module", "list")
+    assert result.exit_code == 2
+    (line,) = error_lines(result)
+    assert line.startswith("diffbench: error: plugin module 'no_such_diffbench_plugin_module' cannot be imported")
+
+
+def test_a_plugin_file_that_fails_to_import_is_one_line(cli, tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('half-written plugin')\n")
+    result = cli("--plugin", broken, "list")
+    assert result.exit_code == 2
+    (line,) = error_lines(result)
+    assert "failed to import: RuntimeError: half-written plugin" in line
+
+
+# Regression (bug found by this suite): pluggy's PluginValidationError escaped as a traceback with exit 1.
+def test_a_plugin_with_a_wrong_hook_signature_is_one_line(cli, tmp_path):
+    bad = tmp_path / "bad_signature.py"
+    bad.write_text("import diffbench\n\n@diffbench.hookimpl\ndef register_estimators(reg):\n    pass\n")
+    result = cli("--plugin", bad, "list")
+    assert result.exit_code == 2
+    (line,) = error_lines(result)
+    assert line.startswith("diffbench: error:") and "register_estimators" in line
+
+
+# Regression (bug found by this suite): a file plugin already imported was returned without registering it.
+def test_a_file_plugin_can_be_loaded_again_after_unregistering(plugin_file):
+    module = plugins.load_plugin(str(plugin_file))
+    plugins.pm.unregister(module)
+    again = plugins.load_plugin(str(plugin_file))
+    assert "zero-est" in plugins.registry()["estimator"]
+    plugins.pm.unregister(again)

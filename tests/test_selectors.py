@@ -1,0 +1,168 @@
+"""Selectors, trial lists, suite files, and the CLI's one-line errors for bad input."""
+
+import pytest
+from conftest import error_lines, write_suite
+
+from diffbench.selectors import SelectorError, expand, parse, parse_int_list
+from diffbench.suite import Suite, SuiteError, load_suite, suite_from_dict
+from diffbench.suite import expand as expand_suite
+
+
+def test_a_list_value_expands_to_one_spec_per_value():
+    assert expand("truncated[t_min=100,t_max=[300,600]]") == [
+        ("truncated", {"t_min": 100, "t_max": 300}),
+        ("truncated", {"t_min": 100, "t_max": 600}),
+    ]
+
+
+def test_several_lists_expand_to_their_product():
+    specs = expand("x[a=[1,2],b=[p,q,r]]")
+    assert len(specs) == 6
+    assert ("x", {"a": 2, "b": "r"}) in specs
+
+
+def test_a_bare_name_is_one_spec_without_params():
+    assert expand("shared-noise") == [("shared-noise", {})]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("x[v=3]", 3),
+        ("x[v=-3]", -3),
+        ("x[v=0.5]", 0.5),
+        ("x[v=1e-3]", 1e-3),
+        ("x[v=true]", True),
+        ("x[v=False]", False),
+        ("x[v=l1]", "l1"),
+        ("x[v='3']", "3"),
+        ('x[v="a,b]"]', "a,b]"),
+    ],
+)
+def test_values_are_typed(text, value):
+    name, params = parse(text)
+    assert name == "x"
+    assert params["v"] == value and type(params["v"]) is type(value)
+
+
+def test_spaces_around_tokens_are_ignored():
+    assert parse("truncated[ t_min = 1 , t_max = [ 2 , 3 ] ]") == ("truncated", {"t_min": 1, "t_max": [2, 3]})
+
+
+# Regression (bug found by this suite): parse() dropped the spaces inside quoted values too.
+def test_quoted_values_keep_their_spaces():
+    assert parse("x[label='two words']") == ("x", {"label": "two words"})
+
+
+@pytest.mark.parametrize(
+    "text", ["x[", "x[a]", "x[a=1", "x]]", "", "x[a=1,a=2]", "x[a=]", "x[a=[1,2]", "x[a='1]", "[a=1]", "x[a=1]y"]
+)
+def test_malformed_selectors_say_so(text):
+    with pytest.raises(SelectorError, match="malformed selector") as info:
+        expand(text)
+    assert "e.g. truncated[t_min=100,t_max=[300,600]]" in str(info.value)
+
+
+def test_a_repeated_param_is_named():
+    with pytest.raises(SelectorError, match="param 'a' given twice"):
+        parse("x[a=1,a=2]")
+
+
+@pytest.mark.parametrize(("text", "values"), [("1", [1]), ("1,2,4,8", [1, 2, 4, 8]), (" 3, 5 ", [3, 5])])
+def test_int_lists(text, values):
+    assert parse_int_list(text) == values
+
+
+@pytest.mark.parametrize("text", ["0", "a", "1,,2", "-1", "", "1.5", "2,"])
+def test_bad_int_lists(text):
+    with pytest.raises(SelectorError, match="trials must be positive integers"):
+        parse_int_list(text)
+
+
+class TestSuites:
+    def test_builtin_quick_suite_loads(self):
+        suite = load_suite("quick")
+        assert suite.datasets == ["spirals"] and suite.estimators == ["full-mc", "shared-noise", "truncated"]
+        assert suite.trials == [1, 2, 4, 8, 16, 32] and suite.repeats >= 1
+
+    def test_a_suite_file_loads_with_its_train_table(self, tmp_path):
+        suite = load_suite(str(write_suite(tmp_path / "s.toml", train={"steps": 7, "lr": 1})))
+        assert suite.devices == ["cpu"] and suite.trials == [1, 2]
+        assert suite.train == {"steps": 7, "lr": 1}
+
+    def test_a_scalar_is_a_one_item_list(self):
+        suite = suite_from_dict({"estimators": "full-mc", "trials": 4, "devices": "cpu"})
+        assert suite.estimators == ["full-mc"] and suite.trials == [4] and suite.devices == ["cpu"]
+
+    @pytest.mark.parametrize(
+        ("data", "match"),
+        [
+            ({"estimator": ["full-mc"]}, "unknown key 'estimator'"),
+            ({"trials": [1, -2]}, "trials must be positive"),
+            ({"trials": [0]}, "trials must be positive"),
+            ({"trials": []}, "non-empty list"),
+            ({"devices": ["tpu"]}, "unknown device 'tpu'"),
+            ({"schedule": "quadratic"}, "unknown schedule"),
+            ({"seed": -1}, "seed >= 0"),
+            ({"repeats": True}, "'repeats' must be int"),
+            ({"datasets": [1]}, "list of selector strings"),
+            ({"train": {"stepz": 10}}, r"unknown \[train\] key"),
+            ({"train": {"steps": 0}}, r"bad \[train\] settings"),
+            ({"train": {"mlp": {"lr": -1.0}}}, r"bad \[train\] settings"),
+            ({"train": 5}, r"\[train\] must be a table"),
+        ],
+    )
+    def test_bad_suites_are_suite_errors(self, data, match):
+        with pytest.raises(SuiteError, match=match):
+            suite_from_dict(data, "my suite")
+
+    def test_bad_toml_and_missing_files(self, tmp_path):
+        bad = tmp_path / "bad.toml"
+        bad.write_text("trials = [1, 2\n")
+        with pytest.raises(SuiteError, match="not valid TOML"):
+            load_suite(str(bad))
+        with pytest.raises(SuiteError, match="does not exist"):
+            load_suite(str(tmp_path / "missing.toml"))
+        with pytest.raises(SuiteError, match="unknown suite 'quik'"):
+            load_suite("quik")
+
+    def test_train_settings_layer_denoiser_defaults_suite_and_per_denoiser_tables(self):
+        from diffbench.plugins import get
+
+        mlp = get("denoiser", "mlp").cls()
+        suite = suite_from_dict({"train": {"steps": 10, "lr": 0.5, "mlp": {"lr": 0.25}}})
+        settings = suite.train_settings(mlp)
+        assert (settings.steps, settings.lr) == (10, 0.25)
+        assert Suite().train_settings(mlp).steps == 4000
+
+    def test_a_suite_expands_to_the_grid(self):
+        suite = suite_from_dict({"estimators": ["shared-noise", "truncated[t_max=[100,200]]"], "trials": [1, 2]})
+        cells = expand_suite(suite, ["cpu"])
+        assert len(cells) == 3 * 2
+        labels = [repr(c.estimator) for c in cells[::2]]
+        assert labels == ["shared-noise", "truncated[t_max=100]", "truncated[t_max=200]"]
+        assert {c.trials for c in cells} == {1, 2}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-e", "truncated[t_max=[1,2"], "malformed selector 'truncated[t_max=[1,2'"),
+        (["-e", "shared-nose"], "unknown estimator 'shared-nose'; did you mean 'shared-noise'?"),
+        (["-e", "truncated[t_maxx=5]"], "has no param 't_maxx'; did you mean 't_max'?"),
+        (["-e", "truncated[t_max=abc]"], "param 't_max' must be int, got 'abc'"),
+        (["-e", "truncated[t_min=9,t_max=3]"], "t_min <= t_max"),
+        (["-d", "spirals[n_train=1]"], "n_train and n_test of at least 2"),
+        (["--trials", "1,0"], "trials must be positive integers"),
+        (["--suite", "nope"], "unknown suite 'nope'"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2_before_training(cli, tmp_path, args, message):
+    suite = write_suite(tmp_path / "tiny.toml")
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    result = cli("run", "--suite", suite, "--cache", cache, "--out", out, *args)
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result)
+    assert line.startswith("diffbench: error: ") and message in line, line
+    assert not (cache.exists() and any(cache.iterdir())), "nothing was trained"
+    assert not out.exists()
