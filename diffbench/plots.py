@@ -46,10 +46,90 @@ def accuracy_vs_nfe(frame: pd.DataFrame, path: Path) -> Path:
                 color=palette[label],
                 alpha=0.15,
             )
+        frontier = pareto_frontier(panel)
+        ax.step(
+            frontier["nfe_per_sample"],
+            frontier["accuracy"],
+            where="post",
+            color="black",
+            lw=1,
+            ls=":",
+            label="Pareto frontier",
+        )
+        ax.scatter(
+            frontier["nfe_per_sample"], frontier["accuracy"], s=90, facecolors="none", edgecolors="black", zorder=3
+        )
         ax.set_xscale("log", base=2)
         ax.set(xlabel="denoiser evaluations per sample (NFE)", ylabel="test accuracy", title=f"{key[0]} x {key[1]}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pareto_frontier(panel: pd.DataFrame) -> pd.DataFrame:
+    """The cells no other cell beats on both NFE per sample (lower) and accuracy (higher)."""
+    ordered = panel.sort_values(["nfe_per_sample", "accuracy"], ascending=[True, False])
+    best, keep = -1.0, []
+    for index, row in ordered.iterrows():
+        if row["accuracy"] > best:
+            best = row["accuracy"]
+            keep.append(index)
+    return ordered.loc[keep]
+
+
+def reliability(bins: pd.DataFrame, path: Path) -> Path:
+    """Reliability diagram of the calibrated probabilities: each estimator at its largest trials."""
+    keys = list(bins.groupby(PANEL, sort=False).groups)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.5), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        panel = bins.set_index(PANEL).loc[[key]].reset_index()
+        top = panel.groupby("estimator_label")["trials"].transform("max")
+        panel = panel[(panel["trials"] == top) & (panel["device"] == panel["device"].iloc[0])]
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        for label, line in panel.groupby("estimator_label", sort=False):
+            ax.plot(
+                line["confidence"],
+                line["bin_accuracy"],
+                marker="o",
+                label=f"{label} ({int(line['trials'].iloc[0])} trials)",
+            )
+        ax.set(
+            xlabel="confidence (temperature-calibrated)",
+            ylabel="accuracy",
+            xlim=(0, 1),
+            ylim=(0, 1),
+            title=f"reliability: {key[0]} x {key[1]}",
+        )
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def truncation_windows(frame: pd.DataFrame, path: Path) -> Path | None:
+    """Accuracy of `truncated` over t_min x t_max at its largest trials: which timesteps carry the class."""
+    cols = ["p_estimator_t_min", "p_estimator_t_max"]
+    data = frame[frame["estimator"] == "truncated"] if set(cols) <= set(frame.columns) else frame.iloc[:0]
+    keys = [k for k, g in data.groupby(PANEL, sort=False) if g[cols[0]].nunique() > 1 or g[cols[1]].nunique() > 1]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.5), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        panel = data.set_index(PANEL).loc[[key]]
+        panel = panel[(panel["trials"] == panel["trials"].max()) & (panel["device"] == panel["device"].iloc[0])]
+        table = panel.pivot_table(index=cols[0], columns=cols[1], values="accuracy").astype(float)
+        table.index, table.columns = table.index.astype(int), table.columns.astype(int)  # NaN-free here
+        sns.heatmap(table, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": "accuracy"})
+        ax.set(
+            xlabel="t_max",
+            ylabel="t_min",
+            title=f"truncated, {int(panel['trials'].iloc[0])} trials: {key[0]} x {key[1]}",
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -176,6 +256,11 @@ def plot_run(run_dir: Path) -> list[Path]:
         return made
     made.append(accuracy_vs_nfe(ok, run_dir / "accuracy_vs_nfe.png"))
     made.append(throughput(ok, run_dir / "throughput.png"))
+    windows = truncation_windows(ok, run_dir / "truncation_windows.png")
+    if windows is not None:
+        made.append(windows)
+    if (run_dir / results.RELIABILITY).is_file():
+        made.append(reliability(pd.read_parquet(run_dir / results.RELIABILITY), run_dir / "reliability.png"))
     if (run_dir / results.SAMPLES).is_file():
         points = pd.read_parquet(run_dir / results.SAMPLES)
         if (run_dir / results.REGIONS).is_file():

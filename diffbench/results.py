@@ -20,6 +20,8 @@ TABLE = "results.parquet"
 CSV = "results.csv"
 REGIONS = "regions.parquet"
 SAMPLES = "samples.parquet"
+RELIABILITY = "reliability.parquet"
+BASELINE = "full-mc"  # variance_reduction is measured against this estimator in the same run
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -100,8 +102,20 @@ def write_atomic(frame: pd.DataFrame, path: Path) -> None:
             os.unlink(tmp)
 
 
+def with_variance_reduction(frame: pd.DataFrame) -> pd.DataFrame:
+    """variance_reduction = full-mc's gap_variance / this cell's, at the same pair, device, trials and seed."""
+    if "gap_variance" not in frame:
+        return frame
+    keys = ["dataset_label", "denoiser_label", "device", "trials", "seed"]
+    base = frame[(frame["estimator"] == BASELINE) & (frame["status"] == "ok")]
+    base = base.drop_duplicates(keys)[keys + ["gap_variance"]].rename(columns={"gap_variance": "_baseline"})
+    merged = frame.drop(columns=["variance_reduction"], errors="ignore").merge(base, on=keys, how="left")
+    merged["variance_reduction"] = merged["_baseline"] / merged["gap_variance"]
+    return merged.drop(columns=["_baseline"])
+
+
 def write_table(rows: list[dict[str, Any]], out: Path) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
+    frame = with_variance_reduction(pd.DataFrame(rows))
     write_atomic(frame, out / TABLE)
     write_atomic(frame, out / CSV)
     return frame

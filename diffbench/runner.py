@@ -13,19 +13,21 @@ from typing import Any
 import pandas as pd
 import torch
 
-from diffbench import results
+from diffbench import metrics, results
 from diffbench.contract import Plugin, Splits
 from diffbench.model import ConditionalModel
 from diffbench.results import param_columns, wilson_interval
 from diffbench.schedule import NoiseSchedule, sample
 from diffbench.suite import Cell, Suite
-from diffbench.timing import measure, timed, tune_cpu_allocator
+from diffbench.timing import measure, median_iqr, timed, tune_cpu_allocator
 from diffbench.training import build_module, load_checkpoint, load_or_train
 
 REGION_GRID = 64  # decision regions are drawn on a REGION_GRID x REGION_GRID lattice
 HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, 500  # training data held out for estimators' fit and calibration
 SAMPLES_PER_CLASS = 300  # 2-D points per class drawn from the model
 IMAGES_PER_CLASS = 8  # images per class drawn from the model
+GAP_SAMPLES = 200  # test samples behind gap_variance
+GAP_REPEATS = 8  # independent repeats behind gap_variance
 
 
 class PluginOutputError(RuntimeError):
@@ -80,36 +82,65 @@ class CellData:
     heldout_y: torch.Tensor
 
 
-def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, repeats: int) -> dict:
-    """Fit on held-out data, accuracy from one seeded pass, then interleaved timed repeats."""
+def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, repeats: int) -> tuple[dict, list[dict]]:
+    """One cell's row and its reliability bins.
+
+    In order: ``fit`` on held-out data; accuracy from one pass seeded by the cell's seed;
+    a temperature fitted on the held-out data; the error-gap variance over independent
+    repeats on a subset of the test set; then interleaved timed repeats. Only the last
+    is timed; NFE are read from the model's counter around each step.
+    """
     device = model.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     x, y = data.x, data.y
     n, k = x.shape[0], model.num_classes
+    name, trials = cell.estimator.name, cell.trials
+
+    def classify(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return check_errors(cell.estimator.errors(model, inputs, trials, generator), inputs.shape[0], k, name)
+
     generator = torch.Generator(device=device).manual_seed(cell.seed)
     model.reset_nfe()
     cell.estimator.fit(model, data.heldout_x, data.heldout_y, generator)
     fit_nfe = model.reset_nfe()
     errors: list[torch.Tensor] = []
-    first_s = timed(lambda: errors.append(cell.estimator.errors(model, x, cell.trials, generator)), device)
-    nfe = model.reset_nfe()
-    err = check_errors(errors[0], n, k, cell.estimator.name).float()
-    correct = int((err.argmin(1) == y).sum())
+    first_s = timed(lambda: errors.append(classify(x, generator)), device)
+    pass_nfe = [model.reset_nfe() / n]
+    err = errors[0].float().cpu()
+    y_cpu = y.cpu()
+    correct = int((err.argmin(1) == y_cpu).sum())
     low, high = wilson_interval(correct, n)
-    speed = measure(
-        lambda: cell.estimator.errors(model, x, cell.trials, generator), model, n, first_s, repeats, generator
-    )
-    return {
+
+    temperature = 1.0
+    if data.heldout_x.shape[0] >= 2:
+        temperature = metrics.fit_temperature(classify(data.heldout_x, generator).cpu(), data.heldout_y.cpu())
+    model.reset_nfe()
+    subset = slice(0, min(n, GAP_SAMPLES))
+    repeated = []
+    for r in range(GAP_REPEATS):
+        independent = torch.Generator(device=device).manual_seed(cell.seed + 1 + r)
+        repeated.append(classify(x[subset], independent).cpu())
+        pass_nfe.append(model.reset_nfe() / x[subset].shape[0])
+    gap_var = metrics.gap_variance(torch.stack(repeated), y_cpu[subset])
+    nfe_mid, nfe_iqr = median_iqr(pass_nfe)
+
+    speed = measure(lambda: cell.estimator.errors(model, x, trials, generator), model, n, first_s, repeats, generator)
+    row = {
         "n_test": n,
         "accuracy": correct / n,
         "accuracy_ci_low": low,
         "accuracy_ci_high": high,
-        "nfe_per_sample": nfe / n,
+        "nfe_per_sample": pass_nfe[0],
+        "nfe_per_sample_iqr": nfe_iqr,
         "fit_nfe_per_sample": fit_nfe / max(1, data.heldout_x.shape[0]),
+        "temperature": temperature,
+        **metrics.calibration(err, y_cpu, temperature),
+        "gap_variance": gap_var * nfe_mid,
         **vars(speed),
         "peak_memory_mb": peak_memory_mb(device),
     }
+    return row, metrics.reliability_bins(err, y_cpu, temperature)
 
 
 def identity(cell: Cell, suite: Suite) -> dict[str, Any]:
@@ -308,7 +339,7 @@ def run(
     schedule = NoiseSchedule(suite.schedule, suite.timesteps)
     base = {**results.provenance(), "cpu_allocator_tuned": tune_cpu_allocator()}
     rows: list[dict[str, Any]] = []
-    regions, samples = [], []
+    regions, samples, reliability = [], [], []
     for group in groups(cells):
         first = group[0]
         ids = group_ids(first)
@@ -348,7 +379,9 @@ def run(
                     "setup_s": setup_s,
                 }
                 try:
-                    row.update(measure_cell(cell, model, data, suite.repeats), status="ok", error="")
+                    measured, bins = measure_cell(cell, model, data, suite.repeats)
+                    row.update(measured, status="ok", error="")
+                    reliability += [{**identity(cell, suite), **b} for b in bins]
                     done.append(cell)
                 except Exception as exc:
                     row.update(status="failed", error=failure(exc))
@@ -368,6 +401,8 @@ def run(
         results.write_atomic(pd.concat(regions, ignore_index=True), out / results.REGIONS)
     if samples:
         results.write_atomic(pd.concat(samples, ignore_index=True), out / results.SAMPLES)
+    if reliability:
+        results.write_atomic(pd.DataFrame(reliability), out / results.RELIABILITY)
     if not rows:
         return pd.DataFrame(columns=["status"])
     return results.write_table(rows, out)
