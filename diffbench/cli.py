@@ -178,7 +178,7 @@ def show_progress(opts: dict) -> bool:
 @click.option("--no-plots", is_flag=True, help="Write the table only.")
 def run(out, no_cache, checkpoint, no_plots, **opts) -> None:
     """Run a benchmark grid (default: the built-in quick suite) and write table and plots."""
-    from diffbench import plots, runner
+    from diffbench import runner
 
     suite, devices, cells = build_grid(opts)
     if checkpoint is not None:
@@ -197,6 +197,8 @@ def run(out, no_cache, checkpoint, no_plots, **opts) -> None:
         raise click.ClickException("no cell ran: every dataset x denoiser pair was skipped (see above)")
     (out / "suite.json").write_text(json.dumps(suite.to_dict(), indent=2, default=str))
     if not no_plots:
+        from diffbench import plots
+
         for path in plots.plot_run(out):
             log(f"plot: {path}")
     click.echo(results.summary(frame))

@@ -48,6 +48,11 @@ def check_splits(splits: Any, name: str) -> Splits:
             raise PluginOutputError(f"{where}: {part}_x holds NaN or inf")
         if y.numel() and (y.min() < 0 or y.max() >= len(splits.class_names)):
             raise PluginOutputError(f"{where}: {part}_y has labels outside [0, {len(splits.class_names)})")
+    names = splits.class_names
+    if not (isinstance(names, (list, tuple)) and names and all(isinstance(c, str) for c in names)):
+        raise PluginOutputError(f"{where}: class_names must be a non-empty list of str, got {names!r}")
+    if len(splits.train_x) == 0 or len(splits.test_x) == 0:
+        raise PluginOutputError(f"{where}: the train and test splits must not be empty")
     if splits.train_x.shape[1:] != splits.test_x.shape[1:]:
         raise PluginOutputError(f"{where}: train_x and test_x have different sample shapes")
     return splits
@@ -107,6 +112,10 @@ def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, repeats: i
     errors: list[torch.Tensor] = []
     first_s = timed(lambda: errors.append(classify(x, generator)), device)
     pass_nfe = [model.reset_nfe() / n]
+    if pass_nfe[0] == 0:
+        raise PluginOutputError(
+            f"estimator '{name}' errors() never called model.eps: errors must come from the model (NFE = 0)"
+        )
     err = errors[0].float().cpu()
     y_cpu = y.cpu()
     correct = int((err.argmin(1) == y_cpu).sum())

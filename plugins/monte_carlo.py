@@ -2,6 +2,8 @@
 
 Each draws its timesteps and noise for all samples x trials (x classes) at once and
 hands every row to ``model.eps`` in one call; the model chunks and counts them.
+The helpers here (``class_errors``, ``elementwise_loss``, ``timestep_weights``) are
+shared by the other estimator modules.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import diffbench
 from diffbench.schedule import q_sample
 
 LOSSES = ("l2", "l1", "huber")
+WEIGHTINGS = ("simple", "elbo")
 
 
 def elementwise_loss(diff: torch.Tensor, loss: str) -> torch.Tensor:
@@ -23,20 +26,84 @@ def elementwise_loss(diff: torch.Tensor, loss: str) -> torch.Tensor:
     return F.huber_loss(diff, torch.zeros_like(diff), reduction="none")
 
 
+def timestep_weights(model: diffbench.ConditionalModel, weighting: str = "simple") -> torch.Tensor:
+    """Per-timestep loss weights ``w [T]`` on the model's device, averaging 1 over t.
+
+    ``simple``: w_t = 1 (Ho et al.'s L_simple, Li et al.'s choice). ``elbo``: the DDPM
+    variational bound's weight on the epsilon error, beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t))
+    with sigma_t^2 = beta_t, rescaled to mean 1 so errors stay on the simple scale.
+    """
+    if weighting == "simple":
+        return torch.ones(model.num_timesteps, device=model.device, dtype=model.dtype)
+    if weighting != "elbo":
+        raise ValueError(f"unknown weighting '{weighting}'; choose one of {', '.join(WEIGHTINGS)}")
+    betas, abar = model.betas.double(), model.alphas_cumprod.double()
+    w = betas / (2 * (1 - betas) * (1 - abar))
+    return (w / w.mean()).to(model.dtype)
+
+
+def li_timesteps(num_timesteps: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Li et al.'s evenly spaced grid of ``n`` timesteps: ``range(T // n // 2, T, T // n)[:n]``."""
+    if not 1 <= n <= num_timesteps:
+        raise ValueError(f"an evenly spaced grid of {n} timesteps needs 1 <= n <= T = {num_timesteps}; lower trials")
+    step = num_timesteps // n
+    return torch.arange(step // 2, num_timesteps, step, device=device)[:n]
+
+
+def stratified_unit(
+    rows: int, trials: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``u [rows, trials]`` in [0, 1), float64: trial r uniform in stratum [r / trials, (r + 1) / trials).
+
+    Every row draws its own offsets. ``floor(u * T)`` is then exactly uniform over {0..T-1}
+    when averaged over the strata, for any ``trials`` (also one that does not divide T).
+    """
+    offsets = torch.rand((rows, trials), generator=generator, device=device, dtype=torch.float64)
+    return (torch.arange(trials, device=device, dtype=torch.float64) + offsets) / trials
+
+
+def draw_timesteps(
+    model: diffbench.ConditionalModel, rows: int, trials: int, generator: torch.Generator, stratify: bool = False
+) -> torch.Tensor:
+    """Uniform timesteps ``t [rows, trials]``: i.i.d. (``shared-noise``'s draw) or one per stratum."""
+    T = model.num_timesteps
+    if not stratify:
+        return torch.randint(0, T, (rows, trials), generator=generator, device=model.device)
+    u = stratified_unit(rows, trials, generator, model.device)
+    return (u * T).floor().long().clamp_(max=T - 1)
+
+
 def class_errors(
     model: diffbench.ConditionalModel,
     x: torch.Tensor,
     t: torch.Tensor,
     eps: torch.Tensor,
     loss: str = "l2",
+    weight: torch.Tensor | None = None,
+    classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-trial denoising errors ``[B, R, K]`` of every class.
 
     Shared noise: ``t [B, R]`` and ``eps [B, R, *shape]``, the same x_t scored against
     every class. Independent noise: ``t [B, R, K]`` and ``eps [B, R, K, *shape]``.
+    ``weight`` (shaped like ``t``) multiplies each trial's error. ``classes`` (shared noise
+    only), a bool mask ``[B, K]``, scores only the marked classes of each sample: only those
+    rows reach ``model.eps`` (and its NFE count); the unmarked entries of the result are NaN.
     """
     B, R, K = x.shape[0], t.shape[1], model.num_classes
     shape = model.data_shape
+    if classes is not None:
+        if t.dim() != 2:
+            raise ValueError("class_errors: `classes` needs shared noise (t of shape [B, R])")
+        x_t = q_sample(model.alphas_cumprod, x.unsqueeze(1), t, eps)
+        b, r, k = classes.unsqueeze(1).expand(B, R, K).nonzero(as_tuple=True)
+        eps_hat = model.eps(x_t[b, r], t[b, r], k)
+        per_row = elementwise_loss(eps_hat - eps[b, r], loss).flatten(1).mean(-1)
+        if weight is not None:
+            per_row = per_row * weight[b, r]
+        out = torch.full((B, R, K), float("nan"), device=per_row.device, dtype=per_row.dtype)
+        out[b, r, k] = per_row
+        return out
     if t.dim() == 2:
         x_t = q_sample(model.alphas_cumprod, x.unsqueeze(1), t, eps)
         x_rows = x_t.unsqueeze(2).expand(B, R, K, *shape).reshape(-1, *shape)
@@ -49,7 +116,10 @@ def class_errors(
         target = eps
     c_rows = torch.arange(K, device=x.device).expand(B, R, K).reshape(-1)
     eps_hat = model.eps(x_rows, t_rows, c_rows).view(B, R, K, *shape)
-    return elementwise_loss(eps_hat - target, loss).flatten(3).mean(-1)
+    errors = elementwise_loss(eps_hat - target, loss).flatten(3).mean(-1)
+    if weight is not None:
+        errors = errors * (weight.unsqueeze(2) if weight.dim() == 2 else weight)
+    return errors
 
 
 class _MonteCarlo(diffbench.Estimator):

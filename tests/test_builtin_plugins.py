@@ -1,0 +1,125 @@
+"""Every built-in dataset and denoiser: shapes, determinism under a seed, a tiny training run, shape skips."""
+
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from diffbench import plugins
+from diffbench.cli import main
+from diffbench.runner import check_splits
+from diffbench.schedule import NoiseSchedule
+from diffbench.training import TrainSettings, build_module, train
+
+SMALL = {"n_train": 64, "n_test": 16}
+DATASETS = {
+    "spirals": SMALL,
+    "moons": SMALL,
+    "circles": SMALL,
+    "checkerboard": SMALL,
+    "gaussian-mixture": SMALL,
+    "digits": {},
+}
+TINY_DENOISERS = {
+    "mlp": {"width": 16, "depth": 1},
+    "resmlp": {"width": 16, "blocks": 1},
+    "unet": {"channels": 8},
+    "dit": {"width": 32, "depth": 1, "heads": 2},
+}
+
+
+def registered(kind):
+    return plugins.registry()[kind]
+
+
+def test_every_builtin_is_covered_here():
+    assert set(DATASETS) <= set(registered("dataset"))
+    assert set(TINY_DENOISERS) <= set(registered("denoiser"))
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_dataset_shapes_and_determinism(name):
+    dataset = registered("dataset")[name].cls(**DATASETS[name])
+    a = check_splits(dataset.load(0), name)
+    b, c = dataset.load(0), dataset.load(1)
+    assert a.train_x.dtype == torch.float32 and a.train_y.dtype == torch.long
+    assert a.train_x.shape[1:] == a.test_x.shape[1:]
+    assert set(a.train_y.tolist()) == set(range(a.num_classes)), "every class appears in training"
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    if name != "digits":  # digits is a fixed dataset with a fixed split
+        assert not torch.equal(a.train_x, c.train_x)
+        assert a.train_x.shape == (64, 2) and a.test_x.shape == (16, 2)
+        assert a.train_x.abs().max() < 4, "toys are scaled to about [-2, 2]"
+
+
+def test_digits_is_scaled_images_with_stratified_split():
+    splits = registered("dataset")["digits"].cls().load(0)
+    assert splits.data_shape == (1, 8, 8) and splits.num_classes == 10
+    assert splits.train_x.min() == -1 and splits.train_x.max() == 1
+    counts = torch.bincount(splits.test_y, minlength=10)
+    assert counts.max() - counts.min() <= 2
+
+
+def test_gaussian_mixture_bayes_posterior_is_optimal_on_its_own_data():
+    dataset = registered("dataset")["gaussian-mixture"].cls(k=4, std=0.2, n_test=400)
+    splits = dataset.load(0)
+    log_post = dataset.bayes_log_posterior(splits.test_x)
+    assert log_post.shape == (400, 4)
+    assert torch.allclose(log_post.exp().sum(1), torch.ones(400), atol=1e-5)
+    assert (log_post.argmax(1) == splits.test_y).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("name", TINY_DENOISERS)
+def test_denoiser_forward_shape_and_seeded_init(name):
+    denoiser = registered("denoiser")[name].cls(**TINY_DENOISERS[name])
+    splits = registered("dataset")["digits"].cls().load(0)
+    if not denoiser.supports(splits.data_shape):
+        pytest.skip(f"{name} does not take digits")
+    module = build_module(denoiser, splits, seed=0)
+    again = build_module(denoiser, splits, seed=0)
+    x = splits.test_x[:5]
+    t = torch.tensor([0, 10, 500, 998, 999])
+    c = torch.tensor([0, 1, 2, 3, 9])
+    out = module(x, t, c)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    for p, q in zip(module.parameters(), again.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name", TINY_DENOISERS)
+def test_tiny_training_lowers_the_loss(name):
+    denoiser = registered("denoiser")[name].cls(**TINY_DENOISERS[name])
+    dataset = "digits" if not denoiser.supports((2,)) else "gaussian-mixture"
+    splits = registered("dataset")[dataset].cls(**DATASETS[dataset]).load(0)
+    module = build_module(denoiser, splits, seed=0)
+    settings = TrainSettings(steps=60, batch_size=64, lr=3e-3)
+    losses = train(module, splits, NoiseSchedule(), settings, 0, torch.device("cpu"), progress=False)
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+    assert all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.parametrize("name", ["unet", "dit"])
+def test_image_denoisers_refuse_2d_points(name):
+    denoiser = registered("denoiser")[name].cls()
+    assert not denoiser.supports((2,))
+    assert denoiser.supports((1, 8, 8))
+
+
+def test_shape_mismatch_is_skipped_with_one_line(tmp_path):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(
+        'datasets = ["spirals[n_train=100,n_test=20]"]\ndenoisers = ["unet", "mlp[width=16,depth=1]"]\n'
+        'estimators = ["shared-noise"]\ntrials = [1]\ndevices = ["cpu"]\nrepeats = 1\n[train]\nsteps = 10\n'
+    )
+    result = CliRunner().invoke(
+        main, ["run", "--suite", str(suite), "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "c"),
+               "--no-plots"],
+    )
+    assert result.exit_code == 0, result.output
+    skips = [line for line in result.output.splitlines() if line.startswith("skipping")]
+    assert len(skips) == 1 and "unet" in skips[0] and "[2]" in skips[0]
+    import pandas as pd
+
+    frame = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert list(frame["denoiser"]) == ["mlp"]
