@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import click
+import torch
 
 from diffbench import plugins, results
 from diffbench.contract import ParamError
@@ -105,6 +106,7 @@ def grid_options(command):
         click.option("--trials", metavar="LIST", help="Trials per class, comma-separated, e.g. 1,2,4,8."),
         click.option("--device", type=click.Choice(DEVICES), help="cpu, cuda, or auto (every device present)."),
         click.option("--seed", type=click.IntRange(min=0), help="Seed for data, training and estimator noise."),
+        click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads for this run (recorded)."),
         click.option("--repeats", type=click.IntRange(min=1), help="Timed repeats per cell (median and IQR)."),
         click.option("--schedule", type=click.Choice(SCHEDULES), help="Noise schedule."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Most rows per denoiser call (memory cap)."),
@@ -131,6 +133,8 @@ def grid_options(command):
 
 def build_grid(opts: dict) -> tuple[Suite, list[str], list]:
     """Suite (built-in or file, overridden by the command line), devices and cells; InputError on bad input."""
+    if opts.get("threads"):
+        torch.set_num_threads(opts["threads"])
     try:
         suite = load_suite(opts["suite_name"] or "quick")
         overrides = {
@@ -220,6 +224,13 @@ def train(**opts) -> None:
     failed = runner.train_only(suite, cells, cache_folder(opts), progress=show_progress(opts), log=log)
     if failed:
         raise click.ClickException(f"{failed} model(s) failed to train (see above)")
+
+
+@main.command()
+def env() -> None:
+    """Print the provenance block that every result row records."""
+    for key, value in results.provenance().items():
+        click.echo(f"{key:<20} {value}")
 
 
 @main.command()

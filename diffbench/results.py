@@ -21,6 +21,7 @@ CSV = "results.csv"
 REGIONS = "regions.parquet"
 SAMPLES = "samples.parquet"
 RELIABILITY = "reliability.parquet"
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 BASELINE = "full-mc"  # variance_reduction is measured against this estimator in the same run
 
 
@@ -77,6 +78,10 @@ def provenance() -> dict[str, Any]:
         "cuda_version": torch.version.cuda or "",
         "python_version": platform.python_version(),
         "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        **{f"env_{var.lower()}": os.environ.get(var, "") for var in THREAD_VARS},
+        "cpu_name": cpu_name(),
+        "cuda_devices": ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())),
         "hostname": platform.node(),
         "git_commit": git_commit(),
         "command": " ".join(["diffbench", *sys.argv[1:]]),
