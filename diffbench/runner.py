@@ -26,8 +26,8 @@ REGION_GRID = 64  # decision regions are drawn on a REGION_GRID x REGION_GRID la
 HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, 500  # training data held out for estimators' fit and calibration
 SAMPLES_PER_CLASS = 300  # 2-D points per class drawn from the model
 IMAGES_PER_CLASS = 8  # images per class drawn from the model
-GAP_SAMPLES = 200  # test samples behind gap_variance
-GAP_REPEATS = 8  # independent repeats behind gap_variance
+GAP_SAMPLES = 128  # test samples behind gap_variance
+GAP_REPEATS = 4  # independent repeats behind gap_variance
 
 
 class PluginOutputError(RuntimeError):
