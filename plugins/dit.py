@@ -105,9 +105,9 @@ class DiT(diffbench.Denoiser):
     """Small DiT: ``patch`` x ``patch`` patches as tokens, ``depth`` adaLN-Zero blocks of ``width`` and ``heads``."""
 
     name = "dit"
-    params = {"patch": 2, "width": 128, "depth": 4, "heads": 4}
+    params = {"patch": 2, "width": 64, "depth": 4, "heads": 4}
     accepts = "images [C, H, W] with H and W divisible by patch"
-    train = {"steps": 3000, "batch_size": 128, "lr": 1e-3}
+    train = {"steps": 3000, "batch_size": 128, "lr": 2e-3}
 
     def validate(self) -> None:
         p = self.params

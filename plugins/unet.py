@@ -17,7 +17,7 @@ import diffbench
 
 
 class ResBlock(nn.Module):
-    """x + Conv(SiLU(GroupNorm(Conv(SiLU(GroupNorm(x)))) * (1 + scale) + shift)), scale and shift from the condition."""
+    """skip(x) + Conv(SiLU(GroupNorm(Conv(SiLU(GroupNorm(x)))) * (1 + scale) + shift)), FiLM from the condition."""
 
     def __init__(self, in_ch: int, out_ch: int, cond_dim: int, groups: int) -> None:
         super().__init__()
@@ -79,11 +79,9 @@ class UNetNet(nn.Module):
             for _ in range(blocks):
                 stage.append(ResBlock(ch + skip_chs.pop(), width, cond_dim, groups))
                 ch = width
-            if level > 0:
-                self.up.append(nn.ModuleList([stage, upsample(ch, widths[level - 1])]))
-                ch = widths[level - 1]
-            else:
-                self.up.append(nn.ModuleList([stage, nn.Identity()]))
+            up_ch = widths[level - 1] if level > 0 else ch
+            self.up.append(nn.ModuleList([stage, upsample(ch, up_ch) if level > 0 else nn.Identity()]))
+            ch = up_ch
 
         self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(ch, in_ch, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
@@ -113,7 +111,7 @@ class UNet(diffbench.Denoiser):
     name = "unet"
     params = {"channels": 32, "mults": [1, 2], "blocks": 1, "groups": 8}
     accepts = "images [C, H, W] with H and W divisible by 2**(len(mults)-1)"
-    train = {"steps": 3000, "batch_size": 128, "lr": 2e-3}
+    train = {"steps": 2000, "batch_size": 128, "lr": 2e-3}
 
     def validate(self) -> None:
         p = self.params

@@ -91,7 +91,8 @@ class Antithetic(_Draws):
     """Shared noise drawn in antithetic pairs (eps, -eps) at one timestep per pair.
 
     Trials 2i and 2i+1 share t and use eps and -eps; an odd ``trials`` leaves the last draw
-    unpaired. ``stratify=true`` spreads the pairs' timesteps over strata (see `stratified`).
+    unpaired. ``stratify=true`` spreads the full pairs' timesteps over one stratum each (see
+    `stratified`); the unpaired draw of an odd ``trials`` keeps a uniform t, so the mean stays unbiased.
     """
 
     name = "antithetic"
@@ -99,7 +100,11 @@ class Antithetic(_Draws):
 
     def _draws(self, model, x, trials, generator):
         B, pairs = x.shape[0], (trials + 1) // 2
-        t = draw_timesteps(model, B, pairs, generator, stratify=self.params["stratify"])
+        if self.params["stratify"]:  # strata over the full pairs; an unpaired draw stays uniform (no bias)
+            full = draw_timesteps(model, B, trials // 2, generator, stratify=True)
+            t = torch.cat([full, draw_timesteps(model, B, trials % 2, generator)], dim=1)
+        else:
+            t = draw_timesteps(model, B, pairs, generator)
         eps = self._noise(model, x, (B, pairs), generator)
         t = t.repeat_interleave(2, dim=1)[:, :trials]
         eps = torch.stack([eps, -eps], dim=2).flatten(1, 2)[:, :trials]
