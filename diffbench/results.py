@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,19 +93,33 @@ def param_columns(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
     return {f"p_{prefix}_{k}": (str(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in params.items()}
 
 
-def write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write parquet or csv through a temporary file and rename: never a half-written table."""
+def replace_atomically(path: Path, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    A reader (or a run killed half-way) never sees a half-written file; the file gets the
+    usual permissions of a new file, not mkstemp's owner-only ones.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
-        if path.suffix == ".csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            frame.to_parquet(tmp, index=False)
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write parquet or csv atomically: never a half-written table."""
+    if path.suffix == ".csv":
+        replace_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
+    else:
+        replace_atomically(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def with_variance_reduction(frame: pd.DataFrame) -> pd.DataFrame:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffbench.contract import Dataset, Denoiser, Splits
+from diffbench.results import replace_atomically
 from diffbench.schedule import NoiseSchedule, q_sample
 
 CACHE_ENV = "DIFFBENCH_CACHE"
@@ -111,19 +111,6 @@ def build_module(denoiser: Denoiser, splits: Splits, seed: int) -> torch.nn.Modu
     return module
 
 
-def save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write a state dict so that a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def load_or_train(
     dataset: Dataset,
     denoiser: Denoiser,
@@ -162,7 +149,8 @@ def load_or_train(
     )
     info.update(train_s=time.perf_counter() - start, final_loss=sum(losses[-100:]) / len(losses[-100:]))
     if path is not None:
-        save_atomic({k: v.detach().cpu() for k, v in module.state_dict().items()}, path)
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        replace_atomically(path, lambda tmp: torch.save(state, tmp))
     return module, info
 
 

@@ -37,6 +37,8 @@ class MLPNet(nn.Module):
 
 
 class MLP(diffbench.Denoiser):
+    """Sinusoidal time embedding + learned class embedding added into a SiLU MLP: any data shape, flattened."""
+
     name = "mlp"
     params = {"width": 128, "depth": 3, "emb_dim": 32}
 
