@@ -80,6 +80,18 @@ def hooks_for(estimators=(), datasets=(), denoisers=()):
     return HookPlugin()
 
 
+def estimator(name, **params):
+    return plugins.get("estimator", name).cls(**params)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def points(n=5, dim=2, seed=3):
+    return torch.randn(n, dim, generator=gen(seed))
+
+
 class ClassConstant(torch.nn.Module):
     """eps_hat = means[c], whatever x_t and t are: the true l2 error is 1 + mean(means[c]^2)."""
 

@@ -113,8 +113,8 @@ def test_shape_mismatch_is_skipped_with_one_line(tmp_path):
         'estimators = ["shared-noise"]\ntrials = [1]\ndevices = ["cpu"]\nrepeats = 1\n[train]\nsteps = 10\n'
     )
     result = CliRunner().invoke(
-        main, ["run", "--suite", str(suite), "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "c"),
-               "--no-plots"],
+        main,
+        ["run", "--suite", str(suite), "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "c"), "--no-plots"],
     )
     assert result.exit_code == 0, result.output
     skips = [line for line in result.output.splitlines() if line.startswith("skipping")]

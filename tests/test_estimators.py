@@ -4,24 +4,11 @@ import math
 
 import pytest
 import torch
-from conftest import ClassConstant, Recorder, make_model
+from conftest import ClassConstant, Recorder, estimator, gen, make_model, points
 
 import diffbench
-from diffbench import plugins
 
 ESTIMATORS = ["full-mc", "shared-noise", "truncated"]
-
-
-def estimator(name, **params):
-    return plugins.get("estimator", name).cls(**params)
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def points(n=5, dim=2, seed=3):
-    return torch.randn(n, dim, generator=gen(seed))
 
 
 @pytest.mark.parametrize("name", ESTIMATORS)

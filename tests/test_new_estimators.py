@@ -4,13 +4,11 @@ import math
 
 import pytest
 import torch
-from conftest import ClassConstant, Recorder, make_model
+from conftest import ClassConstant, Recorder, estimator, gen, make_model, points
 from diffbench_plugins import adaptive as adaptive_module
-from diffbench_plugins import variance_reduction as vr_module
 from diffbench_plugins.monte_carlo import class_errors, li_timesteps, timestep_weights
 
 import diffbench
-from diffbench import plugins
 from diffbench.suite import instantiate
 from diffbench.testing import check_estimator
 
@@ -29,31 +27,6 @@ ALL = [
     ("sequential", {}),
     ("sequential", {"loss": "huber", "stratify": True}),
 ]
-
-
-@pytest.fixture(autouse=True)
-def registered():
-    """Register the two modules unless their entry points already did."""
-    added = []
-    for module in (vr_module, adaptive_module):
-        if not any(getattr(p, "__file__", None) == module.__file__ for p in plugins.pm.get_plugins()):
-            plugins.pm.register(module)
-            added.append(module)
-    yield
-    for module in added:
-        plugins.pm.unregister(module)
-
-
-def estimator(name, **params):
-    return plugins.get("estimator", name).cls(**params)
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def points(n=5, dim=2, seed=3):
-    return torch.randn(n, dim, generator=gen(seed))
 
 
 class TimeProfile(torch.nn.Module):

@@ -19,13 +19,25 @@ def test_readme_plugin_example_runs(tmp_path):
     suite = tmp_path / "tiny.toml"
     suite.write_text(
         'datasets = ["spirals[n_train=200,n_test=40]"]\ndenoisers = ["mlp[width=16,depth=1]"]\n'
-        "trials = [2]\ndevices = [\"cpu\"]\nrepeats = 1\n[train]\nsteps = 20\n"
+        'trials = [2]\ndevices = ["cpu"]\nrepeats = 1\n[train]\nsteps = 20\n'
     )
     try:
         result = CliRunner().invoke(
             main,
-            ["--plugin", str(plugin), "run", "--suite", str(suite), "-e", "even-t[stride=[2,10]]",
-             "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"), "--no-plots"],
+            [
+                "--plugin",
+                str(plugin),
+                "run",
+                "--suite",
+                str(suite),
+                "-e",
+                "even-t[stride=[2,10]]",
+                "--out",
+                str(tmp_path / "run"),
+                "--cache",
+                str(tmp_path / "cache"),
+                "--no-plots",
+            ],
         )
         assert result.exit_code == 0, result.output
         import pandas as pd
