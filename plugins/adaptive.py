@@ -3,7 +3,9 @@
 Both use shared noise (one x_t per sample and trial, scored against the classes still in
 play) and evaluate only the rows still needed, so their NFE falls below ``trials x K``.
 Eliminated classes keep a finite error that ranks them after every class that outlived
-them: their mean error when dropped plus an offset per round they missed.
+them: their mean error when dropped plus an offset per round they missed. Classes dropped
+in a sample's last round were scored on the same trials as its survivors and keep their
+plain means (with Li et al.'s final ``to_keep=1`` that is every class of the last stage).
 """
 
 from __future__ import annotations
@@ -34,15 +36,19 @@ def parse_ints(text: str) -> list[int]:
     return [int(p) for p in parts]
 
 
-def ranked_errors(mean: torch.Tensor, dropped_at: torch.Tensor, rounds: int) -> torch.Tensor:
-    """``[B, K]`` errors: ``mean`` plus ``(rounds - dropped_at) * C`` with C beyond the means' spread.
+def ranked_errors(mean: torch.Tensor, dropped_at: torch.Tensor, last: int | torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` errors: ``mean`` plus ``(last - dropped_at) * C`` with C beyond the means' spread.
 
-    ``dropped_at`` is the round a class was eliminated in (``rounds`` if it survived), so a
-    class dropped earlier ranks after every class dropped later, and survivors keep their means.
+    ``dropped_at`` is the round a class was eliminated in and ``last`` (an int, or ``[B, 1]``
+    per sample) the last round; survivors and classes dropped in the last round have
+    ``dropped_at = last`` and keep their means. A class dropped earlier ranks after every
+    class dropped later: C exceeds the spread of all the means.
     """
-    span = (mean.max() - mean.min()).item() if mean.numel() else 0.0
-    offset = span + 1.0
-    return mean + (rounds - dropped_at).to(mean.dtype) * offset
+    if not mean.numel():
+        return mean
+    span = (mean.max() - mean.min()).item()
+    offset = span + 0.01 * (mean.abs().max().item() + 1)  # > span, and survives a cast to float16
+    return mean + (last - dropped_at).to(mean.dtype) * offset
 
 
 class _Shared(diffbench.Estimator):
@@ -138,7 +144,8 @@ class Adaptive(_Shared):
         sums = torch.zeros(B, K, device=model.device, dtype=torch.float64)
         frozen = torch.zeros_like(sums)
         stages = self.stages(trials, K)
-        dropped_at = torch.full((B, K), len(stages), device=model.device)
+        last = len(stages) - 1
+        dropped_at = torch.full((B, K), last, device=model.device)
         count = 0
         for stage, (n, keep) in enumerate(stages):
             stride = trials // n
@@ -158,7 +165,7 @@ class Adaptive(_Shared):
             dropped_at[dropped] = stage
             alive = kept
         mean = torch.where(alive, sums / count, frozen)
-        return ranked_errors(mean, dropped_at, len(stages)).to(model.dtype)
+        return ranked_errors(mean, dropped_at, last).to(model.dtype)
 
     def _paired_test(self, model, x, trials, generator) -> torch.Tensor:
         from scipy.stats import t as student_t  # scikit-learn's dependency; only this mode needs it
@@ -172,6 +179,7 @@ class Adaptive(_Shared):
         count = torch.zeros(B, device=model.device, dtype=torch.long)
         rounds = math.ceil(trials / p["batch"])
         dropped_at = torch.full((B, K), rounds, device=model.device)
+        last = torch.zeros(B, 1, dtype=torch.long, device=model.device)  # each sample's last round
         n = 0
         for rnd in range(rounds):
             if not running.any():
@@ -182,6 +190,7 @@ class Adaptive(_Shared):
             scores[idx, n : n + size] = self._score(model, x[idx], t, generator, alive[idx]).double()
             n += size
             count[idx] = n
+            last[idx] = rnd
             if n < p["min_scores"]:
                 continue
             run_scores, run_alive = scores[idx, :n], alive[idx]
@@ -199,7 +208,8 @@ class Adaptive(_Shared):
                 break
         own = scores.sum(1) / count.clamp(min=1).unsqueeze(1)
         mean = torch.where(alive, own, frozen)
-        return ranked_errors(mean, dropped_at, rounds).to(model.dtype)
+        dropped_at = torch.minimum(dropped_at, last)  # survivors: their last round
+        return ranked_errors(mean, dropped_at, last).to(model.dtype)
 
 
 class Sequential(_Shared):

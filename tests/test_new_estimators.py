@@ -268,10 +268,19 @@ def test_adaptive_li_with_li_et_al_cifar_schedule_costs_less_than_shared_noise(r
 
 
 def test_adaptive_ranks_eliminated_classes_after_survivors():
-    mean = torch.tensor([[1.0, 5.0, 0.5, 2.0]])
-    dropped_at = torch.tensor([[2, 0, 1, 2]])  # classes 0 and 3 survived two rounds; 1 dropped first
-    ranked = adaptive_module.ranked_errors(mean, dropped_at, rounds=2)
-    assert ranked.argsort(1).tolist() == [[0, 3, 2, 1]]
+    mean = torch.tensor([[1.0, 5.0, 0.5, 2.0], [1.0, 5.0, 0.5, 2.0]])
+    dropped_at = torch.tensor([[2, 0, 1, 2], [1, 0, 1, 1]])  # 0, 3 (and 2 in row 2) reached the last round
+    ranked = adaptive_module.ranked_errors(mean, dropped_at, torch.tensor([[2], [1]]))
+    assert ranked.argsort(1).tolist() == [[0, 3, 2, 1], [2, 0, 3, 1]]
+    assert torch.equal(ranked[dropped_at == torch.tensor([[2], [1]])], mean[dropped_at == torch.tensor([[2], [1]])])
+
+
+def test_adaptive_last_stage_keeps_plain_means(recorder_model):
+    """One stage on the full grid, then keep 1: nothing is dropped early, so it is stratified[mode=even]."""
+    x = points(5)
+    ours = estimator("adaptive", to_keep="3 1", n_samples="8 8").errors(recorder_model, x, 8, gen(4))
+    even = estimator("stratified", mode="even").errors(recorder_model, x, 8, gen(4))
+    assert torch.allclose(ours, even, atol=1e-6)
 
 
 def test_adaptive_paired_test_drops_clearly_worse_classes_and_stops():
