@@ -19,6 +19,14 @@ from diffbench import results  # noqa: E402
 PANEL = ["dataset_label", "denoiser_label"]
 
 
+def save(fig: plt.Figure, path: Path) -> Path:
+    """Lay out, write as PNG and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def accuracy_vs_nfe(frame: pd.DataFrame, path: Path) -> Path:
     """Accuracy against denoiser evaluations per sample, one line per estimator, 95% CI bands."""
     keys = list(frame.groupby(PANEL, sort=False).groups)
@@ -63,10 +71,7 @@ def accuracy_vs_nfe(frame: pd.DataFrame, path: Path) -> Path:
         ax.set(xlabel="denoiser evaluations per sample (NFE)", ylabel="test accuracy", title=f"{key[0]} x {key[1]}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def pareto_frontier(panel: pd.DataFrame) -> pd.DataFrame:
@@ -105,10 +110,7 @@ def reliability(bins: pd.DataFrame, path: Path) -> Path:
         )
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def truncation_windows(frame: pd.DataFrame, path: Path) -> Path | None:
@@ -130,10 +132,7 @@ def truncation_windows(frame: pd.DataFrame, path: Path) -> Path | None:
             ylabel="t_min",
             title=f"truncated, {int(panel['trials'].iloc[0])} trials: {key[0]} x {key[1]}",
         )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def throughput(frame: pd.DataFrame, path: Path) -> Path:
@@ -166,10 +165,7 @@ def throughput(frame: pd.DataFrame, path: Path) -> Path:
     axes[0].legend(fontsize=7)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def decision_regions(regions: pd.DataFrame, points: pd.DataFrame, path: Path) -> Path:
@@ -203,10 +199,7 @@ def decision_regions(regions: pd.DataFrame, points: pd.DataFrame, path: Path) ->
             linewidths=0.2,
         )
         ax.set(title=f"{key[2]} ({int(grid['trials'].iloc[0])} trials)\n{key[0]} x {key[1]}", xticks=[], yticks=[])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def model_samples(points: pd.DataFrame, path: Path) -> Path:
@@ -226,10 +219,7 @@ def model_samples(points: pd.DataFrame, path: Path) -> Path:
             else:
                 ax.imshow(image_grid(part, shape), cmap="gray", vmin=-1, vmax=1)
                 ax.set(xlabel="one column per class", xticks=[], yticks=[])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def image_grid(part: pd.DataFrame, shape: list[int]) -> np.ndarray:

@@ -349,12 +349,13 @@ def run(
     base = {**results.provenance(), "cpu_allocator_tuned": tune_cpu_allocator()}
     rows: list[dict[str, Any]] = []
     regions, samples, reliability = [], [], []
+    device_for_training = train_device(cells)
     for group in groups(cells):
         first = group[0]
         ids = group_ids(first)
         start = time.perf_counter()
         try:
-            prepared = prepare(first, suite, schedule, train_device(cells), cache_dir, checkpoint, progress, log)
+            prepared = prepare(first, suite, schedule, device_for_training, cache_dir, checkpoint, progress, log)
         except Exception as exc:
             log(f"{first.dataset!r} x {first.denoiser!r} failed: {failure(exc)}")
             rows += [{**identity(c, suite), "status": "failed", "error": failure(exc), **base} for c in group]
@@ -379,8 +380,9 @@ def run(
             done = []
             for cell in dev_cells:
                 cell_start = time.perf_counter()
+                ident = identity(cell, suite)
                 row = {
-                    **identity(cell, suite),
+                    **ident,
                     "device_name": results.device_name(device),
                     "bayes_accuracy": bayes,
                     "cache_hit": info["cache_hit"],
@@ -390,7 +392,7 @@ def run(
                 try:
                     measured, bins = measure_cell(cell, model, data, suite.repeats)
                     row.update(measured, status="ok", error="")
-                    reliability += [{**identity(cell, suite), **b} for b in bins]
+                    reliability += [{**ident, **b} for b in bins]
                     done.append(cell)
                 except Exception as exc:
                     row.update(status="failed", error=failure(exc))
