@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Collection
 from typing import Any
 
 EXAMPLE = "truncated[t_min=100,t_max=[300,600]]"
@@ -57,14 +58,16 @@ class _Parser:
             raise self.fail("expected a value")
         return parse_value(raw)
 
-    def value(self) -> Any:
+    def value(self, depth: int = 0) -> Any:
         if self.peek() != "[":
             return self.scalar()
+        if depth == 2:
+            raise self.fail("lists nest at most two deep")
         self.pos += 1
-        items = [self.scalar()]
+        items = [self.value(depth + 1)]
         while self.peek() == ",":
             self.pos += 1
-            items.append(self.scalar())
+            items.append(self.value(depth + 1))
         self.expect("]")
         return items
 
@@ -120,11 +123,26 @@ def _drop_unquoted_spaces(text: str) -> str:
     return "".join(out)
 
 
-def expand(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """Parse a selector and expand its list values into the grid of (name, params)."""
+def expand(text: str, list_params: Collection[str] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """Parse a selector and expand its list values into the grid of (name, params).
+
+    A param named in ``list_params`` takes a list as its value (its default is a list):
+    ``mults=[1,2,2]`` is then one value and ``mults=[[1,2],[1,2,2]]`` a grid of two.
+    """
     name, params = parse(text)
     keys = list(params)
-    choices = [v if isinstance(v, list) else [v] for v in params.values()]
+    choices = []
+    for key, value in params.items():
+        if key in list_params:
+            grid = isinstance(value, list) and value and all(isinstance(v, list) for v in value)
+            choices.append(value if grid else [value if isinstance(value, list) else [value]])
+        elif isinstance(value, list) and any(isinstance(v, list) for v in value):
+            raise SelectorError(
+                f"malformed selector '{text}': param '{key}' takes no list, so [[...]] means nothing; "
+                f"write {key}=[v1,v2] for a grid"
+            )
+        else:
+            choices.append(value if isinstance(value, list) else [value])
     return [(name, dict(zip(keys, combo, strict=True))) for combo in itertools.product(*choices)]
 
 

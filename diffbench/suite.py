@@ -161,8 +161,9 @@ def resolve_devices(requested: list[str], log=print) -> list[str]:
 def instantiate(kind: str, selector: str) -> list[Plugin]:
     """Every plugin instance a selector expands to; raises on unknown names or params."""
     instances = []
-    for name, params in selectors.expand(selector):
-        cls = plugins.get(kind, name).cls
+    cls = plugins.get(kind, selectors.parse(selector)[0]).cls
+    list_params = [key for key, default in cls.params.items() if isinstance(default, (list, tuple))]
+    for _, params in selectors.expand(selector, list_params):
         instances.append(cls(**params))
     return instances
 

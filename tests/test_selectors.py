@@ -166,3 +166,24 @@ def test_cli_bad_input_is_one_line_and_exit_2_before_training(cli, tmp_path, arg
     assert line.startswith("diffbench: error: ") and message in line, line
     assert not (cache.exists() and any(cache.iterdir())), "nothing was trained"
     assert not out.exists()
+
+
+def test_a_list_param_takes_a_bracketed_value_as_one_value():
+    assert expand("unet[mults=[1,2,2]]", list_params=["mults"]) == [("unet", {"mults": [1, 2, 2]})]
+    assert expand("unet[mults=2]", list_params=["mults"]) == [("unet", {"mults": [2]})]
+    grid = expand("unet[mults=[[1,2],[1,2,2]],channels=[16,32]]", list_params=["mults"])
+    assert [p["mults"] for _, p in grid] == [[1, 2], [1, 2], [1, 2, 2], [1, 2, 2]]
+    assert [p["channels"] for _, p in grid] == [16, 32, 16, 32]
+
+
+def test_nested_lists_for_a_scalar_param_are_refused():
+    with pytest.raises(SelectorError, match="takes no list"):
+        expand("truncated[t_max=[[1,2]]]")
+    with pytest.raises(SelectorError, match="nest at most two deep"):
+        expand("unet[mults=[[[1]]]]", list_params=["mults"])
+
+
+def test_suite_cells_give_unet_its_mults_list():
+    suite = Suite(datasets=["digits"], denoisers=["unet[mults=[[1],[1,2]]]"], estimators=["shared-noise"], trials=[1])
+    mults = [cell.denoiser.params["mults"] for cell in expand_suite(suite, ["cpu"])]
+    assert mults == [[1], [1, 2]]
