@@ -12,13 +12,24 @@ import click
 import torch
 
 from diffbench import plugins, results
+from diffbench.compare import CompareError, compare_runs, find_regressions, format_comparison
 from diffbench.contract import ParamError
+from diffbench.rundir import ResumeError, RunFolder
 from diffbench.schedule import SCHEDULES
 from diffbench.selectors import SelectorError, parse_int_list
-from diffbench.suite import DEVICES, Suite, SuiteError, expand, load_suite, resolve_devices
+from diffbench.suite import (
+    DEVICES,
+    Suite,
+    SuiteError,
+    check_suite,
+    expand,
+    load_suite,
+    resolve_devices,
+    suite_from_dict,
+)
 from diffbench.training import CheckpointError, default_cache_dir
 
-INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError)
+INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError, ResumeError)
 
 
 class InputError(click.ClickException):
@@ -73,8 +84,12 @@ def list_plugins(as_json: bool) -> None:
         ]
         for kind, entries in found.items()
     }
+    held_back = [
+        {"name": h.name, "distribution": h.distribution, "version": h.version, "value": h.value}
+        for h in plugins.held_back
+    ]
     if as_json:
-        click.echo(json.dumps(listing, indent=2, default=str))
+        click.echo(json.dumps({**listing, "held_back": held_back}, indent=2, default=str))
         return
     for kind, entries in listing.items():
         click.secho(f"{kind}:", bold=True)
@@ -84,6 +99,10 @@ def list_plugins(as_json: bool) -> None:
             if "accepts" in entry:
                 click.echo(f"  {'':<16} takes {entry['accepts']}")
             click.echo(f"  {'':<16} from {entry['source']}")
+    if held_back:
+        click.secho(f"held back by {plugins.ALLOW_ENV_VAR}:", bold=True)
+        for held in held_back:
+            click.echo(f"  {held['name']:<16} {held['distribution']} {held['version']} ({held['value']})")
 
 
 def grid_options(command):
@@ -109,7 +128,19 @@ def grid_options(command):
         click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads for this run (recorded)."),
         click.option("--repeats", type=click.IntRange(min=1), help="Timed repeats per cell (median and IQR)."),
         click.option("--schedule", type=click.Choice(SCHEDULES), help="Noise schedule."),
-        click.option("--batch-size", type=click.IntRange(min=1), help="Most rows per denoiser call (memory cap)."),
+        click.option(
+            "--batch-size",
+            metavar="N|auto",
+            help="Most rows per denoiser call; auto (default) tunes it per device by a short sweep, cached.",
+        ),
+        click.option(
+            "--dtype", "dtypes", metavar="LIST", help="Precisions, comma-separated: float32,bfloat16,float16."
+        ),
+        click.option("--compile", "compiled", is_flag=True, default=None, help="Run the denoiser under torch.compile."),
+        click.option("--scenario", "scenarios", metavar="LIST", help="offline, single or offline,single (default)."),
+        click.option(
+            "--max-time", "max_time_s", type=click.FloatRange(min=0, min_open=True), help="Timing seconds per cell cap."
+        ),
         click.option(
             "--suite",
             "suite_name",
@@ -131,12 +162,27 @@ def grid_options(command):
     return command
 
 
-def build_grid(opts: dict) -> tuple[Suite, list[str], list]:
-    """Suite (built-in or file, overridden by the command line), devices and cells; InputError on bad input."""
+def split_list(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def batch_size_option(text: str | None) -> int | str | None:
+    if text is None or text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise SuiteError(f"--batch-size must be a positive integer or auto, got '{text}'")
+    return int(text)
+
+
+def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str], list]:
+    """Suite (built-in, file or ``base``, overridden by the command line), devices and cells.
+
+    Raises InputError on bad input.
+    """
     if opts.get("threads"):
         torch.set_num_threads(opts["threads"])
     try:
-        suite = load_suite(opts["suite_name"] or "quick")
+        suite = base if base is not None else load_suite(opts["suite_name"] or "quick")
         overrides = {
             "datasets": list(opts["datasets"]),
             "denoisers": list(opts["denoisers"]),
@@ -146,9 +192,14 @@ def build_grid(opts: dict) -> tuple[Suite, list[str], list]:
             "seed": opts["seed"],
             "repeats": opts["repeats"],
             "schedule": opts["schedule"],
-            "batch_size": opts["batch_size"],
+            "batch_size": batch_size_option(opts["batch_size"]),
+            "dtypes": split_list(opts["dtypes"]),
+            "compile": [True] if opts["compiled"] else None,
+            "scenarios": split_list(opts["scenarios"]),
+            "max_time_s": opts["max_time_s"],
         }
         suite = replace(suite, **{k: v for k, v in overrides.items() if v not in (None, [])})
+        check_suite(suite, "the command line")
         devices = resolve_devices(suite.devices, log=log)
         cells = expand(suite, devices)
         for denoiser in {repr(c.denoiser): c.denoiser for c in cells}.values():
@@ -173,30 +224,76 @@ def show_progress(opts: dict) -> bool:
 @main.command()
 @grid_options
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default results/<timestamp>).")
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Finish an interrupted run in this folder: only its missing cells run, with the same settings.",
+)
 @click.option("--no-cache", is_flag=True, help="Train afresh and do not save the weights.")
 @click.option(
     "--checkpoint",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Your own trained weights (a state dict for the selected denoiser and params): skips training.",
 )
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local", help="Where cells run.")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the local dask cluster.")
+@click.option("--scheduler", metavar="ADDRESS", help="An existing dask scheduler, e.g. tcp://10.0.0.1:8786.")
 @click.option("--no-plots", is_flag=True, help="Write the table only.")
-def run(out, no_cache, checkpoint, no_plots, **opts) -> None:
+@click.pass_context
+def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no_plots, **opts) -> None:
     """Run a benchmark grid (default: the built-in quick suite) and write table and plots."""
     from diffbench import runner
 
-    suite, devices, cells = build_grid(opts)
+    if executor == "local" and (workers or scheduler):
+        raise InputError("--workers and --scheduler need --executor dask")
+    if workers and scheduler:
+        raise InputError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+    if resume is not None:
+        if out is not None and out != resume:
+            raise InputError("--resume DIR writes into DIR; drop --out")
+        out = resume
+        base = resumed_suite(resume)
+        if opts["suite_name"]:
+            raise InputError("--resume takes the suite of the run it resumes; drop --suite")
+    else:
+        base = None
+    suite, devices, cells = build_grid(opts, base)
     if checkpoint is not None:
         if len({repr(c.denoiser) for c in cells}) != 1:
             raise InputError("--checkpoint holds one model: select exactly one denoiser (-m NAME[params])")
         if not checkpoint.is_file():
             raise InputError(f"checkpoint '{checkpoint}' does not exist")
+    if executor == "dask":
+        from diffbench import dask_executor
+
+        missing = dask_executor.missing_dependency()
+        if missing:
+            raise InputError(missing)
     out = out or Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if (out / results.TABLE).exists():
-        raise InputError(f"'{out}' already holds a run; choose another --out so that it is not overwritten")
+    if resume is None and ((out / results.TABLE).exists() or (out / "run.json").exists()):
+        raise InputError(f"'{out}' already holds a run; choose another --out, or finish it with --resume {out}")
     log(f"running {len(cells)} cells on {', '.join(devices)}; results go to {out}")
-    frame = runner.run(
-        suite, cells, out, cache_folder(opts, no_cache), progress=show_progress(opts), log=log, checkpoint=checkpoint
-    )
+    try:
+        frame = runner.run(
+            suite,
+            cells,
+            out,
+            cache_folder(opts, no_cache),
+            progress=show_progress(opts),
+            log=log,
+            checkpoint=checkpoint,
+            resume=resume is not None,
+            executor=executor,
+            workers=workers,
+            scheduler=scheduler,
+            threads=opts["threads"],
+            plugin_specs=ctx.parent.params.get("plugin_specs", ()),
+        )
+    except ResumeError as exc:
+        raise InputError(str(exc)) from None
+    except KeyboardInterrupt:
+        log(f"interrupted: every finished cell is saved in {out}; finish the run with: diffbench run --resume {out}")
+        sys.exit(130)
     if frame.empty:
         raise click.ClickException("no cell ran: every dataset x denoiser pair was skipped (see above)")
     (out / "suite.json").write_text(json.dumps(suite.to_dict(), indent=2, default=str))
@@ -207,11 +304,28 @@ def run(out, no_cache, checkpoint, no_plots, **opts) -> None:
             log(f"plot: {path}")
     click.echo(results.summary(frame))
     click.echo(f"\nresults: {out / results.TABLE} (and {results.CSV})")
-    failed = frame[frame["status"] != "ok"]
+    failed = frame[frame["status"] != "ok"].drop_duplicates("cell_id")
     if not failed.empty:
         for _, row in failed.iterrows():
             log(f"failed: {row['estimator_label']} at {row['trials']} trials on {row['device']}: {row['error']}")
-        raise click.ClickException(f"{len(failed)} of {len(frame)} cells failed (see the 'error' column)")
+        raise click.ClickException(
+            f"{len(failed)} of {frame['cell_id'].nunique()} cells failed (see the 'error' column); "
+            f"after a fix, run them again with: diffbench run --resume {out}"
+        )
+
+
+def resumed_suite(folder: Path) -> Suite:
+    """The suite a run folder was started with (what --resume runs again)."""
+    try:
+        settings = RunFolder(folder).settings()
+    except ResumeError as exc:
+        raise InputError(str(exc)) from None
+    if settings is None:
+        raise InputError(f"'{folder}' holds no run.json: it is not a diffbench run folder to resume")
+    try:
+        return suite_from_dict(settings["suite"], f"'{folder}/run.json'")
+    except (KeyError, TypeError, SuiteError) as exc:
+        raise InputError(f"'{folder}/run.json' is not a diffbench run's settings ({exc})") from None
 
 
 @main.command()
@@ -247,3 +361,39 @@ def plot(run_dir: Path) -> None:
         click.echo(f"plot: {path}")
     if not made:
         raise click.ClickException(f"'{run_dir}' has no finished cell to plot")
+
+
+@main.command("compare")
+@click.argument("run_a", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("run_b", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Also save the table as CSV.")
+@click.option(
+    "--fail-on-regression",
+    "regression_pct",
+    type=click.FloatRange(min=0),
+    metavar="PCT",
+    help="Exit 1 if any cell got worse beyond noise by more than PCT: accuracy lower by more than PCT "
+    "percentage points and significant at 95%, or samples/s (latency) worse by more than PCT percent "
+    "with the difference beyond both runs' IQRs added.",
+)
+def compare_command(run_a: Path, run_b: Path, out: Path | None, regression_pct: float | None) -> None:
+    """Compare two runs cell by cell: accuracy and speed, B against A, and whether each change is beyond noise.
+
+    Accuracy: two-proportion z-test at 95%. Speed: beyond noise when |B - A| exceeds the sum of both IQRs.
+    """
+    try:
+        comparison = compare_runs(results.read_table(run_a), results.read_table(run_b))
+    except (FileNotFoundError, CompareError) as exc:
+        raise InputError(str(exc)) from None
+    click.echo(f"A = {run_a}, B = {run_b}")
+    click.echo(format_comparison(comparison))
+    if out is not None:
+        results.replace_atomically(out, lambda tmp: comparison.table.to_csv(tmp, index=False))
+        click.echo(f"table: {out}")
+    if regression_pct is not None:
+        regressed = find_regressions(comparison, regression_pct)
+        if regressed:
+            listed = "; ".join(regressed[:3]) + (f"; ... ({len(regressed) - 3} more)" if len(regressed) > 3 else "")
+            raise click.ClickException(
+                f"{len(regressed)} cell(s) regressed by more than {regression_pct:g}% beyond noise: {listed}"
+            )

@@ -135,9 +135,21 @@ def truncation_windows(frame: pd.DataFrame, path: Path) -> Path | None:
     return save(fig, path)
 
 
+def with_variant_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """Append dtype and compile to estimator labels when a run holds more than one such variant."""
+    if not {"dtype", "compile"} <= set(frame.columns) or len(frame[["dtype", "compile"]].drop_duplicates()) < 2:
+        return frame
+    suffix = " [" + frame["dtype"].astype(str) + frame["compile"].map({True: ", compiled", False: ""}) + "]"
+    return frame.assign(estimator_label=frame["estimator_label"] + suffix)
+
+
 def throughput(frame: pd.DataFrame, path: Path) -> Path:
-    """Samples per second and efficiency against trials, by estimator (hue) and device (style)."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    """Samples per second and efficiency against trials (offline), and single-sample latency, per estimator."""
+    single = frame[frame["scenario"] == "single"] if "scenario" in frame else frame.iloc[:0]
+    frame = results.offline(frame)
+    if frame.empty:  # only the single scenario ran: show its rates
+        frame = single
+    fig, axes = plt.subplots(1, 3 if len(single) else 2, figsize=(18 if len(single) else 12, 4.5))
     data = frame.assign(where=frame["device"] + " · " + frame["dataset_label"] + " x " + frame["denoiser_label"])
     sns.lineplot(data=data, x="trials", y="samples_per_s", hue="estimator_label", style="where", marker="o", ax=axes[0])
     for _, line in data.groupby(["estimator_label", "where"]):
@@ -162,6 +174,13 @@ def throughput(frame: pd.DataFrame, path: Path) -> Path:
     )
     axes[1].axhline(1.0, color="grey", lw=0.8, ls=":")
     axes[1].set(xscale="log", ylabel="evals/s ÷ bare forward rows/s", title="efficiency")
+    if len(single):
+        lat = single.assign(where=single["device"] + " · " + single["dataset_label"] + " x " + single["denoiser_label"])
+        sns.lineplot(
+            data=lat, x="trials", y="latency_p50_ms", hue="estimator_label", style="where", marker="o", ax=axes[2]
+        )
+        axes[2].legend_.remove()
+        axes[2].set(xscale="log", yscale="log", ylabel="ms per sample (p50)", title="single-sample latency")
     axes[0].legend(fontsize=7)
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -239,13 +258,15 @@ def image_grid(part: pd.DataFrame, shape: list[int]) -> np.ndarray:
 def plot_run(run_dir: Path) -> list[Path]:
     """Draw every plot of a run folder from its saved tables; returns the PNG paths."""
     run_dir = Path(run_dir)
-    frame = results.read_table(run_dir)
-    ok = frame[frame["status"] == "ok"]
+    frame = with_variant_labels(results.read_table(run_dir))
+    every = frame[frame["status"] == "ok"]
+    ok = results.offline(every)
     made: list[Path] = []
-    if ok.empty:
+    if every.empty:
         return made
-    made.append(accuracy_vs_nfe(ok, run_dir / "accuracy_vs_nfe.png"))
-    made.append(throughput(ok, run_dir / "throughput.png"))
+    if not ok.empty:
+        made.append(accuracy_vs_nfe(ok, run_dir / "accuracy_vs_nfe.png"))
+    made.append(throughput(every, run_dir / "throughput.png"))
     windows = truncation_windows(ok, run_dir / "truncation_windows.png")
     if windows is not None:
         made.append(windows)

@@ -1,7 +1,8 @@
 """Plugin discovery: entry points, ``--plugin`` files and modules, ``DIFFBENCH_PLUGINS``.
 
 Built-in plugins arrive exactly like third-party ones, through the ``diffbench``
-entry-point group. The registry is rebuilt from the hooks on every call, so a test
+entry-point group; ``DIFFBENCH_LOAD_PLUGINS`` restricts which distributions' entry
+points load. The registry is rebuilt from the hooks on every call, so a test
 can ``pm.register(obj)`` a plugin and ``pm.unregister(obj)`` it afterwards.
 """
 
@@ -10,8 +11,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +28,11 @@ from diffbench.contract import KINDS, Plugin
 
 ENTRY_POINT_GROUP = "diffbench"
 ENV_VAR = "DIFFBENCH_PLUGINS"
+ALLOW_ENV_VAR = "DIFFBENCH_LOAD_PLUGINS"
+BUILTIN_DISTRIBUTION = "diffbench"
 
 pm = pluggy.PluginManager("diffbench")
 pm.add_hookspecs(hookspecs)
-pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
 
 
 class PluginError(Exception):
@@ -41,6 +45,76 @@ class Registered:
     name: str
     cls: type[Plugin]
     source: str
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """An entry point that ``DIFFBENCH_LOAD_PLUGINS`` kept from loading."""
+
+    name: str
+    distribution: str
+    version: str
+    value: str
+
+
+held_back: list[HeldBack] = []
+_entry_point_plugins: dict[str, tuple[Any, str, str]] = {}  # entry-point name -> (plugin, distribution, version)
+_applied_allow_list: str | None = None
+
+
+def _normalized(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def allowed_distributions() -> set[str] | None:
+    """Normalized distribution names from ``DIFFBENCH_LOAD_PLUGINS``, or None (unset) for every one."""
+    value = os.environ.get(ALLOW_ENV_VAR)
+    if value is None:
+        return None
+    return {_normalized(name.strip()) for name in value.split(",") if name.strip()} | {BUILTIN_DISTRIBUTION}
+
+
+def load_entry_points() -> None:
+    """Register the entry points that ``DIFFBENCH_LOAD_PLUGINS`` allows; remember the rest in ``held_back``.
+
+    Like pluggy's ``load_setuptools_entrypoints``, but run again it also unregisters entry points
+    that the variable no longer allows, so the registry always follows its current value.
+    """
+    global _applied_allow_list
+    _applied_allow_list = os.environ.get(ALLOW_ENV_VAR)
+    allowed = allowed_distributions()
+    held: dict[tuple[str, str], HeldBack] = {}
+    seen: set[str] = {BUILTIN_DISTRIBUTION}
+    for dist in list(importlib.metadata.distributions()):
+        distribution, version = dist.metadata["Name"], dist.version
+        for ep in dist.entry_points:
+            if ep.group != ENTRY_POINT_GROUP:
+                continue
+            seen.add(_normalized(distribution))
+            if allowed is not None and _normalized(distribution) not in allowed:
+                held[(distribution, ep.name)] = HeldBack(ep.name, distribution, version, ep.value)
+                loaded = _entry_point_plugins.get(ep.name)
+                if loaded is not None and loaded[1] == distribution:
+                    if pm.is_registered(loaded[0]):
+                        pm.unregister(loaded[0])
+                    del _entry_point_plugins[ep.name]
+                continue
+            if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+                continue
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+            _entry_point_plugins[ep.name] = (plugin, distribution, version)
+    held_back[:] = held.values()
+    unknown = sorted((allowed or set()) - seen)
+    if unknown:
+        print(
+            f"diffbench: warning: {ALLOW_ENV_VAR} names {', '.join(unknown)}, but no installed distribution "
+            f"of that name has diffbench plugins (those that do: {', '.join(sorted(seen))})",
+            file=sys.stderr,
+        )
+
+
+load_entry_points()
 
 
 def load_plugin(spec: str) -> ModuleType:
@@ -91,16 +165,18 @@ def register_module(module: ModuleType, source: str) -> ModuleType:
 
 
 def load_plugins(specs: list[str] | tuple[str, ...] = ()) -> None:
-    """Load the ``--plugin`` specs and those listed in ``DIFFBENCH_PLUGINS``."""
+    """Load the ``--plugin`` specs and those listed in ``DIFFBENCH_PLUGINS``; apply a changed allow-list."""
+    if os.environ.get(ALLOW_ENV_VAR) != _applied_allow_list:
+        load_entry_points()
     from_env = [s.strip() for s in os.environ.get(ENV_VAR, "").split(",") if s.strip()]
     for spec in [*from_env, *specs]:
         load_plugin(spec)
 
 
 def _source(plugin: Any) -> str:
-    for registered, dist in pm.list_plugin_distinfo():
+    for registered, distribution, version in _entry_point_plugins.values():
         if registered is plugin:
-            return f"{dist.project_name} {dist.version} ({getattr(plugin, '__name__', pm.get_name(plugin))})"
+            return f"{distribution} {version} ({getattr(plugin, '__name__', pm.get_name(plugin))})"
     return pm.get_name(plugin) or repr(plugin)
 
 

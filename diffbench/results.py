@@ -126,7 +126,8 @@ def with_variance_reduction(frame: pd.DataFrame) -> pd.DataFrame:
     """variance_reduction = full-mc's gap_variance / this cell's, at the same pair, device, trials and seed."""
     if "gap_variance" not in frame:
         return frame
-    keys = ["dataset_label", "denoiser_label", "device", "trials", "seed"]
+    keys = ["dataset_label", "denoiser_label", "device", "trials", "seed", "scenario", "dtype", "compile"]
+    keys = [k for k in keys if k in frame]
     base = frame[(frame["estimator"] == BASELINE) & (frame["status"] == "ok")]
     base = base.drop_duplicates(keys)[keys + ["gap_variance"]].rename(columns={"gap_variance": "_baseline"})
     merged = frame.drop(columns=["variance_reduction"], errors="ignore").merge(base, on=keys, how="left")
@@ -134,11 +135,40 @@ def with_variance_reduction(frame: pd.DataFrame) -> pd.DataFrame:
     return merged.drop(columns=["_baseline"])
 
 
-def write_table(rows: list[dict[str, Any]], out: Path) -> pd.DataFrame:
-    frame = with_variance_reduction(pd.DataFrame(rows))
-    write_atomic(frame, out / TABLE)
-    write_atomic(frame, out / CSV)
-    return frame
+def with_concurrency(frame: pd.DataFrame) -> pd.DataFrame:
+    """concurrent = the cell ran while another cell, or a training, ran on the same host.
+
+    Intervals come from each row's ``started_at``/``finished_at`` (the cell) and
+    ``train_started_at``/``train_finished_at`` (its model's training, when trained in the run).
+    """
+    if not {"host", "started_at", "finished_at", "cell_id"} <= set(frame.columns):
+        return frame
+    spans = []
+    for row in frame.drop_duplicates("cell_id").itertuples():
+        spans.append((row.host, row.started_at, row.finished_at, row.cell_id))
+    if "train_started_at" in frame:
+        trained = frame.dropna(subset=["train_started_at"]).drop_duplicates(["host", "train_started_at"])
+        spans += [(r.host, r.train_started_at, r.train_finished_at, "") for r in trained.itertuples()]
+
+    def overlaps(row) -> bool:
+        return any(
+            host == row.host and cell != row.cell_id and start < row.finished_at and row.started_at < end
+            for host, start, end, cell in spans
+        )
+
+    return frame.assign(concurrent=[overlaps(r) for r in frame.itertuples()])
+
+
+def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The results table from saved rows: with the concurrency marks and variance reduction."""
+    if not rows:
+        return pd.DataFrame(columns=["status"])
+    return with_variance_reduction(with_concurrency(pd.DataFrame(rows)))
+
+
+def offline(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the offline scenario (one per cell): what accuracy plots and summaries use."""
+    return frame[frame["scenario"] == "offline"] if "scenario" in frame else frame
 
 
 def read_table(run_dir: Path) -> pd.DataFrame:
@@ -150,7 +180,7 @@ def read_table(run_dir: Path) -> pd.DataFrame:
 
 def summary(frame: pd.DataFrame) -> str:
     """Accuracy by estimator x trials, and throughput at the largest trials, as text."""
-    ok = frame[frame["status"] == "ok"]
+    ok = offline(frame[frame["status"] == "ok"])
     if ok.empty:
         return "no cell finished"
     parts = []

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import math
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +11,23 @@ from typing import Any
 import pandas as pd
 import torch
 
-from diffbench import metrics, results
+from diffbench import metrics, results, rundir
+from diffbench.acceleration import accelerate, unsupported
 from diffbench.contract import Plugin, Splits
 from diffbench.model import ConditionalModel
 from diffbench.results import param_columns, wilson_interval
 from diffbench.schedule import NoiseSchedule, sample
 from diffbench.suite import Cell, Suite
-from diffbench.timing import measure, median_iqr, timed, tune_cpu_allocator
+from diffbench.timing import (
+    cached_chunk_size,
+    measure,
+    measure_latency,
+    median_iqr,
+    peak_memory_mb,
+    reset_peak_memory,
+    timed,
+    tune_cpu_allocator,
+)
 from diffbench.training import build_module, load_checkpoint, load_or_train
 
 REGION_GRID = 64  # decision regions are drawn on a REGION_GRID x REGION_GRID lattice
@@ -71,12 +79,6 @@ def check_errors(errors: Any, batch: int, classes: int, name: str) -> torch.Tens
     return errors
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak, KiB on Linux
-
-
 @dataclass
 class CellData:
     """What a cell classifies (test) and may tune on (held-out training data), on the model's device."""
@@ -87,17 +89,16 @@ class CellData:
     heldout_y: torch.Tensor
 
 
-def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, repeats: int) -> tuple[dict, list[dict]]:
-    """One cell's row and its reliability bins.
+def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Suite) -> tuple[list[dict], list[dict]]:
+    """One cell's rows (one per scenario of the suite) and its reliability bins.
 
     In order: ``fit`` on held-out data; accuracy from one pass seeded by the cell's seed;
     a temperature fitted on the held-out data; the error-gap variance over independent
-    repeats on a subset of the test set; then interleaved timed repeats. Only the last
-    is timed; NFE are read from the model's counter around each step.
+    repeats on a subset of the test set; then the timed scenarios. Only the last are
+    timed; NFE are read from the model's counter around each step.
     """
     device = model.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     x, y = data.x, data.y
     n, k = x.shape[0], model.num_classes
     name, trials = cell.estimator.name, cell.trials
@@ -134,8 +135,7 @@ def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, repeats: i
     gap_var = metrics.gap_variance(torch.stack(repeated), y_cpu[subset])
     nfe_mid, nfe_iqr = median_iqr(pass_nfe)
 
-    speed = measure(lambda: cell.estimator.errors(model, x, trials, generator), model, n, first_s, repeats, generator)
-    row = {
+    common = {
         "n_test": n,
         "accuracy": correct / n,
         "accuracy_ci_low": low,
@@ -146,27 +146,60 @@ def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, repeats: i
         "temperature": temperature,
         **metrics.calibration(err, y_cpu, temperature),
         "gap_variance": gap_var * nfe_mid,
-        **vars(speed),
-        "peak_memory_mb": peak_memory_mb(device),
     }
-    return row, metrics.reliability_bins(err, y_cpu, temperature)
+    rows = []
+    if "offline" in suite.scenarios:
+        speed = measure(
+            lambda: cell.estimator.errors(model, x, trials, generator),
+            model,
+            n,
+            generator,
+            first_pass_s=first_s,
+            min_repeats=suite.repeats,
+            max_time_s=suite.max_time_s,
+        )
+        rows.append({"scenario": "offline", **common, **vars(speed), "peak_memory_mb": peak_memory_mb(device)})
+    if "single" in suite.scenarios:
+        lat = measure_latency(
+            lambda i: cell.estimator.errors(model, x[i % n : i % n + 1], trials, generator),
+            model,
+            generator,
+            max_time_s=suite.max_time_s,
+        )
+        rows.append(
+            {
+                "scenario": "single",
+                **common,
+                "samples_per_s": 1000.0 / lat.p50_ms,
+                "efficiency": lat.efficiency,
+                "repeats": lat.count,
+                "noisy": lat.noisy,
+                "latency_p50_ms": lat.p50_ms,
+                "latency_p90_ms": lat.p90_ms,
+                "latency_iqr_ms": lat.iqr_ms,
+                "bare_latency_p50_ms": lat.bare_p50_ms,
+                "peak_memory_mb": peak_memory_mb(device),
+            }
+        )
+    return rows, metrics.reliability_bins(err, y_cpu, temperature)
 
 
 def identity(cell: Cell, suite: Suite) -> dict[str, Any]:
     train = suite.train_settings(cell.denoiser)
-    return {
+    ident = {
         "dataset": cell.dataset.name,
         "denoiser": cell.denoiser.name,
         "estimator": cell.estimator.name,
         "device": cell.device,
         "trials": cell.trials,
         "seed": cell.seed,
+        "dtype": cell.dtype,
+        "compile": cell.compile,
         "dataset_label": repr(cell.dataset),
         "denoiser_label": repr(cell.denoiser),
         "estimator_label": repr(cell.estimator),
         "schedule": suite.schedule,
         "num_timesteps": suite.timesteps,
-        "batch_size": suite.batch_size,
         "train_steps": train.steps,
         "train_batch_size": train.batch_size,
         "train_lr": train.lr,
@@ -174,6 +207,7 @@ def identity(cell: Cell, suite: Suite) -> dict[str, Any]:
         **param_columns("denoiser", cell.denoiser.params),
         **param_columns("estimator", cell.estimator.params),
     }
+    return {"cell_id": rundir.cell_id(ident), **ident}
 
 
 def failure(exc: BaseException) -> str:
@@ -255,26 +289,29 @@ def group_ids(cell: Cell) -> dict[str, str]:
 
 
 def groups(cells: list[Cell]) -> list[list[Cell]]:
-    """Cells that share one trained model: same dataset and denoiser (and seed)."""
-    key = lambda c: (repr(c.dataset), repr(c.denoiser), c.seed)  # noqa: E731
-    return [list(g) for _, g in itertools.groupby(cells, key=key)]
+    """Cells that share one trained model: same dataset and denoiser (and seed), in grid order."""
+    found: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        found.setdefault(group_key_of(cell), []).append(cell)
+    return list(found.values())
 
 
 @dataclass
 class Prepared:
-    """One group's data (training part without the held-out samples) and its trained module."""
+    """One group's data (training part without the held-out samples), trained module and what it cost."""
 
     splits: Splits
     heldout_x: torch.Tensor
     heldout_y: torch.Tensor
     module: torch.nn.Module
     info: dict[str, Any]
+    bayes_accuracy: float
+    setup_s: float
 
 
 def prepare(
     first: Cell,
     suite: Suite,
-    schedule: NoiseSchedule,
     device: torch.device,
     cache_dir: Path | None,
     checkpoint: Path | None,
@@ -282,6 +319,8 @@ def prepare(
     log,
 ) -> Prepared | None:
     """Data and trained module of one group; None (with one line said) when the pair does not fit."""
+    start = time.perf_counter()
+    schedule = NoiseSchedule(suite.schedule, suite.timesteps)
     splits = check_splits(first.dataset.load(first.seed), first.dataset.name)
     splits, heldout_x, heldout_y = hold_out(splits, first.seed)
     pair = f"{first.dataset!r} x {first.denoiser!r}"
@@ -291,11 +330,14 @@ def prepare(
             f"but {first.dataset.name} has samples of shape {list(splits.data_shape)}"
         )
         return None
+    bayes = bayes_accuracy(first.dataset, splits)
     if checkpoint is not None:
         module = load_checkpoint(build_module(first.denoiser, splits, first.seed), checkpoint, pair)
         log(f"{pair}: loaded weights from {checkpoint}")
         info = {"cache_hit": False, "train_s": 0.0, "checkpoint": str(checkpoint)}
-        return Prepared(splits, heldout_x, heldout_y, module.to(device).eval(), info)
+        setup_s = time.perf_counter() - start
+        return Prepared(splits, heldout_x, heldout_y, module.to(device).eval(), info, bayes, setup_s)
+    train_started = time.time()
     module, info = load_or_train(
         first.dataset,
         first.denoiser,
@@ -312,17 +354,17 @@ def prepare(
         log(f"{pair}: loaded cached weights")
     else:
         log(f"{pair}: trained in {info['train_s']:.1f}s")
-    return Prepared(splits, heldout_x, heldout_y, module, info)
+        info.update(train_started_at=train_started, train_finished_at=time.time())
+    return Prepared(splits, heldout_x, heldout_y, module, info, bayes, time.perf_counter() - start)
 
 
 def train_only(suite: Suite, cells: list[Cell], cache_dir: Path | None, progress: bool = True, log=print) -> int:
     """Train (or confirm cached) every model a grid needs; returns how many failed."""
-    schedule = NoiseSchedule(suite.schedule, suite.timesteps)
     device = train_device(cells)
     failed = 0
     for group in groups(cells):
         try:
-            prepare(group[0], suite, schedule, device, cache_dir, None, progress, log)
+            prepare(group[0], suite, device, cache_dir, None, progress, log)
         except Exception as exc:
             failed += 1
             log(f"{group[0].dataset!r} x {group[0].denoiser!r} failed: {failure(exc)}")
@@ -334,6 +376,123 @@ def train_device(cells: list[Cell]) -> torch.device:
     return torch.device("cuda" if any(c.device == "cuda" for c in cells) else "cpu")
 
 
+@dataclass
+class CellResult:
+    """What a finished (or failed, or skipped) cell sends back to the process that writes the table."""
+
+    cell_id: str
+    rows: list[dict[str, Any]]
+    bins: list[dict[str, Any]]
+    messages: list[str]
+    skipped: bool = False
+
+
+def cell_model(cell: Cell, suite: Suite, prepared: Prepared, cache_dir: Path | None) -> tuple[ConditionalModel, dict]:
+    """The model a cell classifies with: on its device, in its dtype (compiled if asked), chunked.
+
+    Raises ``Unsupported`` when the device cannot run that dtype or compile.
+    """
+    device = torch.device(cell.device)
+    splits = prepared.splits
+    module = prepared.module.to(device).eval()
+    reason = unsupported(module, device, cell.dtype, cell.compile, splits.data_shape, splits.num_classes)
+    if reason:
+        what = f"{cell.dtype}{' compiled' if cell.compile else ''} on {cell.device}"
+        raise Unsupported(f"skipping {what} for {cell.denoiser!r}: {reason}")
+    schedule = NoiseSchedule(suite.schedule, suite.timesteps)
+    running = accelerate(module, device, cell.dtype, cell.compile)
+    model = ConditionalModel(running, schedule, splits.num_classes, splits.data_shape, device)
+    tuned = suite.batch_size == "auto"
+    if tuned:
+        key = "|".join(
+            [repr(cell.denoiser), str(list(splits.data_shape)), results.device_name(cell.device), cell.dtype]
+            + [f"compile={cell.compile}", torch.__version__]
+        )
+        model.max_batch, was_cached = cached_chunk_size(model, cache_dir, key)
+    else:
+        model.max_batch, was_cached = int(suite.batch_size), False
+    return model, {"batch_size": model.max_batch, "batch_size_tuned": tuned, "batch_size_cached": was_cached}
+
+
+class Unsupported(RuntimeError):
+    """A cell's dtype or compile setting cannot run on its device."""
+
+
+def run_cell(
+    cell: Cell, suite: Suite, prepared: Prepared | None, cache_dir: Path | None, command: str = ""
+) -> CellResult:
+    """Measure one cell of a prepared group; never raises: failures become a failed row."""
+    ident = identity(cell, suite)
+    started = time.time()
+    start = time.perf_counter()
+    if prepared is None:
+        return CellResult(ident["cell_id"], [], [], [], skipped=True)
+    info = prepared.info
+    row = {
+        **ident,
+        "device_name": results.device_name(cell.device),
+        "bayes_accuracy": prepared.bayes_accuracy,
+        "cache_hit": info["cache_hit"],
+        "train_s": info.get("train_s", 0.0),
+        "train_started_at": info.get("train_started_at", math.nan),
+        "train_finished_at": info.get("train_finished_at", math.nan),
+        "setup_s": prepared.setup_s,
+    }
+    messages: list[str] = []
+    try:
+        model, chunking = cell_model(cell, suite, prepared, cache_dir)
+        data = CellData(
+            prepared.splits.test_x.to(model.device, model.dtype),
+            prepared.splits.test_y.to(model.device),
+            prepared.heldout_x.to(model.device, model.dtype),
+            prepared.heldout_y.to(model.device),
+        )
+        measured, bins = measure_cell(cell, model, data, suite)
+        rows = [{**row, **chunking, **m, "status": "ok", "error": ""} for m in measured]
+        bins = [{**ident, **b} for b in bins]
+    except Unsupported as exc:
+        return CellResult(ident["cell_id"], [], [], [str(exc)], skipped=True)
+    except Exception as exc:
+        rows, bins = [{**row, "status": "failed", "error": failure(exc)}], []
+        messages.append(f"{row['estimator_label']} at {cell.trials} trials on {cell.device} failed: {rows[0]['error']}")
+    base = {**results.provenance(), "cpu_allocator_tuned": tune_cpu_allocator()}
+    base["command"] = command or base["command"]
+    finished = time.time()
+    for r in rows:
+        r.update(wall_s=time.perf_counter() - start, started_at=started, finished_at=finished, **base)
+        r["host"] = base["hostname"]
+    return CellResult(ident["cell_id"], rows, bins, messages)
+
+
+def failed_group(cells: list[Cell], suite: Suite, exc: BaseException) -> list[CellResult]:
+    """Every cell of a group whose data or model could not be prepared, as failed rows."""
+    base = results.provenance()
+    now = time.time()
+    out = []
+    for cell in cells:
+        ident = identity(cell, suite)
+        row = {**ident, "status": "failed", "error": failure(exc), **base, "host": base["hostname"]}
+        out.append(CellResult(ident["cell_id"], [{**row, "started_at": now, "finished_at": now}], [], []))
+    return out
+
+
+def figures_data(cells: list[Cell], suite: Suite, prepared: Prepared | None) -> dict[str, pd.DataFrame]:
+    """The figure tables of one trained model: its samples and (2-D data) the decision regions."""
+    if prepared is None or not cells:
+        return {}
+    first = cells[0]
+    ids = group_ids(first)
+    splits = prepared.splits
+    schedule = NoiseSchedule(suite.schedule, suite.timesteps)
+    device = torch.device(first.device)
+    model = ConditionalModel(prepared.module.to(device).eval(), schedule, splits.num_classes, splits.data_shape, device)
+    out = {"samples": samples_data(model, splits, first.seed, ids)}
+    plain = [c for c in cells if c.dtype == "float32" and not c.compile and c.device == first.device]
+    if splits.data_shape == (2,) and plain:
+        out["regions"] = regions_data(plain, model, splits, first.seed, ids)
+    return out
+
+
 def run(
     suite: Suite,
     cells: list[Cell],
@@ -342,81 +501,77 @@ def run(
     progress: bool = True,
     log=print,
     checkpoint: Path | None = None,
+    resume: bool = False,
+    executor: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    threads: int | None = None,
+    plugin_specs: tuple[str, ...] = (),
 ) -> pd.DataFrame:
-    """Measure every cell, writing the table after each one; returns the table."""
-    out.mkdir(parents=True, exist_ok=True)
-    schedule = NoiseSchedule(suite.schedule, suite.timesteps)
-    base = {**results.provenance(), "cpu_allocator_tuned": tune_cpu_allocator()}
-    rows: list[dict[str, Any]] = []
-    regions, samples, reliability = [], [], []
-    device_for_training = train_device(cells)
-    for group in groups(cells):
-        first = group[0]
-        ids = group_ids(first)
-        start = time.perf_counter()
-        try:
-            prepared = prepare(first, suite, schedule, device_for_training, cache_dir, checkpoint, progress, log)
-        except Exception as exc:
-            log(f"{first.dataset!r} x {first.denoiser!r} failed: {failure(exc)}")
-            rows += [{**identity(c, suite), "status": "failed", "error": failure(exc), **base} for c in group]
-            results.write_table(rows, out)
-            continue
-        if prepared is None:
-            continue
-        splits, module, info = prepared.splits, prepared.module, prepared.info
-        bayes = bayes_accuracy(first.dataset, splits)
-        setup_s = time.perf_counter() - start
-        for device, dev_iter in itertools.groupby(group, key=lambda c: c.device):
-            dev_cells = list(dev_iter)
-            model = ConditionalModel(
-                module, schedule, splits.num_classes, splits.data_shape, device, max_batch=suite.batch_size
-            )
-            data = CellData(
-                splits.test_x.to(model.device, model.dtype),
-                splits.test_y.to(model.device),
-                prepared.heldout_x.to(model.device, model.dtype),
-                prepared.heldout_y.to(model.device),
-            )
-            done = []
-            for cell in dev_cells:
-                cell_start = time.perf_counter()
-                ident = identity(cell, suite)
-                row = {
-                    **ident,
-                    "device_name": results.device_name(device),
-                    "bayes_accuracy": bayes,
-                    "cache_hit": info["cache_hit"],
-                    "train_s": info.get("train_s", 0.0),
-                    "setup_s": setup_s,
-                }
-                try:
-                    measured, bins = measure_cell(cell, model, data, suite.repeats)
-                    row.update(measured, status="ok", error="")
-                    reliability += [{**ident, **b} for b in bins]
-                    done.append(cell)
-                except Exception as exc:
-                    row.update(status="failed", error=failure(exc))
-                    log(f"{row['estimator_label']} at {cell.trials} trials on {device} failed: {row['error']}")
-                row["wall_s"] = time.perf_counter() - cell_start
-                rows.append({**row, **base})
-                results.write_table(rows, out)
-            if device != group[0].device:
-                continue
-            try:  # the figures' data, once per model
-                samples.append(samples_data(model, splits, first.seed, ids))
-                if splits.data_shape == (2,) and done:
-                    regions.append(regions_data(done, model, splits, first.seed, ids))
+    """Measure every cell not yet finished in ``out``, saving each as it finishes; returns the table."""
+    folder = rundir.RunFolder(out)
+    settings = {"suite": suite.to_dict(), "devices": sorted({c.device for c in cells}), "checkpoint": checkpoint}
+    folder.start(settings, resume)
+    tune_cpu_allocator()
+    order = [identity(c, suite)["cell_id"] for c in cells]
+    by_id = dict(zip(order, cells, strict=True))
+    finished = folder.finished() & set(by_id)
+    todo = [c for i, c in by_id.items() if i not in finished]
+    if resume:
+        log(f"resuming {out}: {len(finished)} of {len(cells)} cells already finished")
+    command = results.provenance()["command"]
+
+    def record(result: CellResult) -> None:
+        for message in result.messages:
+            log(message)
+        if result.skipped:
+            return
+        folder.save_cell(result.cell_id, result.rows, result.bins)
+        if all(r["status"] == "ok" for r in result.rows):
+            finished.add(result.cell_id)
+        folder.write_tables(order)
+
+    def record_figures(group: list[Cell], frames: dict[str, pd.DataFrame]) -> None:
+        key = rundir.group_key(identity(group[0], suite))
+        for kind, frame in frames.items():
+            folder.save_part(key, kind, frame)
+        folder.write_tables(order)
+
+    def finished_cells(group: list[Cell]) -> list[Cell]:
+        """Cells of a group (all of the grid's, not just this run's) that have finished ok."""
+        key = group_key_of(group[0])
+        return [c for i, c in by_id.items() if i in finished and group_key_of(c) == key]
+
+    if executor == "dask":
+        from diffbench import dask_executor
+
+        dask_executor.run_grid(
+            todo, suite, train_device(cells), cache_dir, checkpoint, command, record, record_figures,
+            finished_cells, log, workers=workers, scheduler=scheduler, threads=threads, plugin_specs=plugin_specs,
+        )  # fmt: skip
+    else:
+        device = train_device(cells)
+        for group in groups(todo):
+            try:
+                prepared = prepare(group[0], suite, device, cache_dir, checkpoint, progress, log)
             except Exception as exc:
-                log(f"figure data for {first.dataset!r} x {first.denoiser!r} failed: {failure(exc)}")
-    if regions:
-        results.write_atomic(pd.concat(regions, ignore_index=True), out / results.REGIONS)
-    if samples:
-        results.write_atomic(pd.concat(samples, ignore_index=True), out / results.SAMPLES)
-    if reliability:
-        results.write_atomic(pd.DataFrame(reliability), out / results.RELIABILITY)
-    if not rows:
-        return pd.DataFrame(columns=["status"])
-    return results.write_table(rows, out)
+                log(f"{group[0].dataset!r} x {group[0].denoiser!r} failed: {failure(exc)}")
+                for result in failed_group(group, suite, exc):
+                    record(result)
+                continue
+            if prepared is None:
+                continue
+            for cell in group:
+                record(run_cell(cell, suite, prepared, cache_dir, command))
+            try:  # the figures' data, once per model
+                record_figures(group, figures_data(finished_cells(group), suite, prepared))
+            except Exception as exc:
+                log(f"figure data for {group[0].dataset!r} x {group[0].denoiser!r} failed: {failure(exc)}")
+    return folder.write_tables(order)
+
+
+def group_key_of(cell: Cell) -> tuple:
+    return (repr(cell.dataset), repr(cell.denoiser), cell.seed)
 
 
 def bayes_accuracy(dataset: Plugin, splits: Splits) -> float:

@@ -151,7 +151,7 @@ def parse_int_list(text: str, what: str = "trials") -> list[int]:
     values = []
     for part in str(text).split(","):
         part = part.strip()
-        if not part.isdigit() or int(part) < 1:
+        if not (part.isascii() and part.isdigit()) or int(part) < 1:  # int() refuses some isdigit() text: '²'
             raise SelectorError(f"{what} must be positive integers separated by commas, e.g. 1,2,4,8; got '{text}'")
         values.append(int(part))
     return values

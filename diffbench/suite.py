@@ -11,11 +11,13 @@ from typing import Any
 import torch
 
 from diffbench import plugins, selectors
+from diffbench.acceleration import DTYPES
 from diffbench.contract import Plugin
 from diffbench.schedule import SCHEDULES
 from diffbench.training import TrainSettings
 
 DEVICES = ("auto", "cpu", "cuda")
+SCENARIOS = ("offline", "single")
 
 
 class SuiteError(ValueError):
@@ -33,7 +35,15 @@ class Suite:
     repeats: int = 5
     schedule: str = "linear"
     timesteps: int = 1000
-    batch_size: int = 8192
+    #: Most rows per denoiser call, or "auto": tuned per device by a short sweep (cached).
+    batch_size: int | str = "auto"
+    #: Precisions to run each cell in (autocast below float32) and whether to torch.compile.
+    dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    compile: list[bool] = field(default_factory=lambda: [False])
+    #: offline (the whole test set at once: samples/s) and single (one sample at a time: latency).
+    scenarios: list[str] = field(default_factory=lambda: ["offline", "single"])
+    #: Seconds of timed repeats per cell and scenario before the stopping rule gives up on a small spread.
+    max_time_s: float = 10.0
     #: Training overrides: TrainSettings keys for every denoiser, or a table per denoiser name.
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -57,6 +67,8 @@ class Cell:
     trials: int
     device: str
     seed: int
+    dtype: str = "float32"
+    compile: bool = False
 
 
 def builtin_suites() -> list[str]:
@@ -69,7 +81,10 @@ def load_suite(name_or_path: str) -> Suite:
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise SuiteError(f"suite file '{name_or_path}' does not exist")
-        text, where = path.read_text(), f"suite file '{name_or_path}'"
+        try:
+            text, where = path.read_text(encoding="utf-8"), f"suite file '{name_or_path}'"
+        except UnicodeDecodeError as exc:
+            raise SuiteError(f"suite file '{name_or_path}' is not UTF-8 text ({exc}); save it as UTF-8") from None
     elif name_or_path in builtin_suites():
         text = resources.files("diffbench.suites").joinpath(f"{name_or_path}.toml").read_text()
         where = f"built-in suite '{name_or_path}'"
@@ -92,6 +107,13 @@ def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
         default = getattr(defaults, key)
         if key == "train":
             value = check_train_table(value, where)
+        elif key == "batch_size":
+            if value != "auto" and (not isinstance(value, int) or isinstance(value, bool)):
+                raise SuiteError(f"{where}: 'batch_size' must be a positive integer or \"auto\", got {value!r}")
+        elif key == "max_time_s":
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise SuiteError(f"{where}: 'max_time_s' must be a number of seconds, got {value!r}")
+            value = float(value)
         elif isinstance(default, list):
             if isinstance(value, (str, int)):
                 value = [value]
@@ -134,9 +156,21 @@ def check_suite(suite: Suite, where: str = "suite") -> None:
             raise SuiteError(f"{where}: unknown device '{device}'; choose from {', '.join(DEVICES)}")
     if suite.schedule not in SCHEDULES:
         raise SuiteError(f"{where}: unknown schedule '{suite.schedule}'; choose from {', '.join(SCHEDULES)}")
-    if suite.repeats < 1 or suite.timesteps < 2 or suite.batch_size < 1 or suite.seed < 0:
-        raise SuiteError(f"{where}: repeats, batch_size must be >= 1, timesteps >= 2 and seed >= 0")
-    for kind in ("datasets", "denoisers", "estimators"):
+    if suite.repeats < 1 or suite.timesteps < 2 or suite.seed < 0:
+        raise SuiteError(f"{where}: repeats must be >= 1, timesteps >= 2 and seed >= 0")
+    if suite.batch_size != "auto" and not (isinstance(suite.batch_size, int) and suite.batch_size >= 1):
+        raise SuiteError(f'{where}: batch_size must be a positive integer or "auto", got {suite.batch_size!r}')
+    if not suite.max_time_s > 0:
+        raise SuiteError(f"{where}: max_time_s must be positive, got {suite.max_time_s}")
+    for dtype in suite.dtypes:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise SuiteError(f"{where}: unknown dtype '{dtype}'; choose from {', '.join(DTYPES)}")
+    if not all(isinstance(c, bool) for c in suite.compile):
+        raise SuiteError(f"{where}: 'compile' must be true, false or a list of them, got {suite.compile!r}")
+    for scenario in suite.scenarios:
+        if scenario not in SCENARIOS:
+            raise SuiteError(f"{where}: unknown scenario '{scenario}'; choose from {', '.join(SCENARIOS)}")
+    for kind in ("datasets", "denoisers", "estimators", "dtypes", "scenarios"):
         if not all(isinstance(s, str) for s in getattr(suite, kind)):
             raise SuiteError(f"{where}: '{kind}' must be a list of selector strings")
 
@@ -174,10 +208,12 @@ def expand(suite: Suite, devices: list[str]) -> list[Cell]:
     denoisers = [p for s in suite.denoisers for p in instantiate("denoiser", s)]
     estimators = [p for s in suite.estimators for p in instantiate("estimator", s)]
     return [
-        Cell(ds, dn, est, trials, device, suite.seed)
+        Cell(ds, dn, est, trials, device, suite.seed, dtype, compiled)
         for ds in datasets
         for dn in denoisers
         for device in devices
+        for dtype in suite.dtypes
+        for compiled in suite.compile
         for est in estimators
         for trials in suite.trials
     ]

@@ -1,20 +1,36 @@
-"""Timing an estimator against the bare module's forward passes, interleaved, on one device."""
+"""Timing an estimator against the bare module's forward passes, interleaved, on one device.
+
+Also single-sample latency, peak memory per cell and the chunk size that runs the module fastest.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import math
+import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from diffbench.model import ConditionalModel
+from diffbench.results import replace_atomically
 
 MIN_REGION_S = 0.1  # each timed region lasts at least this long, to swamp timer noise
+WARMUP_S = 0.25  # untimed passes (the caller's first one included) before anything is timed
+LATENCY_NOISY_REL_IQR = 0.25  # single calls jitter more than 0.1 s regions, so latency gets a looser bar
+TUNE_REGION_S = 0.05  # each chunk-size candidate is timed over at least this long
+CHUNK_CACHE = "chunk-sizes.json"
+PROC_STATUS = Path("/proc/self/status")
+PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+clock: Callable[[], float] = time.perf_counter  # every timing reads this; tests swap in a fake clock
 
 
 def tune_cpu_allocator() -> bool:
@@ -45,10 +61,10 @@ def synchronize(device: torch.device) -> None:
 def timed(fn: Callable[[], object], device: torch.device) -> float:
     """Seconds ``fn`` takes, with the device synchronised before and after."""
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def median_iqr(values: list[float]) -> tuple[float, float]:
@@ -68,6 +84,22 @@ class Throughput:
     efficiency_iqr: float
     inner_passes: int
     repeats: int
+    noisy: bool  # the repeats disagree by more than rel_iqr allows, or fewer than 3 of them
+    rel_iqr: float  # IQR / median of samples_per_s
+    warmup_s: float  # untimed warm-up, the caller's first pass included
+
+
+@dataclass
+class Latency:
+    """Single-stream latency: one test sample classified alone per call."""
+
+    p50_ms: float
+    p90_ms: float
+    iqr_ms: float
+    count: int
+    bare_p50_ms: float  # the bare module on the same rows (NFE of each call), chunked the same way
+    efficiency: float  # bare_p50_ms / p50_ms
+    noisy: bool  # fewer than min_count calls, or IQR / p50 > LATENCY_NOISY_REL_IQR
 
 
 class BareForward:
@@ -92,53 +124,89 @@ class BareForward:
             self.model.module(self.x[:rest], self.t[:rest], self.c[:rest])
 
 
+def timed_region(run: Callable[[], object], device: torch.device, estimate_s: float, min_s: float) -> tuple[int, float]:
+    """Calls of ``run`` in one timed region lasting at least ``min_s`` (4 tries), and its seconds.
+
+    ``estimate_s`` (one call's time, perhaps a cold overestimate) sets the first guess;
+    a region that comes out short is scaled up and timed again.
+    """
+    calls = max(1, math.ceil(min_s / max(estimate_s, 1e-6)))
+    for attempt in range(4):
+        region_s = timed(lambda n=calls: [run() for _ in range(n)], device)
+        if region_s >= min_s or attempt == 3:
+            break
+        calls = max(calls + 1, math.ceil(calls * 1.2 * min_s / max(region_s, 1e-6)))
+    return calls, region_s
+
+
 def calibrate(run_pass: Callable[[], object], device: torch.device, first_pass_s: float) -> int:
     """Passes per timed region so that a warm region lasts at least MIN_REGION_S.
 
     The first pass is cold (allocations, lazy init) and can be several times slower than
     a warm one, so the estimate from it is checked on warm regions and scaled up.
     """
-    inner = max(1, math.ceil(MIN_REGION_S / max(first_pass_s, 1e-6)))
-    for _ in range(4):
-        region_s = timed(lambda n=inner: [run_pass() for _ in range(n)], device)
-        if region_s >= MIN_REGION_S:
-            break
-        inner = max(inner + 1, math.ceil(inner * 1.2 * MIN_REGION_S / max(region_s, 1e-6)))
-    return inner
+    return timed_region(run_pass, device, first_pass_s, MIN_REGION_S)[0]
+
+
+def warm_up(run_pass: Callable[[], object], device: torch.device, first_pass_s: float) -> tuple[float, float]:
+    """Untimed passes until WARMUP_S has gone by, counting the caller's first pass.
+
+    Returns the whole warm-up's seconds and an estimate of one pass (the warm passes' mean,
+    or the first pass when it alone was warm-up enough).
+    """
+    warm = []
+    while first_pass_s + sum(warm) < WARMUP_S:
+        warm.append(timed(run_pass, device))
+    return first_pass_s + sum(warm), statistics.mean(warm) if warm else first_pass_s
 
 
 def measure(
     run_pass: Callable[[], object],
     model: ConditionalModel,
     n_samples: int,
-    first_pass_s: float,
-    repeats: int,
     generator: torch.Generator,
+    *,
+    first_pass_s: float,
+    min_repeats: int = 3,
+    max_time_s: float = 10.0,
+    rel_iqr: float = 0.05,
+    max_repeats: int = 50,
 ) -> Throughput:
     """Time ``run_pass`` (one classification of ``n_samples``) and the bare forward, interleaved.
 
-    ``first_pass_s`` (an untimed-for-the-table warm-up pass) calibrates how many passes
-    each region repeats so that it lasts at least MIN_REGION_S. NFE is read from the
+    After a warm-up of WARMUP_S (``first_pass_s`` is the caller's already-run pass) each
+    region repeats the pass enough times to last MIN_REGION_S. Repeats of (estimator region,
+    bare region on the same rows) go on until at least ``min_repeats`` agree within
+    ``rel_iqr`` (IQR / median of samples/s), ``max_time_s`` has been spent repeating (at
+    least one repeat, even below ``min_repeats``) or ``max_repeats``. NFE is read from the
     model's counter over the timed regions.
     """
-    inner = calibrate(run_pass, model.device, first_pass_s)
+    device = model.device
+    warmup_s, pass_s = warm_up(run_pass, device, first_pass_s)
+    inner = calibrate(run_pass, device, pass_s)
     est_rates, eval_rates, bare_rates, efficiencies = [], [], [], []
     bare: BareForward | None = None
-    for _ in range(repeats):
+    started = clock()
+    while True:
         model.reset_nfe()
-        est_s = timed(lambda: [run_pass() for _ in range(inner)], model.device)
+        est_s = max(timed(lambda: [run_pass() for _ in range(inner)], device), 1e-9)
         nfe = model.reset_nfe()
-        if bare is None or bare.rows != nfe // inner:
+        if bare is None or bare.rows != max(1, nfe // inner):
             bare = BareForward(model, max(1, nfe // inner), generator)
             bare()  # warm the reference too
-        bare_s = timed(lambda ref=bare: [ref() for _ in range(inner)], model.device)
+        bare_s = max(timed(lambda ref=bare: [ref() for _ in range(inner)], device), 1e-9)
         evals_rate = nfe / est_s
         bare_rate = bare.rows * inner / bare_s
         est_rates.append(n_samples * inner / est_s)
         eval_rates.append(evals_rate)
         bare_rates.append(bare_rate)
         efficiencies.append(evals_rate / bare_rate)
-    samples, samples_iqr = median_iqr(est_rates)
+        samples, samples_iqr = median_iqr(est_rates)
+        spread = samples_iqr / samples if samples > 0 else math.inf
+        repeats = len(est_rates)
+        agreed = repeats >= min_repeats and spread <= rel_iqr
+        if agreed or repeats >= max_repeats or clock() - started >= max_time_s:
+            break
     eff, eff_iqr = median_iqr(efficiencies)
     return Throughput(
         samples_per_s=samples,
@@ -149,4 +217,154 @@ def measure(
         efficiency_iqr=eff_iqr,
         inner_passes=inner,
         repeats=repeats,
+        noisy=spread > rel_iqr or repeats < 3,
+        rel_iqr=spread,
+        warmup_s=warmup_s,
     )
+
+
+def measure_latency(
+    run_one: Callable[[int], object],
+    model: ConditionalModel,
+    generator: torch.Generator,
+    *,
+    max_time_s: float = 2.0,
+    min_count: int = 10,
+    max_count: int = 200,
+) -> Latency:
+    """Single-stream latency (MLPerf): ``run_one(i)`` classifies the i-th test sample alone.
+
+    One untimed warm-up call, then timed calls i = 0, 1, ..., each followed by the bare
+    module timed on that call's NFE rows. Stops after ``max_count`` calls, or once
+    ``max_time_s`` has gone by and ``min_count`` calls are done (always at least one).
+    """
+    device = model.device
+    bares: dict[int, BareForward] = {}
+
+    def bare_for(rows: int) -> BareForward:
+        if rows not in bares:
+            bares[rows] = BareForward(model, rows, generator)
+            bares[rows]()  # warm
+        return bares[rows]
+
+    model.reset_nfe()
+    run_one(0)
+    if warm_rows := model.reset_nfe():
+        bare_for(warm_rows)
+    call_s, bare_s = [], []
+    started = clock()
+    while True:
+        i = len(call_s)
+        model.reset_nfe()
+        call_s.append(timed(lambda i=i: run_one(i), device))
+        rows = model.reset_nfe()
+        bare_s.append(timed(bare_for(rows), device) if rows else 0.0)
+        count = len(call_s)
+        if count >= max_count or (count >= min_count and clock() - started >= max_time_s):
+            break
+    p50, iqr = median_iqr(call_s)
+    p90 = statistics.quantiles(call_s, n=10, method="inclusive")[8] if count > 1 else call_s[0]
+    bare_p50 = statistics.median(bare_s)
+    return Latency(
+        p50_ms=p50 * 1e3,
+        p90_ms=p90 * 1e3,
+        iqr_ms=iqr * 1e3,
+        count=count,
+        bare_p50_ms=bare_p50 * 1e3,
+        efficiency=bare_p50 / p50 if p50 > 0 else math.nan,
+        noisy=count < min_count or (iqr / p50 if p50 > 0 else math.inf) > LATENCY_NOISY_REL_IQR,
+    )
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator peak, or (elsewhere) the process's peak resident set.
+
+    On Linux writing "5" to /proc/self/clear_refs resets VmHWM; where that is refused the
+    CPU peak stays the process's lifetime peak.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        PROC_CLEAR_REFS.write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """MiB at the peak since ``reset_peak_memory``: allocated tensors on CUDA, resident set elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def tune_chunk_size(
+    model: ConditionalModel, candidates: tuple[int, ...] = (256, 1024, 4096, 16384, 65536), budget_s: float = 1.0
+) -> int:
+    """The candidate chunk size at which the bare module runs the most rows/s.
+
+    Sizes are tried smallest first, each with one warm call (compiles and allocations, not
+    counted) and then timed over at least TUNE_REGION_S. Stops at the first size slower than
+    0.9 x the best so far, after a size whose calls take over ``budget_s / 4``, or on CUDA
+    out of memory; returns the best size measured (the smallest candidate if none was).
+    """
+    sizes = sorted(candidates)
+    device = model.device
+    generator = torch.Generator(device=device).manual_seed(0)
+    best_size, best_rate = sizes[0], 0.0
+    for size in sizes:
+        try:
+            x = torch.randn((size, *model.data_shape), generator=generator, device=device, dtype=model.dtype)
+            t = torch.randint(0, model.num_timesteps, (size,), generator=generator, device=device)
+            c = torch.randint(0, model.num_classes, (size,), generator=generator, device=device)
+
+            @torch.inference_mode()
+            def forward(x=x, t=t, c=c) -> None:
+                model.module(x, t, c)
+
+            warm_s = timed(forward, device)
+            calls, region_s = timed_region(forward, device, warm_s, TUNE_REGION_S)
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            x = t = c = forward = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        rate = size * calls / max(region_s, 1e-9)
+        if rate > best_rate:
+            best_size, best_rate = size, rate
+        if rate < 0.9 * best_rate or region_s / calls > budget_s / 4:
+            break
+    return best_size
+
+
+def cached_chunk_size(model: ConditionalModel, cache_dir: Path | None, key: str) -> tuple[int, bool]:
+    """``tune_chunk_size`` remembered under ``key`` in ``<cache_dir>/chunk-sizes.json``: (size, was_cached).
+
+    ``cache_dir`` None tunes every time. An unreadable cache file counts as empty.
+    """
+    if cache_dir is None:
+        return tune_chunk_size(model), False
+    path = Path(cache_dir) / CHUNK_CACHE
+
+    def read() -> dict:
+        try:
+            sizes = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return sizes if isinstance(sizes, dict) else {}
+
+    cached = read().get(key)
+    if isinstance(cached, int) and not isinstance(cached, bool) and cached > 0:
+        return cached, True
+    size = tune_chunk_size(model)
+    sizes = {**read(), key: size}  # read again: another run may have added its sizes meanwhile
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(sizes, indent=2, sort_keys=True) + "\n"))
+    return size, False

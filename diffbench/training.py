@@ -7,11 +7,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from diffbench.contract import Dataset, Denoiser, Splits
@@ -20,6 +23,7 @@ from diffbench.schedule import NoiseSchedule, q_sample
 
 CACHE_ENV = "DIFFBENCH_CACHE"
 CACHE_FORMAT = 2  # bump when training code changes what a key's weights would be
+HASH_SUFFIX = ".sha256"
 
 
 @dataclass(frozen=True)
@@ -123,35 +127,93 @@ def load_or_train(
     progress: bool = True,
     log=print,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Return the trained module, from the cache when it holds these settings, else trained now."""
+    """Return the trained module, from the cache when it holds these settings, else trained now.
+
+    The cache check, training and save happen under ``<checkpoint>.lock``, so processes that
+    share a cache never train one model twice at once: the second waits, then loads.
+    """
     module = build_module(denoiser, splits, seed)
     key = cache_key(dataset, denoiser, schedule, settings, seed, device)
     path = None if cache_dir is None else Path(cache_dir) / f"{denoiser.name}-{dataset.name}-{key}.pt"
     info: dict[str, Any] = {"cache_key": key, "checkpoint": str(path) if path else "", "cache_hit": False}
-    if path is not None and path.exists():
-        try:
-            load_checkpoint(module, path, f"{denoiser!r}")
-            info.update(cache_hit=True, train_s=0.0)
-            return module.to(device).eval(), info
-        except CheckpointError as exc:
-            log(f"cached {exc}; retraining it")
-            module = build_module(denoiser, splits, seed)
-    start = time.perf_counter()
-    losses = train(
-        module,
-        splits,
-        schedule,
-        settings,
-        seed,
-        device,
-        desc=f"train {denoiser.name} on {dataset.name}",
-        progress=progress,
-    )
-    info.update(train_s=time.perf_counter() - start, final_loss=sum(losses[-100:]) / len(losses[-100:]))
-    if path is not None:
-        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        replace_atomically(path, lambda tmp: torch.save(state, tmp))
+    with _cache_lock(path, log) if path is not None else nullcontext():
+        if path is not None and path.exists():
+            try:
+                load_cached_checkpoint(module, path, f"{denoiser!r}")
+                info.update(cache_hit=True, train_s=0.0)
+                return module.to(device).eval(), info
+            except CheckpointError as exc:
+                log(f"cached {exc}; retraining it")
+                module = build_module(denoiser, splits, seed)
+        start = time.perf_counter()
+        losses = train(
+            module,
+            splits,
+            schedule,
+            settings,
+            seed,
+            device,
+            desc=f"train {denoiser.name} on {dataset.name}",
+            progress=progress,
+        )
+        info.update(train_s=time.perf_counter() - start, final_loss=sum(losses[-100:]) / len(losses[-100:]))
+        if path is not None:
+            save_cached_checkpoint(module, path)
     return module, info
+
+
+@contextmanager
+def _cache_lock(path: Path, log) -> Iterator[None]:
+    """Hold ``<path>.lock``; say so once when another process holds it and we wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{path}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"waiting for another process to finish with cached checkpoint '{path}' (lock {lock.lock_file})")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def hash_path(path: Path) -> Path:
+    """Where the sha256 of a cached checkpoint is kept: ``<path>.sha256``."""
+    return path.with_name(path.name + HASH_SUFFIX)
+
+
+def file_sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_cached_checkpoint(module: torch.nn.Module, path: Path) -> None:
+    """Save the state dict atomically, then its sha256 beside it (``sha256sum -c`` reads it)."""
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    digest = ""
+
+    def write(tmp: str) -> None:
+        nonlocal digest
+        torch.save(state, tmp)
+        digest = file_sha256(tmp)
+
+    replace_atomically(path, write)
+    replace_atomically(hash_path(path), lambda tmp: Path(tmp).write_text(f"{digest}  {path.name}\n"))
+
+
+def load_cached_checkpoint(module: torch.nn.Module, path: Path, what: str) -> torch.nn.Module:
+    """Load a cached checkpoint whose bytes match the sha256 saved beside it, else CheckpointError."""
+    try:
+        expected = hash_path(path).read_text().split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        raise CheckpointError(f"checkpoint '{path}' is corrupt (hash file missing or unreadable)") from None
+    if file_sha256(path) != expected:
+        raise CheckpointError(f"checkpoint '{path}' is corrupt (hash mismatch)")
+    return load_checkpoint(module, path, what)
 
 
 class CheckpointError(ValueError):

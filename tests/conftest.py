@@ -30,6 +30,7 @@ TINY_DENOISER = "mlp[width=16,depth=1]"
 def isolated(monkeypatch, tmp_path):
     """No test leaks plugins into another, reads DIFFBENCH_PLUGINS or touches ~/.cache."""
     monkeypatch.delenv(plugins.ENV_VAR, raising=False)
+    monkeypatch.delenv("DIFFBENCH_LOAD_PLUGINS", raising=False)
     monkeypatch.setenv("DIFFBENCH_CACHE", str(tmp_path / "default-cache"))
     before = list(plugins.pm.get_plugins())
     modules = set(sys.modules)

@@ -122,4 +122,4 @@ def test_shape_mismatch_is_skipped_with_one_line(tmp_path):
     import pandas as pd
 
     frame = pd.read_parquet(tmp_path / "run" / "results.parquet")
-    assert list(frame["denoiser"]) == ["mlp"]
+    assert list(frame["denoiser"]) == ["mlp", "mlp"] and list(frame["scenario"]) == ["offline", "single"]

@@ -63,8 +63,14 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def table(tiny_run):
+def whole_table(tiny_run):
     return pd.read_parquet(tiny_run[0] / "results.parquet")
+
+
+@pytest.fixture(scope="module")
+def table(whole_table):
+    """The offline rows: one per cell."""
+    return whole_table[whole_table["scenario"] == "offline"].reset_index(drop=True)
 
 
 def test_run_succeeds_and_summarises(tiny_run):
@@ -87,8 +93,26 @@ def test_one_row_per_cell_with_the_required_columns(tiny_run, table):
     assert set(table["estimator"]) == {"shared-noise", "truncated"}
     assert set(table["device"]) == {"cpu"} and set(table["seed"]) == {0} and set(table["n_test"]) == {50}
     csv = pd.read_csv(tiny_run[0] / "results.csv")
+    csv = csv[csv["scenario"] == "offline"]
     assert list(csv["estimator_label"]) == list(table["estimator_label"])
     assert list(csv["accuracy"]) == pytest.approx(list(table["accuracy"]))
+
+
+def test_every_cell_has_a_single_sample_latency_row(table, whole_table):
+    single = whole_table[whole_table["scenario"] == "single"].reset_index(drop=True)
+    assert list(single["cell_id"]) == list(table["cell_id"]), "one single-sample row per cell, same order"
+    assert list(single["accuracy"]) == list(table["accuracy"]), "the same classification"
+    assert (single["latency_p50_ms"] > 0).all() and (single["latency_p90_ms"] >= single["latency_p50_ms"]).all()
+    assert single["samples_per_s"].tolist() == pytest.approx((1000 / single["latency_p50_ms"]).tolist())
+    assert (single["repeats"] >= 1).all() and table["latency_p50_ms"].isna().all()
+
+
+def test_rows_record_timing_variants_and_chunking(table):
+    assert set(table["dtype"]) == {"float32"} and set(table["compile"]) == {False}
+    assert table["batch_size_tuned"].all() and (table["batch_size"] >= 1).all()
+    assert not table["concurrent"].any(), "the local executor runs one cell at a time"
+    assert table["noisy"].dtype == bool and (table["repeats"] >= 1).all()
+    assert (table["peak_memory_mb"] > 0).all()
 
 
 def test_measured_values_are_consistent(table):
@@ -143,7 +167,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tiny_run, tmp_path):
     result = run_tiny(tmp_path, out=run_dir, cache="other-cache")
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        f"diffbench: error: '{run_dir}' already holds a run; choose another --out so that it is not overwritten"
+        f"diffbench: error: '{run_dir}' already holds a run; choose another --out, or finish it with --resume {run_dir}"
     )
     assert ((run_dir / "results.parquet").read_bytes(), (run_dir / "results.csv").read_bytes()) == before
     assert not (tmp_path / "other-cache").exists(), "refused before training"
@@ -154,6 +178,7 @@ def test_the_same_seed_gives_the_same_accuracy(table, tmp_path):
     result = run_tiny(tmp_path, "again", "fresh-cache", "--no-plots")
     assert result.exit_code == 0, result.output
     again = pd.read_parquet(tmp_path / "again" / "results.parquet")
+    again = again[again["scenario"] == "offline"].reset_index(drop=True)
     assert not again["cache_hit"].any()
     columns = ["estimator_label", "trials", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "nfe_per_sample"]
     pd.testing.assert_frame_equal(again[columns], table[columns])
@@ -169,7 +194,8 @@ def test_a_broken_plugin_estimator_fails_its_cells_only(tmp_path):
     result = CliRunner(env={"DIFFBENCH_PLUGINS": None}).invoke(main, [str(a) for a in args])
     assert result.exit_code not in (0, 2), result.output
     assert "2 of 3 cells failed" in result.output
-    table = pd.read_parquet(tmp_path / "run" / "results.parquet").set_index("estimator")
+    table = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    table = table[table["scenario"].fillna("offline") == "offline"].set_index("estimator")
     assert list(table["status"]) == ["failed", "ok", "failed"]
     assert table.loc["shared-noise", "accuracy"] > 0
     wrong_shape = "estimator 'wrong-shape' errors() returned shape [50, 3], expected [50, 2]"

@@ -39,6 +39,6 @@ def test_threads_option_sets_and_records_torch_threads(tmp_path):
             ],
         )
         assert result.exit_code == 0, result.output
-        assert pd.read_parquet(tmp_path / "run" / "results.parquet")["threads"].tolist() == [1]
+        assert pd.read_parquet(tmp_path / "run" / "results.parquet")["threads"].tolist() == [1, 1]
     finally:
         torch.set_num_threads(before)

@@ -1,4 +1,4 @@
-"""Plugin discovery and registration: entry points, plugin objects, files, modules, the env var."""
+"""Plugin discovery and registration: entry points, plugin objects, files, modules, the env vars."""
 
 import json
 import sys
@@ -164,7 +164,8 @@ def test_cli_list_json_has_three_kinds(cli):
     result = cli("list", "--json")
     assert result.exit_code == 0
     listing = json.loads(result.stdout)
-    assert set(listing) == {"datasets", "denoisers", "estimators"}
+    assert set(listing) == {"datasets", "denoisers", "estimators", "held_back"}
+    assert listing["held_back"] == []
     estimators = {entry["name"]: entry for entry in listing["estimators"]}
     assert {"full-mc", "shared-noise", "truncated"} <= set(estimators)
     assert estimators["truncated"]["params"] == {"loss": "l2", "t_min": 0, "t_max": 300}
@@ -238,3 +239,74 @@ def test_a_file_plugin_can_be_loaded_again_after_unregistering(plugin_file):
     again = plugins.load_plugin(str(plugin_file))
     assert "zero-est" in plugins.registry()["estimator"]
     plugins.pm.unregister(again)
+
+
+@pytest.fixture
+def fake_distribution(tmp_path, monkeypatch):
+    """An installed distribution `diffbench-plugin-fake` 1.2.3 whose entry point `fake` registers zero-est."""
+    (tmp_path / "fake_diffbench_plugin.py").write_text(PLUGIN_FILE)
+    info = tmp_path / "diffbench_plugin_fake-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: diffbench-plugin-fake\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text("[diffbench]\nfake = fake_diffbench_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(plugins, "held_back", [])
+    monkeypatch.setattr(plugins, "_entry_point_plugins", dict(plugins._entry_point_plugins))
+    monkeypatch.setattr(plugins, "_applied_allow_list", plugins._applied_allow_list)
+    yield
+    sys.modules.pop("fake_diffbench_plugin", None)
+
+
+FAKE_HELD_BACK = {
+    "name": "fake",
+    "distribution": "diffbench-plugin-fake",
+    "version": "1.2.3",
+    "value": "fake_diffbench_plugin",
+}
+
+
+def test_without_the_allow_list_every_entry_point_loads(fake_distribution):
+    plugins.load_entry_points()
+    assert plugins.get("estimator", "zero-est").source == "diffbench-plugin-fake 1.2.3 (fake_diffbench_plugin)"
+    assert plugins.held_back == []
+
+
+@pytest.mark.parametrize("value", ["diffbench-plugin-fake", " Diffbench_Plugin.Fake ,other-dist"])
+def test_an_allowed_distribution_loads(fake_distribution, monkeypatch, value):
+    monkeypatch.setenv(plugins.ALLOW_ENV_VAR, value)
+    plugins.load_entry_points()
+    assert "zero-est" in plugins.registry()["estimator"] and plugins.held_back == []
+
+
+def test_an_empty_allow_list_loads_the_builtins_only_and_list_shows_the_rest(cli, fake_distribution):
+    env = {plugins.ALLOW_ENV_VAR: ""}
+    listing = json.loads(cli("list", "--json", env=env).stdout)
+    names = {entry["name"] for entry in listing["estimators"]}
+    assert "zero-est" not in names and {"full-mc", "shared-noise", "truncated"} <= names
+    assert listing["held_back"] == [FAKE_HELD_BACK]
+    result = cli("list", env=env)
+    assert result.exit_code == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    at = lines.index(f"held back by {plugins.ALLOW_ENV_VAR}:")
+    assert lines[at + 1].split() == ["fake", "diffbench-plugin-fake", "1.2.3", "(fake_diffbench_plugin)"]
+
+
+def test_the_registry_follows_a_changed_allow_list(fake_distribution, monkeypatch):
+    plugins.load_entry_points()
+    assert "zero-est" in plugins.registry()["estimator"]
+    monkeypatch.setenv(plugins.ALLOW_ENV_VAR, "")
+    plugins.load_plugins()
+    assert "zero-est" not in plugins.registry()["estimator"]
+    assert [held.distribution for held in plugins.held_back] == ["diffbench-plugin-fake"]
+    monkeypatch.delenv(plugins.ALLOW_ENV_VAR)
+    plugins.load_plugins()
+    assert "zero-est" in plugins.registry()["estimator"] and plugins.held_back == []
+
+
+def test_an_unknown_name_in_the_allow_list_is_a_warning(cli, fake_distribution):
+    result = cli("list", "--json", env={plugins.ALLOW_ENV_VAR: "diffbench-plugin-fake,no-such-dist"})
+    assert result.exit_code == 0
+    (line,) = error_lines(result)
+    assert line.startswith(f"diffbench: warning: {plugins.ALLOW_ENV_VAR} names no-such-dist, but no installed")
+    assert "diffbench-plugin-fake" in line
+    assert json.loads(result.stdout)["held_back"] == []

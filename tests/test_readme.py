@@ -43,6 +43,7 @@ def test_readme_plugin_example_runs(tmp_path):
         import pandas as pd
 
         frame = pd.read_parquet(tmp_path / "run" / "results.parquet")
+        frame = frame[frame["scenario"] == "offline"]
         assert list(frame["estimator_label"]) == ["even-t", "even-t[stride=10]"]
         assert (frame["status"] == "ok").all()
         assert (frame["nfe_per_sample"] == 4).all()

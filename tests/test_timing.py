@@ -1,13 +1,75 @@
-"""Timing against the bare forward, and the accuracy interval."""
+"""Timing against the bare forward, latency, peak memory, chunk-size tuning and the accuracy interval."""
 
+import itertools
+import json
 import time
 
 import pytest
 import torch
 from conftest import ClassConstant, make_model
 
+from diffbench import timing
 from diffbench.results import wilson_interval
-from diffbench.timing import MIN_REGION_S, measure, median_iqr
+from diffbench.timing import (
+    CHUNK_CACHE,
+    MIN_REGION_S,
+    cached_chunk_size,
+    measure,
+    measure_latency,
+    median_iqr,
+    peak_memory_mb,
+    reset_peak_memory,
+    timed,
+    tune_chunk_size,
+)
+
+CPU = torch.device("cpu")
+
+
+class FakeClock:
+    """A clock that moves only when a fake pass or module says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(timing, "clock", fake)
+    return fake
+
+
+class Ticking(torch.nn.Module):
+    """A denoiser whose call takes ``seconds(rows)`` on the fake clock; it records the rows of every call."""
+
+    def __init__(self, clock: FakeClock, seconds=lambda rows: 0.0) -> None:
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+        self.rows: list[int] = []
+
+    def forward(self, x_t, t, c):
+        self.rows.append(x_t.shape[0])
+        self.clock.advance(self.seconds(x_t.shape[0]))
+        return torch.zeros_like(x_t)
+
+
+def fake_pass(model, clock: FakeClock, durations, rows: int = 12):
+    """A pass that takes the next of ``durations`` on the fake clock, then calls the model on ``rows`` rows."""
+    durations = iter(durations)
+    x, t, c = torch.zeros(rows, 2), torch.zeros(rows, dtype=torch.long), torch.zeros(rows, dtype=torch.long)
+
+    def run_pass():
+        clock.advance(next(durations))
+        model.eps(x, t, c)
+
+    return run_pass
 
 
 def sleepy_pass(model, rows: int, seconds: float):
@@ -20,21 +82,276 @@ def sleepy_pass(model, rows: int, seconds: float):
     return run_pass
 
 
+def measure_repeats(monkeypatch, clock, durations, **kw):
+    """``measure`` with one pass per region and no warm-up, so region i takes ``durations[i]``."""
+    monkeypatch.setattr(timing, "calibrate", lambda *args: 1)
+    model = make_model(Ticking(clock))
+    return measure(fake_pass(model, clock, durations), model, 4, torch.Generator(), first_pass_s=1.0, **kw)
+
+
 def test_measure_counts_evaluations_through_the_model():
     model = make_model(ClassConstant(torch.zeros(3, 2)))
-    speed = measure(sleepy_pass(model, 12, 0.01), model, 4, 0.01, 2, torch.Generator().manual_seed(0))
+    run_pass = sleepy_pass(model, 12, 0.01)
+    speed = measure(
+        run_pass, model, 4, torch.Generator().manual_seed(0), first_pass_s=0.01, min_repeats=2, max_repeats=2
+    )
     assert speed.repeats == 2 and speed.inner_passes >= 10
     assert speed.evals_per_s == pytest.approx(3 * speed.samples_per_s), "12 rows for 4 samples"
     assert speed.samples_per_s < 4 / 0.01, "a pass takes at least its sleep"
     assert 0 < speed.efficiency < 1, "sleeping passes are slower than the bare forward"
+    assert speed.warmup_s >= timing.WARMUP_S
 
 
 def test_each_timed_region_lasts_at_least_min_region_s():
     model = make_model(ClassConstant(torch.zeros(3, 2)))
     warm_s, cold_s = 0.002, 0.05
-    speed = measure(sleepy_pass(model, 6, warm_s), model, 2, cold_s, 1, torch.Generator().manual_seed(0))
+    run_pass = sleepy_pass(model, 6, warm_s)
+    speed = measure(run_pass, model, 2, torch.Generator().manual_seed(0), first_pass_s=cold_s, max_repeats=1)
     region_s = speed.inner_passes * 2 / speed.samples_per_s
     assert region_s >= 0.9 * MIN_REGION_S
+
+
+def test_measure_rates_and_efficiency_on_a_fake_clock(clock):
+    """Each pass spends 1/64 s of its own plus one 1/64 s module call: half the bare rate."""
+    model = make_model(Ticking(clock, lambda rows: 1 / 64))
+    speed = measure(fake_pass(model, clock, itertools.repeat(1 / 64)), model, 4, torch.Generator(), first_pass_s=0.1)
+    assert speed.inner_passes == 4, "4 passes of 1/32 s make the first region of at least 0.1 s"
+    assert (speed.samples_per_s, speed.evals_per_s, speed.bare_rows_per_s) == (4 * 32, 12 * 32, 12 * 64)
+    assert speed.efficiency == 0.5 and speed.efficiency_iqr == 0
+    assert (speed.repeats, speed.noisy, speed.rel_iqr) == (3, False, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("first_pass_s", "warm_passes", "warmup_s", "estimate_s"), [(0.125, 2, 0.25, 0.0625), (0.5, 0, 0.5, 0.5)]
+)
+def test_warm_up_counts_the_callers_first_pass(monkeypatch, clock, first_pass_s, warm_passes, warmup_s, estimate_s):
+    passes, calibrated = [], []
+
+    def run_pass():
+        passes.append(1)
+        clock.advance(0.0625)
+
+    def calibrate(run, device, estimate):
+        calibrated.append((len(passes), estimate))
+        return 1
+
+    monkeypatch.setattr(timing, "calibrate", calibrate)
+    model = make_model(Ticking(clock))
+    speed = measure(run_pass, model, 1, torch.Generator(), first_pass_s=first_pass_s)
+    assert calibrated == [(warm_passes, estimate_s)], "calibrated from the warm passes' mean once warm"
+    assert speed.warmup_s == warmup_s
+
+
+def test_measure_stops_at_min_repeats_when_they_agree(monkeypatch, clock):
+    speed = measure_repeats(monkeypatch, clock, itertools.repeat(0.25))
+    assert (speed.repeats, speed.samples_per_s, speed.rel_iqr, speed.noisy) == (3, 16.0, 0.0, False)
+
+
+def test_measure_repeats_while_they_disagree_and_stops_once_they_agree(monkeypatch, clock):
+    durations = itertools.chain([0.125, 0.375], itertools.repeat(0.25))
+    speed = measure_repeats(monkeypatch, clock, durations)
+    assert speed.repeats == 5, "the IQR of [1/0.375, 4, 4, 4, 8] is 0; of [1/0.375, 4, 4, 8] it is not"
+    assert speed.samples_per_s == 16.0 and not speed.noisy
+
+
+def test_measure_honours_min_repeats(monkeypatch, clock):
+    assert measure_repeats(monkeypatch, clock, itertools.repeat(0.25), min_repeats=6).repeats == 6
+
+
+def test_measure_stops_at_max_repeats(monkeypatch, clock):
+    speed = measure_repeats(monkeypatch, clock, itertools.cycle([0.125, 0.375]), max_repeats=7)
+    assert speed.repeats == 7
+    assert speed.noisy and speed.rel_iqr > 0.05
+
+
+def test_measure_stops_at_the_time_cap(monkeypatch, clock):
+    speed = measure_repeats(monkeypatch, clock, itertools.cycle([0.125, 0.375]), max_time_s=1.0)
+    assert speed.repeats == 4, "0.125 + 0.375 + 0.125 + 0.375 s reach the 1 s cap"
+    assert speed.noisy
+
+
+def test_measure_time_cap_overrides_min_repeats(monkeypatch, clock):
+    speed = measure_repeats(monkeypatch, clock, itertools.repeat(2.0), min_repeats=5, max_time_s=3.0)
+    assert speed.repeats == 2
+    assert speed.noisy and speed.rel_iqr == 0, "fewer than 3 repeats are noisy however well they agree"
+
+
+def test_measure_always_times_one_repeat(monkeypatch, clock):
+    assert measure_repeats(monkeypatch, clock, itertools.repeat(2.0), max_time_s=0.0).repeats == 1
+
+
+def test_timed_synchronizes_cuda_before_and_after(monkeypatch, clock):
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", device)))
+    cuda = torch.device("cuda")
+    seconds = timed(lambda: (events.append("fn"), clock.advance(0.5)), cuda)
+    assert seconds == 0.5
+    assert events == [("sync", cuda), "fn", ("sync", cuda)]
+
+
+def test_timed_does_not_synchronize_cpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    assert timed(lambda: None, CPU) >= 0
+    assert calls == []
+
+
+def latency_model_and_call(clock, own_s, rows=lambda i: 6):
+    """A model whose module call takes 1/64 s, and ``run_one(i)`` taking ``own_s(i)`` plus one module call."""
+    module = Ticking(clock, lambda n: 1 / 64)
+    model = make_model(module)
+    called = []
+
+    def run_one(i):
+        called.append(i)
+        clock.advance(own_s(i))
+        n = rows(i)
+        model.eps(torch.zeros(n, 2), torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
+
+    return model, module, run_one, called
+
+
+def test_measure_latency_percentiles(clock):
+    model, _, run_one, called = latency_model_and_call(clock, lambda i: (i + 1) / 64)
+    lat = measure_latency(run_one, model, torch.Generator(), max_time_s=1e9, max_count=10)
+    assert called == [0, *range(10)], "one warm-up call, then i = 0, 1, ..."
+    ms = 1000 / 64  # calls take 2..11 units of 1/64 s
+    assert lat.count == 10
+    assert lat.p50_ms == pytest.approx(6.5 * ms)
+    assert lat.p90_ms == pytest.approx(10.1 * ms)
+    assert lat.iqr_ms == pytest.approx(4.5 * ms)
+    assert lat.bare_p50_ms == pytest.approx(ms)
+    assert lat.efficiency == pytest.approx(1 / 6.5)
+    assert lat.noisy, "an IQR of 0.7 x p50 is noisy"
+
+
+def test_measure_latency_bare_forward_runs_the_rows_of_each_call(clock):
+    model, module, run_one, _ = latency_model_and_call(clock, lambda i: 0.0, rows=lambda i: i + 1)
+    measure_latency(run_one, model, torch.Generator(), max_count=3)
+    warm = [1, 1]  # the warm-up call on 1 row, then the bare forward on 1 row warmed
+    call_0 = [1, 1]  # call i=0 (1 row), bare on 1 row
+    later = [2, 2, 2, 3, 3, 3]  # call i, bare of i+1 rows warmed, bare timed
+    assert module.rows == warm + call_0 + later
+
+
+def test_measure_latency_is_steady_when_calls_agree(clock):
+    model, _, run_one, _ = latency_model_and_call(clock, lambda i: 1 / 64)
+    lat = measure_latency(run_one, model, torch.Generator(), max_time_s=1e9, min_count=10, max_count=12)
+    assert lat.count == 12 and not lat.noisy
+    assert lat.efficiency == 0.5
+
+
+def test_measure_latency_stops_at_the_time_cap_after_min_count(clock):
+    model, _, run_one, _ = latency_model_and_call(clock, lambda i: 1 / 64)  # 3/64 s per call and its bare
+    assert measure_latency(run_one, model, torch.Generator(), max_time_s=0.1, min_count=2).count == 3
+    assert measure_latency(run_one, model, torch.Generator(), max_time_s=0.0, min_count=4).count == 4
+    assert measure_latency(run_one, model, torch.Generator(), max_time_s=0.0, min_count=0).count == 1
+
+
+def test_measure_latency_below_min_count_is_noisy(clock):
+    model, _, run_one, _ = latency_model_and_call(clock, lambda i: 1 / 64)
+    lat = measure_latency(run_one, model, torch.Generator(), min_count=10, max_count=5)
+    assert lat.count == 5 and lat.noisy
+
+
+def test_peak_memory_mb_on_cpu_is_positive():
+    reset_peak_memory(CPU)
+    held = torch.ones(16 * 2**20)  # 64 MiB, touched
+    assert peak_memory_mb(CPU) >= 64
+    del held
+
+
+def test_peak_memory_reads_and_resets_vmhwm(monkeypatch, tmp_path):
+    status, clear_refs = tmp_path / "status", tmp_path / "clear_refs"
+    status.write_text("Name:\tpython\nVmPeak:\t 9999 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1024 kB\n")
+    monkeypatch.setattr(timing, "PROC_STATUS", status)
+    monkeypatch.setattr(timing, "PROC_CLEAR_REFS", clear_refs)
+    reset_peak_memory(CPU)
+    assert clear_refs.read_text() == "5"
+    assert peak_memory_mb(CPU) == 2.0
+
+
+def test_peak_memory_falls_back_to_getrusage(monkeypatch, tmp_path):
+    monkeypatch.setattr(timing, "PROC_STATUS", tmp_path / "missing" / "status")
+    monkeypatch.setattr(timing, "PROC_CLEAR_REFS", tmp_path / "missing" / "clear_refs")
+    reset_peak_memory(CPU)  # cannot reset: no error
+    assert peak_memory_mb(CPU) > 0
+
+
+def test_peak_memory_on_cuda_uses_the_allocator_peak(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset", device)))
+    monkeypatch.setattr(
+        torch.cuda, "max_memory_allocated", lambda device=None: calls.append(("peak", device)) or 3 * 2**20
+    )
+    monkeypatch.setattr(timing, "PROC_CLEAR_REFS", tmp_path / "clear_refs")
+    cuda = torch.device("cuda")
+    reset_peak_memory(cuda)
+    assert peak_memory_mb(cuda) == 3.0
+    assert calls == [("reset", cuda), ("peak", cuda)]
+    assert not (tmp_path / "clear_refs").exists()
+
+
+def test_tune_chunk_size_returns_a_candidate():
+    model = make_model(ClassConstant(torch.zeros(3, 2)))
+    assert tune_chunk_size(model, candidates=(128, 8, 32), budget_s=0.5) in (8, 32, 128)
+
+
+def tune_with_call_times(clock, seconds, candidates, budget_s=1.0):
+    """``tune_chunk_size`` with a module whose call on n rows takes ``seconds(n)``; returns the size and rows seen."""
+    module = Ticking(clock, seconds)
+    return tune_chunk_size(make_model(module), candidates=candidates, budget_s=budget_s), set(module.rows)
+
+
+def test_tune_chunk_size_keeps_the_best_before_out_of_memory(clock):
+    def seconds(rows):
+        if rows > 32:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
+        return 1 / 1024 + rows / 2**20  # bigger chunks always run more rows/s
+
+    size, seen = tune_with_call_times(clock, seconds, (8, 32, 128, 512))
+    assert size == 32 and seen == {8, 32, 128}
+
+
+def test_tune_chunk_size_stops_when_rows_per_s_falls(clock):
+    call_s = {100: 1 / 128, 200: 1 / 128, 400: 4 / 128, 800: 1 / 128}
+    size, seen = tune_with_call_times(clock, call_s.get, tuple(call_s))
+    assert size == 200 and seen == {100, 200, 400}, "400 runs half as many rows/s as 200: 800 is never tried"
+
+
+def test_tune_chunk_size_stops_after_a_call_over_a_quarter_of_the_budget(clock):
+    call_s = {100: 0.2, 200: 0.3, 400: 0.001}
+    size, seen = tune_with_call_times(clock, call_s.get, tuple(call_s), budget_s=1.0)
+    assert size == 200 and seen == {100, 200}
+
+
+def test_cached_chunk_size_tunes_once_per_key(monkeypatch, tmp_path):
+    tuned = []
+    monkeypatch.setattr(timing, "tune_chunk_size", lambda model: tuned.append(model) or 1024)
+    model = make_model(ClassConstant(torch.zeros(3, 2)))
+    assert cached_chunk_size(model, tmp_path, "mlp|cpu") == (1024, False)
+    assert json.loads((tmp_path / CHUNK_CACHE).read_text()) == {"mlp|cpu": 1024}
+    assert cached_chunk_size(model, tmp_path, "mlp|cpu") == (1024, True)
+    assert len(tuned) == 1
+    assert cached_chunk_size(model, tmp_path, "unet|cpu") == (1024, False)
+    assert json.loads((tmp_path / CHUNK_CACHE).read_text()) == {"mlp|cpu": 1024, "unet|cpu": 1024}
+
+
+def test_cached_chunk_size_without_a_cache_dir_always_tunes(monkeypatch, tmp_path):
+    tuned = []
+    monkeypatch.setattr(timing, "tune_chunk_size", lambda model: tuned.append(model) or 256)
+    model = make_model(ClassConstant(torch.zeros(3, 2)))
+    assert cached_chunk_size(model, None, "k") == (256, False)
+    assert cached_chunk_size(model, None, "k") == (256, False)
+    assert len(tuned) == 2
+
+
+def test_cached_chunk_size_replaces_a_corrupt_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(timing, "tune_chunk_size", lambda model: 4096)
+    (tmp_path / CHUNK_CACHE).write_text("{not json")
+    model = make_model(ClassConstant(torch.zeros(3, 2)))
+    assert cached_chunk_size(model, tmp_path, "k") == (4096, False)
+    assert cached_chunk_size(model, tmp_path, "k") == (4096, True)
 
 
 def test_median_iqr():

@@ -1,11 +1,15 @@
 """Training the denoiser, and the checkpoint cache keyed by everything that determines the weights."""
 
+import threading
+from pathlib import Path
+
 import pytest
 import torch
+from filelock import FileLock
 
 from diffbench import plugins
 from diffbench.schedule import NoiseSchedule
-from diffbench.training import TrainSettings, build_module, cache_key, load_or_train, train
+from diffbench.training import TrainSettings, build_module, cache_key, file_sha256, hash_path, load_or_train, train
 
 CPU = torch.device("cpu")
 SETTINGS = TrainSettings(steps=50, batch_size=128, lr=3e-3)
@@ -52,8 +56,10 @@ def test_the_same_seed_gives_identical_weights():
 
 def test_checkpoint_is_cached_and_reloaded(tmp_path):
     first, info = fit(tmp_path)
-    checkpoints = list((tmp_path / "cache").iterdir())
-    assert [p.suffix for p in checkpoints] == [".pt"], "one checkpoint, no temporary files left"
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    checkpoints = list((tmp_path / "cache").glob("*.pt"))
+    assert len(checkpoints) == 1 and not any(name.endswith(".tmp") for name in files), "no temporary files left"
+    assert f"{checkpoints[0].name}.sha256" in files
     assert info["cache_hit"] is False and info["checkpoint"] == str(checkpoints[0])
     assert info["cache_key"] in checkpoints[0].name
     second, info2 = fit(tmp_path)
@@ -94,6 +100,7 @@ def test_a_corrupt_checkpoint_is_reported_and_retrained(tmp_path, content):
         path.write_bytes(content)
     else:
         torch.save({"not.a.weight": torch.zeros(1)}, path)
+        hash_path(path).write_text(file_sha256(path))  # intact bytes that do not fit the denoiser
     said = []
     retrained, info2 = fit(tmp_path, log=said.append)
     assert info2["cache_hit"] is False
@@ -101,6 +108,72 @@ def test_a_corrupt_checkpoint_is_reported_and_retrained(tmp_path, content):
     assert same_weights(trained, retrained), "retraining from the same seed reproduces the weights"
     _, info3 = fit(tmp_path)
     assert info3["cache_hit"] is True, "the retrained weights replaced the bad file"
+
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "flipped-bytes":
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 8]) + data[middle + 8 :])
+    else:
+        hash_path(path).unlink()
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("truncated", "hash mismatch"),
+        ("flipped-bytes", "hash mismatch"),
+        ("hash-missing", "hash file missing or unreadable"),
+    ],
+)
+def test_a_checkpoint_that_fails_its_hash_is_reported_and_retrained(tmp_path, how, reason):
+    trained, info = fit(tmp_path)
+    path = Path(info["checkpoint"])
+    damage(path, how)
+    said = []
+    retrained, info2 = fit(tmp_path, log=said.append)
+    assert info2["cache_hit"] is False
+    assert said == [f"cached checkpoint '{path}' is corrupt ({reason}); retraining it"]
+    assert same_weights(trained, retrained)
+    assert hash_path(path).read_text().split()[0] == file_sha256(path), "re-saved with a fresh hash"
+    _, info3 = fit(tmp_path)
+    assert info3["cache_hit"] is True
+
+
+def test_a_held_cache_lock_makes_the_next_caller_wait_then_load(tmp_path):
+    _, info = fit(tmp_path)
+    said, got, waiting = [], {}, threading.Event()
+
+    def log(message):
+        said.append(message)
+        waiting.set()
+
+    with FileLock(f"{info['checkpoint']}.lock"):
+        waiter = threading.Thread(target=lambda: got.update(fit(tmp_path, log=log)[1]))
+        waiter.start()
+        assert waiting.wait(timeout=60) and not got, "blocked while another holder has the lock"
+    waiter.join(timeout=60)
+    assert got["cache_hit"] is True
+    assert len(said) == 1 and said[0].startswith("waiting for another process") and info["checkpoint"] in said[0]
+
+
+def test_two_callers_at_once_train_the_model_only_once(tmp_path):
+    start = threading.Barrier(2)
+    infos = []
+
+    def call():
+        start.wait()
+        infos.append(fit(tmp_path, log=lambda message: None)[1])
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(info["cache_hit"] for info in infos) == [False, True]
 
 
 @pytest.mark.parametrize("bad", [{"steps": 0}, {"batch_size": 1.5}, {"lr": 0}, {"steps": True}])

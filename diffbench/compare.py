@@ -1,0 +1,221 @@
+"""Compare two runs cell by cell: accuracy and speed, and whether each change is beyond noise.
+
+Rules (also in the README and ``diffbench compare --help``):
+
+- Cells match on ``dataset_label, denoiser_label, estimator_label, trials, device, seed`` and on
+  ``scenario, dtype, compile`` where a run has them. A run that predates one of these columns is taken
+  to hold one value of it: the other run's value when that run holds just one, else the value every
+  run measured before the column existed (``OLDER_RUNS_MEASURED``). Only cells ``ok`` in both compare.
+- Accuracy: pooled two-proportion z-test on ``accuracy`` and ``n_test``; beyond noise when |z| > 1.96
+  (95%, two-sided). It treats the two test sets as independent samples, which is conservative when
+  both runs classified the same points.
+- Speed (``samples_per_s``, higher is better; ``latency_p50_ms``/``latency_p90_ms``, lower is better):
+  beyond noise when |B - A| exceeds the sum of both runs' spreads, the IQR over timed repeats
+  (``samples_per_s_iqr``, ``latency_iqr_ms``; for latency without an IQR column, p90 - p50). One
+  repeat has an IQR of 0, so then every difference counts.
+- Regression at PCT: accuracy worse beyond noise and lower by more than PCT percentage points, or a
+  speed metric worse beyond noise and by more than PCT percent (samples/s ratio B/A < 1 - PCT/100,
+  latency ratio > 1 + PCT/100).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+IDENTITY = ["dataset_label", "denoiser_label", "estimator_label", "trials", "device", "seed"]
+OLDER_RUNS_MEASURED = {"scenario": "offline", "dtype": "float32", "compile": False}
+Z_95 = 1.959963984540054
+ALWAYS_SHOWN = ("estimator_label", "trials")  # in every cell name, even where all cells share them
+SAME_ACCURACY = "same"
+SAME_SPEED = "same (within noise)"
+NOT_MEASURED = "n/a"
+# (column, higher is better, short name for the text table)
+SPEED_METRICS = [
+    ("samples_per_s", True, "samples/s"),
+    ("latency_p50_ms", False, "p50 ms"),
+    ("latency_p90_ms", False, "p90 ms"),
+]
+
+
+class CompareError(ValueError):
+    """The two runs cannot be compared (no shared cell, or a run with one cell twice)."""
+
+
+@dataclass
+class Comparison:
+    """One row per cell finished in both runs, and the cells that could not be compared."""
+
+    table: pd.DataFrame
+    key: list[str]
+    constant: dict[str, object] = field(default_factory=dict)  # key columns with one value in both runs
+    only_a: list[str] = field(default_factory=list)
+    only_b: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # in both runs but not ok in both
+
+
+def accuracy_z(acc_a: pd.Series, n_a: pd.Series, acc_b: pd.Series, n_b: pd.Series) -> pd.Series:
+    """Pooled two-proportion z statistic of B's accuracy against A's (0 when both are 0 or both 1)."""
+    pooled = (acc_a * n_a + acc_b * n_b) / (n_a + n_b)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    return ((acc_b - acc_a) / se).where(se != 0, 0.0)
+
+
+def accuracy_verdict(z: pd.Series) -> pd.Series:
+    verdict = np.select([z.isna(), z > Z_95, z < -Z_95], [NOT_MEASURED, "better", "worse"], SAME_ACCURACY)
+    return pd.Series(verdict, index=z.index)
+
+
+def speed_verdict(a: pd.Series, b: pd.Series, spread: pd.Series, higher_is_better: bool) -> pd.Series:
+    """faster / slower when |B - A| exceeds ``spread`` (the sum of both runs' IQRs), else same."""
+    improved = b > a if higher_is_better else b < a
+    verdict = np.select(
+        [a.isna() | b.isna() | spread.isna(), (b - a).abs() <= spread, improved],
+        [NOT_MEASURED, SAME_SPEED, "faster"],
+        "slower",
+    )
+    return pd.Series(verdict, index=a.index)
+
+
+def aligned(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
+    """The identity key both runs can be matched on, and copies of the runs ready to merge on it."""
+    a, b = a.copy(), b.copy()
+    key = list(IDENTITY)
+    for column, older in OLDER_RUNS_MEASURED.items():
+        if column not in a and column not in b:
+            continue
+        for frame, other in ((a, b), (b, a)):
+            if column not in frame:
+                values = other[column].dropna().unique()
+                frame[column] = values[0] if len(values) == 1 else older
+        key.append(column)
+    missing = [c for c in IDENTITY + ["status"] if c not in a or c not in b]
+    if missing:
+        raise CompareError(f"a results table lacks the column(s) {', '.join(missing)}; is it from `diffbench run`?")
+    for column in key:
+        if not (pd.api.types.is_numeric_dtype(a[column]) and pd.api.types.is_numeric_dtype(b[column])):
+            a[column], b[column] = (f[column].astype(object).where(f[column].notna(), "").astype(str) for f in (a, b))
+    for name, frame in (("A", a), ("B", b)):
+        if frame.duplicated(key).any():
+            raise CompareError(f"run {name} holds some cell more than once (matched on {', '.join(key)})")
+    return key, a, b
+
+
+def cell_names(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """Short names such as 'shared-noise 8 trials' from the given key columns."""
+
+    def word(column: str, value: object) -> str:
+        return str(value) if column != "trials" else f"{value} trial" + ("" if str(value) == "1" else "s")
+
+    return [" ".join(word(c, v) for c, v in row.items()) for _, row in frame[columns].iterrows()]
+
+
+def compare_runs(a: pd.DataFrame, b: pd.DataFrame) -> Comparison:
+    """Side-by-side accuracy and speed of every cell finished in both runs, with verdicts."""
+    key, a, b = aligned(a, b)
+    both = a[key + ["status"]].merge(b[key + ["status"]], on=key, how="outer", suffixes=("_a", "_b"), indicator=True)
+    varying = [c for c in key if c in ALWAYS_SHOWN or both[c].nunique(dropna=False) > 1]
+    constant = {c: both[c].iloc[0] for c in key if c not in varying}
+    shared = both["_merge"] == "both"
+    ok = shared & (both["status_a"] == "ok") & (both["status_b"] == "ok")
+    if not shared.any():
+        raise CompareError(f"the runs share no cell (matched on {', '.join(key)})")
+    if not ok.any():
+        raise CompareError(f"the runs share {int(shared.sum())} cell(s) but none finished ok in both")
+
+    measured = ["n_test", "accuracy", "samples_per_s", "samples_per_s_iqr"]
+    measured += [c for c in ("latency_p50_ms", "latency_p90_ms", "latency_iqr_ms") if c in a and c in b]
+    cells = a.loc[a["status"] == "ok", key + measured].merge(
+        b.loc[b["status"] == "ok", key + measured], on=key, suffixes=("_a", "_b")
+    )
+    table = cells[key].copy()
+    for name in ("accuracy_a", "accuracy_b"):
+        table[name] = cells[name]
+    table["accuracy_diff"] = cells["accuracy_b"] - cells["accuracy_a"]
+    table["accuracy_z"] = accuracy_z(cells["accuracy_a"], cells["n_test_a"], cells["accuracy_b"], cells["n_test_b"])
+    table["accuracy_verdict"] = accuracy_verdict(table["accuracy_z"])
+    for metric, higher_is_better, _ in SPEED_METRICS:
+        if f"{metric}_a" not in cells:
+            continue
+        value_a, value_b = cells[f"{metric}_a"], cells[f"{metric}_b"]
+        spread = speed_spread(cells, metric)
+        table[f"{metric}_a"], table[f"{metric}_b"] = value_a, value_b
+        table[f"{metric}_ratio"] = value_b / value_a
+        table[f"{metric}_verdict"] = speed_verdict(value_a, value_b, spread, higher_is_better)
+        table[f"{metric}_noise"] = spread
+    return Comparison(
+        table=table.reset_index(drop=True),
+        key=key,
+        constant=constant,
+        only_a=cell_names(both[both["_merge"] == "left_only"], varying),
+        only_b=cell_names(both[both["_merge"] == "right_only"], varying),
+        failed=cell_names(both[shared & ~ok], varying),
+    )
+
+
+def speed_spread(cells: pd.DataFrame, metric: str) -> pd.Series:
+    """The noise band of a speed metric: both runs' IQRs added (latency without an IQR: p90 - p50)."""
+    if metric == "samples_per_s":
+        return cells["samples_per_s_iqr_a"] + cells["samples_per_s_iqr_b"]
+    if "latency_iqr_ms_a" in cells:
+        return cells["latency_iqr_ms_a"] + cells["latency_iqr_ms_b"]
+    return sum(cells[f"latency_p90_ms_{run}"] - cells[f"latency_p50_ms_{run}"] for run in "ab")
+
+
+def find_regressions(comparison: Comparison, pct: float) -> list[str]:
+    """One line per cell that got worse beyond noise by more than ``pct`` (see the module docstring)."""
+    table = comparison.table
+    varying = [c for c in comparison.key if c not in comparison.constant]
+    found = []
+    for name, (_, row) in zip(cell_names(table, varying), table.iterrows(), strict=True):
+        reasons = []
+        drop = round(row["accuracy_a"] - row["accuracy_b"], 9)
+        if row["accuracy_verdict"] == "worse" and drop > pct / 100:
+            reasons.append(f"accuracy {row['accuracy_a']:.3f} -> {row['accuracy_b']:.3f}")
+        for metric, higher_is_better, short in SPEED_METRICS:
+            if row.get(f"{metric}_verdict") != "slower":
+                continue
+            ratio = round(row[f"{metric}_ratio"], 9)
+            if (ratio < 1 - pct / 100) if higher_is_better else (ratio > 1 + pct / 100):
+                reasons.append(f"{short} x{ratio:.2f}")
+        if reasons:
+            found.append(f"{name} ({', '.join(reasons)})")
+    return found
+
+
+def format_comparison(comparison: Comparison) -> str:
+    """The comparison as text: what all cells share, the side-by-side table, counts and unmatched cells."""
+    table = comparison.table
+    shown = pd.DataFrame({c: table[c] for c in comparison.key if c not in comparison.constant})
+    shown["acc A"] = table["accuracy_a"].map("{:.3f}".format)
+    shown["acc B"] = table["accuracy_b"].map("{:.3f}".format)
+    shown["B-A"] = table["accuracy_diff"].map("{:+.3f}".format)
+    shown["accuracy"] = table["accuracy_verdict"]
+    counts = [verdict_counts("accuracy", table["accuracy_verdict"])]
+    for metric, _, short in SPEED_METRICS:
+        if f"{metric}_verdict" not in table:
+            continue
+        shown[f"{short} A"] = table[f"{metric}_a"].map("{:,.1f}".format if "latency" in metric else "{:,.0f}".format)
+        shown[f"{short} B"] = table[f"{metric}_b"].map("{:,.1f}".format if "latency" in metric else "{:,.0f}".format)
+        shown[f"{short} B/A"] = table[f"{metric}_ratio"].map("{:.2f}x".format)
+        shown[short] = table[f"{metric}_verdict"]
+        counts.append(verdict_counts(short, table[f"{metric}_verdict"]))
+    lines = []
+    if comparison.constant:
+        lines.append("all cells: " + ", ".join(f"{k}={v}" for k, v in comparison.constant.items()))
+    lines += [shown.to_string(index=False), "", f"{len(table)} cells compared: " + "; ".join(counts)]
+    for label, names in (
+        ("only in A", comparison.only_a),
+        ("only in B", comparison.only_b),
+        ("in both but not ok in both (not compared)", comparison.failed),
+    ):
+        if names:
+            listed = ", ".join(names[:5]) + (f", ... ({len(names) - 5} more)" if len(names) > 5 else "")
+            lines.append(f"{len(names)} {'cell' if len(names) == 1 else 'cells'} {label}: {listed}")
+    return "\n".join(lines)
+
+
+def verdict_counts(metric: str, verdicts: pd.Series) -> str:
+    return f"{metric} " + ", ".join(f"{n} {verdict}" for verdict, n in verdicts.value_counts(sort=False).items())

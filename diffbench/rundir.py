@@ -1,0 +1,134 @@
+"""A run folder on disk: each finished cell saved atomically, the settings it ran with, resuming.
+
+Layout of ``DIR``:
+
+- ``run.json``: the settings (suite, devices, checkpoint) that ``--resume`` must match;
+- ``cells/<id>.parquet``: one finished cell's rows (one per scenario), written atomically
+  the moment it finishes; ``cells/<id>.bins.parquet``: its reliability bins;
+- ``parts/<group>.<kind>.parquet``: figure data (samples, regions) per trained model;
+- ``results.parquet``/``results.csv`` and the figure tables: rebuilt from the above after
+  every cell, atomically, so a run killed at any point leaves a readable table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from diffbench import results
+
+SETTINGS = "run.json"
+
+
+class ResumeError(ValueError):
+    """A run folder cannot be resumed with the settings given."""
+
+
+def cell_id(identity: dict[str, Any]) -> str:
+    """A stable name for a cell from what makes it that cell."""
+    keys = ("dataset_label", "denoiser_label", "estimator_label", "trials", "device", "seed", "dtype", "compile")
+    text = json.dumps([identity.get(k) for k in keys], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def group_key(identity: dict[str, Any]) -> str:
+    text = json.dumps([identity.get(k) for k in ("dataset_label", "denoiser_label", "seed")], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def describe_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "; ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys)
+
+
+class RunFolder:
+    """The files of one run; keeps the finished cells' rows in memory to rebuild the table cheaply."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.cells_dir = self.path / "cells"
+        self.parts_dir = self.path / "parts"
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.bins: dict[str, list[dict[str, Any]]] = {}
+
+    # settings ---------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any] | None:
+        path = self.path / SETTINGS
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ResumeError(f"'{path}' is unreadable ({exc}); start a new run with another --out") from None
+
+    def start(self, settings: dict[str, Any], resume: bool) -> None:
+        """Record the settings of a new run, or check that a resumed run's match; load finished cells."""
+        settings = json.loads(json.dumps(settings, default=str))
+        if resume:
+            old = self.settings()
+            if old is None:
+                raise ResumeError(f"'{self.path}' holds no {SETTINGS}: it is not a diffbench run folder to resume")
+            if old != settings:
+                raise ResumeError(
+                    f"cannot resume '{self.path}': its settings differ ({describe_differences(old, settings)}); "
+                    "resume with the same settings, or start a new run with another --out"
+                )
+            self.load()
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(settings, indent=2)
+            results.replace_atomically(self.path / SETTINGS, lambda tmp: Path(tmp).write_text(text))
+
+    # cells ------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Read every finished cell saved so far (a file is there only once complete)."""
+        if not self.cells_dir.is_dir():
+            return
+        for path in sorted(self.cells_dir.glob("*.parquet")):
+            if path.name.endswith(".bins.parquet"):
+                continue
+            ident = path.name[: -len(".parquet")]
+            self.rows[ident] = pd.read_parquet(path).to_dict("records")
+            bins = self.cells_dir / f"{ident}.bins.parquet"
+            self.bins[ident] = pd.read_parquet(bins).to_dict("records") if bins.is_file() else []
+
+    def finished(self) -> set[str]:
+        """Ids of cells that finished with status ok (failed cells run again on resume)."""
+        return {i for i, rows in self.rows.items() if rows and all(r.get("status") == "ok" for r in rows)}
+
+    def save_cell(self, ident: str, rows: list[dict[str, Any]], bins: list[dict[str, Any]]) -> None:
+        """Save one cell atomically: bins first, then rows (whose presence means finished)."""
+        self.cells_dir.mkdir(parents=True, exist_ok=True)
+        if bins:
+            results.write_atomic(pd.DataFrame(bins), self.cells_dir / f"{ident}.bins.parquet")
+        results.write_atomic(pd.DataFrame(rows), self.cells_dir / f"{ident}.parquet")
+        self.rows[ident], self.bins[ident] = rows, bins
+
+    def save_part(self, group: str, kind: str, frame: pd.DataFrame) -> None:
+        results.write_atomic(frame, self.parts_dir / f"{group}.{kind}.parquet")
+
+    # tables -----------------------------------------------------------------------------
+    def table(self, order: list[str]) -> pd.DataFrame:
+        """Every saved row, cells in grid order (cells of an older grid last)."""
+        known = [i for i in order if i in self.rows] + [i for i in self.rows if i not in set(order)]
+        rows = [r for i in known for r in self.rows[i]]
+        return results.tidy(rows)
+
+    def write_tables(self, order: list[str]) -> pd.DataFrame:
+        """Rebuild the results table and the figure tables from the saved parts, atomically."""
+        frame = self.table(order)
+        results.write_atomic(frame, self.path / results.TABLE)
+        results.write_atomic(frame, self.path / results.CSV)
+        bins = [b for i in order for b in self.bins.get(i, [])]
+        if bins:
+            results.write_atomic(pd.DataFrame(bins), self.path / results.RELIABILITY)
+        for kind, name in (("samples", results.SAMPLES), ("regions", results.REGIONS)):
+            parts = sorted(self.parts_dir.glob(f"*.{kind}.parquet")) if self.parts_dir.is_dir() else []
+            if parts:
+                merged = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+                results.write_atomic(merged, self.path / name)
+        return frame
