@@ -252,9 +252,7 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
         if out is not None and out != resume:
             raise InputError("--resume DIR writes into DIR; drop --out")
         out = resume
-        base = resumed_suite(resume)
-        if opts["suite_name"]:
-            raise InputError("--resume takes the suite of the run it resumes; drop --suite")
+        base = None if opts["suite_name"] else resumed_suite(resume)  # a given suite must match the run's
     else:
         base = None
     suite, devices, cells = build_grid(opts, base)
@@ -272,7 +270,6 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
     out = out or Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if resume is None and ((out / results.TABLE).exists() or (out / "run.json").exists()):
         raise InputError(f"'{out}' already holds a run; choose another --out, or finish it with --resume {out}")
-    log(f"running {len(cells)} cells on {', '.join(devices)}; results go to {out}")
     try:
         frame = runner.run(
             suite,

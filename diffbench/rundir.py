@@ -40,9 +40,16 @@ def group_key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def describe_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return "; ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys)
+def describe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """``trials: [1] then, [1, 2] now; ...`` for every key (nested keys dotted) whose value differs."""
+    parts = []
+    for key in sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            parts.append(describe_differences(a, b, f"{prefix}{key}."))
+        else:
+            parts.append(f"{prefix}{key}: {a!r} then, {b!r} now")
+    return "; ".join(parts)
 
 
 class RunFolder:

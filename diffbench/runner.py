@@ -512,6 +512,7 @@ def run(
     folder = rundir.RunFolder(out)
     settings = {"suite": suite.to_dict(), "devices": sorted({c.device for c in cells}), "checkpoint": checkpoint}
     folder.start(settings, resume)
+    log(f"running {len(cells)} cells on {', '.join(settings['devices'])}; results go to {out}")
     tune_cpu_allocator()
     order = [identity(c, suite)["cell_id"] for c in cells]
     by_id = dict(zip(order, cells, strict=True))

@@ -1,0 +1,54 @@
+"""The dask executor: a local cluster of 2 worker processes gives the local executor's table."""
+
+import pandas as pd
+import pytest
+from conftest import error_lines, write_suite
+
+pytest.importorskip("distributed")
+
+ACCURACY = [
+    "cell_id",
+    "scenario",
+    "estimator_label",
+    "trials",
+    "accuracy",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "nfe_per_sample",
+    "nll",
+    "temperature",
+]
+
+
+def test_a_local_cluster_gives_the_local_table(cli, tmp_path):
+    suite = write_suite(
+        tmp_path / "tiny.toml",
+        datasets=["spirals[n_train=200,n_test=50]", "moons[n_train=200,n_test=50]"],
+        estimators=["shared-noise", "full-mc"],
+        trials=[1, 2],
+        max_time_s=0.2,
+    )
+    local = cli("run", "--suite", suite, "--out", tmp_path / "local", "--cache", tmp_path / "c1", "--no-plots")
+    assert local.exit_code == 0, local.output
+    dask = cli(
+        "run", "--suite", suite, "--out", tmp_path / "dask", "--cache", tmp_path / "c2",
+        "--executor", "dask", "--workers", "2",
+    )  # fmt: skip
+    assert dask.exit_code == 0, dask.output
+    assert "dask: 2 workers" in dask.stderr
+    a = pd.read_parquet(tmp_path / "local" / "results.parquet")
+    b = pd.read_parquet(tmp_path / "dask" / "results.parquet")
+    assert not b["cache_hit"].any(), "the dask run trained its two models itself"
+    assert sorted(p.name for p in (tmp_path / "c2").glob("*.pt")) == sorted(
+        p.name for p in (tmp_path / "c1").glob("*.pt")
+    )
+    pd.testing.assert_frame_equal(a[ACCURACY], b[ACCURACY])
+    assert not a["concurrent"].any()
+    for name in ("samples.parquet", "regions.parquet", "accuracy_vs_nfe.png", "decision_regions.png"):
+        assert (tmp_path / "dask" / name).is_file(), name
+
+
+def test_dask_options_need_the_dask_executor(cli, tmp_path):
+    result = cli("run", "--workers", "2", "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert error_lines(result) == ["diffbench: error: --workers and --scheduler need --executor dask"]

@@ -1,0 +1,106 @@
+"""Never lose a result: cells saved as they finish, SIGKILL leaves a readable table, --resume finishes the rest."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from conftest import error_lines, write_suite
+
+from diffbench import rundir
+
+ACCURACY = ["cell_id", "scenario", "estimator_label", "trials", "accuracy", "nfe_per_sample"]
+
+
+def offline_accuracy(folder) -> pd.DataFrame:
+    frame = pd.read_parquet(folder / "results.parquet")
+    frame = frame[frame["scenario"] == "offline"]
+    return frame[ACCURACY].sort_values(["estimator_label", "trials"]).reset_index(drop=True)
+
+
+def test_each_finished_cell_is_its_own_file_and_the_settings_are_recorded(cli, tmp_path):
+    suite = write_suite(tmp_path / "tiny.toml", trials=[1, 2], max_time_s=0.2)
+    result = cli("run", "--suite", suite, "--out", tmp_path / "run", "--cache", tmp_path / "c", "--no-plots")
+    assert result.exit_code == 0, result.output
+    cells = sorted(p.name for p in (tmp_path / "run" / "cells").glob("*.parquet") if ".bins." not in p.name)
+    table = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert cells == sorted(f"{i}.parquet" for i in table["cell_id"].unique())
+    assert len(cells) == 2
+    settings = rundir.RunFolder(tmp_path / "run").settings()
+    assert settings["suite"]["trials"] == [1, 2] and settings["devices"] == ["cpu"]
+
+
+def test_resume_runs_only_the_missing_cells(cli, tmp_path):
+    suite = write_suite(tmp_path / "tiny.toml", trials=[1, 2, 4], max_time_s=0.2)
+    args = ["--cache", tmp_path / "c", "--no-plots"]
+    assert cli("run", "--suite", suite, "--out", tmp_path / "full", *args).exit_code == 0
+    reference = offline_accuracy(tmp_path / "full")
+    # a run folder with one cell removed, as if the run had been killed before it finished
+    assert cli("run", "--suite", suite, "--out", tmp_path / "run", *args).exit_code == 0
+    folder = tmp_path / "run"
+    victim = reference["cell_id"].iloc[1]
+    (folder / "cells" / f"{victim}.parquet").unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in (folder / "cells").glob("*.parquet") if victim not in p.name}
+    result = cli("run", "--resume", folder, *args)
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.stderr and "2 of 3 cells already finished" in result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (folder / "cells").glob("*.parquet") if p.name in kept} == kept
+    pd.testing.assert_frame_equal(offline_accuracy(folder), reference)
+
+
+def test_resume_refuses_other_settings_with_one_line(cli, tmp_path):
+    suite = write_suite(tmp_path / "tiny.toml", trials=[1], max_time_s=0.2)
+    folder = tmp_path / "run"
+    assert cli("run", "--suite", suite, "--out", folder, "--cache", tmp_path / "c", "--no-plots").exit_code == 0
+    before = (folder / "results.parquet").read_bytes()
+    result = cli("run", "--resume", folder, "--trials", "1,2", "--cache", tmp_path / "c", "--no-plots")
+    assert result.exit_code == 2
+    (line,) = error_lines(result)
+    assert line.startswith(f"diffbench: error: cannot resume '{folder}': its settings differ (suite.trials: [1] then")
+    assert "start a new run with another --out" in line
+    assert (folder / "results.parquet").read_bytes() == before
+
+
+def test_resume_needs_a_run_folder(cli, tmp_path):
+    result = cli("run", "--resume", tmp_path)
+    assert result.exit_code == 2
+    assert error_lines(result) == [
+        f"diffbench: error: '{tmp_path}' holds no run.json: it is not a diffbench run folder to resume"
+    ]
+
+
+def test_a_folder_holding_a_run_is_refused_without_resume(cli, tmp_path):
+    suite = write_suite(tmp_path / "tiny.toml", trials=[1], max_time_s=0.2)
+    folder = tmp_path / "run"
+    assert cli("run", "--suite", suite, "--out", folder, "--cache", tmp_path / "c", "--no-plots").exit_code == 0
+    result = cli("run", "--suite", suite, "--out", folder, "--cache", tmp_path / "c")
+    assert result.exit_code == 2 and f"--resume {folder}" in result.stderr
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_leaves_a_readable_table_and_resume_finishes_it(tmp_path):
+    suite = write_suite(
+        tmp_path / "tiny.toml", estimators=["shared-noise", "full-mc"], trials=[1, 2, 4, 8], max_time_s=0.3
+    )
+    folder, cache = tmp_path / "run", tmp_path / "c"
+    command = [sys.executable, "-c", "from diffbench.cli import main; main()", "run", "--suite", str(suite)]
+    command += ["--cache", str(cache), "--no-plots", "--threads", "1"]
+    env = {**os.environ, "DIFFBENCH_PLUGINS": ""}
+    # train first, so the kill lands while cells are measured
+    subprocess.run(command[:3] + ["train", "--suite", str(suite), "--cache", str(cache)], env=env, check=True)
+    process = subprocess.Popen(command + ["--out", str(folder)], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((folder / "cells").glob("*[0-9a-f].parquet"))) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = pd.read_parquet(folder / "results.parquet")  # readable after the kill
+    assert 1 <= partial["cell_id"].nunique() < 8
+    assert (partial["status"] == "ok").all()
+    resumed = subprocess.run(command + ["--resume", str(folder)], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    subprocess.run(command + ["--out", str(tmp_path / "fresh")], env=env, check=True, capture_output=True)
+    pd.testing.assert_frame_equal(offline_accuracy(folder), offline_accuracy(tmp_path / "fresh"))
