@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 
 from diffbench.schedule import NoiseSchedule
 
 DEFAULT_MAX_BATCH = 8192
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def squared_error(eps_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``(eps_hat - target)^2``: ``eps_error``'s default loss."""
+    return torch.sub(eps_hat, target).square_()
 
 
 class ConditionalModel:
@@ -15,6 +25,8 @@ class ConditionalModel:
     ``eps(x_t, t, c)`` accepts any number of rows N and calls the module on chunks of
     at most ``max_batch`` rows, so an estimator can hand over all its samples x trials x
     classes at once without exhausting memory. The runner reads cost from ``nfe``.
+    ``eps_error`` does the same and reduces each chunk to per-row errors against a target
+    as it goes, so the predictions are never gathered into one big tensor.
     """
 
     def __init__(
@@ -41,9 +53,7 @@ class ConditionalModel:
         self.max_batch = max_batch
         self.nfe = 0
 
-    @torch.inference_mode()
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Predicted noise for rows ``x_t [N,*shape]`` at timesteps ``t [N]`` for classes ``c [N]``."""
+    def _check_rows(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> int:
         n = x_t.shape[0]
         if t.shape != (n,) or c.shape != (n,):
             raise ValueError(f"model.eps needs t and c of shape [{n}], got t {tuple(t.shape)} and c {tuple(c.shape)}")
@@ -51,13 +61,62 @@ class ConditionalModel:
             raise ValueError(
                 f"model.eps needs x_t of shape [N, {', '.join(map(str, self.data_shape))}], got {list(x_t.shape)}"
             )
+        return n
+
+    @torch.inference_mode()
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Predicted noise for rows ``x_t [N,*shape]`` at timesteps ``t [N]`` for classes ``c [N]``."""
+        n = self._check_rows(x_t, t, c)
         self.nfe += n
         if n <= self.max_batch:
             return self.module(x_t, t, c)
-        out = torch.empty_like(x_t)
+        out = None
         for start in range(0, n, self.max_batch):
             stop = start + self.max_batch
-            out[start:stop] = self.module(x_t[start:stop], t[start:stop], c[start:stop])
+            chunk = self.module(x_t[start:stop], t[start:stop], c[start:stop])
+            if out is None:
+                out = torch.empty((n, *chunk.shape[1:]), device=chunk.device, dtype=chunk.dtype)
+            out[start:stop] = chunk
+        return out
+
+    def eps_error(
+        self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, target: torch.Tensor, loss: Loss | None = None
+    ) -> torch.Tensor:
+        """Per-row errors ``[N]``: the mean over each row's elements of ``loss(eps(x_t, t, c), target)``.
+
+        The same module calls and NFE as ``eps`` on the same rows, but each chunk's
+        predictions are reduced against ``target [N,*shape]`` as soon as they are made, so
+        no ``[N,*shape]`` output is allocated or copied. ``loss(eps_hat, target)`` returns
+        the elementwise loss of a chunk (default: squared error); it may return a tensor it
+        owns modified in place, but must not write into its arguments.
+        """
+        n = self._check_rows(x_t, t, c)
+        if target.shape != x_t.shape:
+            raise ValueError(f"model.eps_error needs a target shaped like x_t {list(x_t.shape)}, got {list(target.shape)}")
+        loss = squared_error if loss is None else loss
+        self.nfe += n
+        size = math.prod(self.data_shape)
+        out: torch.Tensor | None = None
+        weights: torch.Tensor | None = None
+        with torch.inference_mode():  # `out` is made outside it: callers get an ordinary tensor
+            for start in range(0, n, self.max_batch):
+                stop = min(start + self.max_batch, n)
+                whole = start == 0 and stop == n
+                rows = (x_t, t, c) if whole else (x_t[start:stop], t[start:stop], c[start:stop])
+                elementwise = loss(self.module(*rows), target if whole else target[start:stop])
+                if out is None:
+                    with torch.inference_mode(False):
+                        out = torch.empty(n, device=elementwise.device, dtype=elementwise.dtype)
+                    if elementwise.dtype in (torch.float32, torch.float64):
+                        # a matrix-vector product: much faster than .mean(1) over a few elements per row
+                        weights = torch.full((size,), 1 / size, device=elementwise.device, dtype=elementwise.dtype)
+                flat = elementwise.reshape(stop - start, size)
+                if weights is not None:
+                    torch.mv(flat, weights, out=out[start:stop])
+                else:
+                    out[start:stop] = flat.mean(1)
+        if out is None:
+            return torch.empty(0, device=x_t.device, dtype=x_t.dtype)
         return out
 
     def reset_nfe(self) -> int:

@@ -135,14 +135,6 @@ def truncation_windows(frame: pd.DataFrame, path: Path) -> Path | None:
     return save(fig, path)
 
 
-def with_variant_labels(frame: pd.DataFrame) -> pd.DataFrame:
-    """Append dtype and compile to estimator labels when a run holds more than one such variant."""
-    if not {"dtype", "compile"} <= set(frame.columns) or len(frame[["dtype", "compile"]].drop_duplicates()) < 2:
-        return frame
-    suffix = " [" + frame["dtype"].astype(str) + frame["compile"].map({True: ", compiled", False: ""}) + "]"
-    return frame.assign(estimator_label=frame["estimator_label"] + suffix)
-
-
 def throughput(frame: pd.DataFrame, path: Path) -> Path:
     """Samples per second and efficiency against trials (offline), and single-sample latency, per estimator."""
     single = frame[frame["scenario"] == "single"] if "scenario" in frame else frame.iloc[:0]
@@ -258,7 +250,7 @@ def image_grid(part: pd.DataFrame, shape: list[int]) -> np.ndarray:
 def plot_run(run_dir: Path) -> list[Path]:
     """Draw every plot of a run folder from its saved tables; returns the PNG paths."""
     run_dir = Path(run_dir)
-    frame = with_variant_labels(results.read_table(run_dir))
+    frame = results.with_variant_labels(results.read_table(run_dir))
     every = frame[frame["status"] == "ok"]
     ok = results.offline(every)
     made: list[Path] = []

@@ -166,6 +166,14 @@ def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return with_variance_reduction(with_concurrency(pd.DataFrame(rows)))
 
 
+def with_variant_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """Append dtype and compile to estimator labels when a run holds more than one such variant."""
+    if not {"dtype", "compile"} <= set(frame.columns) or len(frame[["dtype", "compile"]].drop_duplicates()) < 2:
+        return frame
+    suffix = " [" + frame["dtype"].astype(str) + frame["compile"].map({True: ", compiled", False: ""}) + "]"
+    return frame.assign(estimator_label=frame["estimator_label"] + suffix)
+
+
 def offline(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of the offline scenario (one per cell): what accuracy plots and summaries use."""
     return frame[frame["scenario"] == "offline"] if "scenario" in frame else frame
@@ -180,7 +188,7 @@ def read_table(run_dir: Path) -> pd.DataFrame:
 
 def summary(frame: pd.DataFrame) -> str:
     """Accuracy by estimator x trials, and throughput at the largest trials, as text."""
-    ok = offline(frame[frame["status"] == "ok"])
+    ok = with_variant_labels(offline(frame[frame["status"] == "ok"]))
     if ok.empty:
         return "no cell finished"
     parts = []

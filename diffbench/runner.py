@@ -522,9 +522,13 @@ def run(
         log(f"resuming {out}: {len(finished)} of {len(cells)} cells already finished")
     command = results.provenance()["command"]
 
+    said: set[str] = set()
+
     def record(result: CellResult) -> None:
         for message in result.messages:
-            log(message)
+            if not (result.skipped and message in said):  # a skip is said once, not once per cell
+                log(message)
+            said.add(message)
         if result.skipped:
             return
         folder.save_cell(result.cell_id, result.rows, result.bins)

@@ -202,3 +202,35 @@ def test_a_broken_plugin_estimator_fails_its_cells_only(tmp_path):
     assert wrong_shape in table.loc["wrong-shape", "error"]
     assert "estimator 'nan-errors' errors() returned NaN or inf" in table.loc["nan-errors", "error"]
     assert pd.isna(table.loc["nan-errors", "accuracy"])
+
+
+def test_timed_regions_never_include_training_or_plotting(tmp_path, monkeypatch):
+    from diffbench import plots, runner, timing, training
+
+    state = {"timing": False, "timed": 0, "trained": 0, "plotted": 0, "overlaps": []}
+    real_timed, real_train, real_save = timing.timed, training.train, plots.save
+
+    def watched_timed(fn, device):
+        state["timing"], state["timed"] = True, state["timed"] + 1
+        try:
+            return real_timed(fn, device)
+        finally:
+            state["timing"] = False
+
+    def watched(name, real):
+        def call(*args, **kwargs):
+            state[name] += 1
+            if state["timing"]:
+                state["overlaps"].append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(timing, "timed", watched_timed)
+    monkeypatch.setattr(runner, "timed", watched_timed)
+    monkeypatch.setattr(training, "train", watched("trained", real_train))
+    monkeypatch.setattr(plots, "save", watched("plotted", real_save))
+    result = run_tiny(tmp_path)
+    assert result.exit_code == 0, result.output
+    assert state["timed"] > 0 and state["trained"] == 1 and state["plotted"] > 0
+    assert state["overlaps"] == []

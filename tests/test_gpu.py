@@ -33,9 +33,23 @@ def test_tiny_run_on_cuda(tmp_path):
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     table = pd.read_parquet(tmp_path / "run" / "results.parquet")
-    assert len(table) == 4 and (table["status"] == "ok").all()
+    assert len(table) == 8 and (table["status"] == "ok").all()
+    assert sorted(table["scenario"].unique()) == ["offline", "single"]
     assert set(table["device"]) == {"cuda"}
     assert (table["device_name"] == torch.cuda.get_device_name()).all()
     assert (table["nfe_per_sample"] == table["trials"] * 2).all()
     assert (table["peak_memory_mb"] > 0).all()
     assert list((tmp_path / "cache").glob("*.pt")), "trained on cuda and cached"
+
+
+def test_lower_precision_on_cuda(tmp_path):
+    suite = write_suite(tmp_path / "tiny.toml", devices=["cuda"], trials=[2], dtypes=["float32", "float16", "bfloat16"])
+    args = ["run", "--suite", suite, "--out", tmp_path / "run", "--cache", tmp_path / "cache", "--no-plots"]
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    ran = set(table["dtype"])
+    assert {"float32", "float16"} <= ran, "every CUDA GPU runs float16 autocast"
+    if "bfloat16" not in ran:
+        assert "skipping bfloat16 on cuda" in result.output
+    assert (table["status"] == "ok").all() and (table["peak_memory_mb"] > 0).all()
