@@ -78,14 +78,15 @@ def builtin_suites() -> list[str]:
 def load_suite(name_or_path: str) -> Suite:
     """Load a built-in suite by name or a suite TOML file."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    builtin = name_or_path in builtin_suites() and not path.is_file()  # a folder named 'full' is no suite
+    if not builtin and (path.suffix == ".toml" or path.exists()):
         if not path.is_file():
             raise SuiteError(f"suite file '{name_or_path}' does not exist")
         try:
             text, where = path.read_text(encoding="utf-8"), f"suite file '{name_or_path}'"
         except UnicodeDecodeError as exc:
             raise SuiteError(f"suite file '{name_or_path}' is not UTF-8 text ({exc}); save it as UTF-8") from None
-    elif name_or_path in builtin_suites():
+    elif builtin:
         text = resources.files("diffbench.suites").joinpath(f"{name_or_path}.toml").read_text()
         where = f"built-in suite '{name_or_path}'"
     else:

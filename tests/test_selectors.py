@@ -187,3 +187,9 @@ def test_suite_cells_give_unet_its_mults_list():
     suite = Suite(datasets=["digits"], denoisers=["unet[mults=[[1],[1,2]]]"], estimators=["shared-noise"], trials=[1])
     mults = [cell.denoiser.params["mults"] for cell in expand_suite(suite, ["cpu"])]
     assert mults == [[1], [1, 2]]
+
+
+def test_a_builtin_suite_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "full").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_suite("full").denoisers == ["mlp", "resmlp", "unet", "dit"]
