@@ -547,31 +547,35 @@ def run(
         key = group_key_of(group[0])
         return [c for i, c in by_id.items() if i in finished and group_key_of(c) == key]
 
-    if executor == "dask":
-        from diffbench import dask_executor
+    try:
+        if executor == "dask":
+            from diffbench import dask_executor
 
-        dask_executor.run_grid(
-            todo, suite, train_device(cells), cache_dir, checkpoint, command, record, record_figures,
-            finished_cells, log, workers=workers, scheduler=scheduler, threads=threads, plugin_specs=plugin_specs,
-        )  # fmt: skip
-    else:
-        device = train_device(cells)
-        for group in groups(todo):
-            try:
-                prepared = prepare(group[0], suite, device, cache_dir, checkpoint, progress, log)
-            except Exception as exc:
-                log(f"{group[0].dataset!r} x {group[0].denoiser!r} failed: {failure(exc)}")
-                for result in failed_group(group, suite, exc):
-                    record(result)
-                continue
-            if prepared is None:
-                continue
-            for cell in group:
-                record(run_cell(cell, suite, prepared, cache_dir, command))
-            try:  # the figures' data, once per model
-                record_figures(group, figures_data(finished_cells(group), suite, prepared))
-            except Exception as exc:
-                log(f"figure data for {group[0].dataset!r} x {group[0].denoiser!r} failed: {failure(exc)}")
+            dask_executor.run_grid(
+                todo, suite, train_device(cells), cache_dir, checkpoint, command, record, record_figures,
+                finished_cells, log, workers=workers, scheduler=scheduler, threads=threads, plugin_specs=plugin_specs,
+            )  # fmt: skip
+        else:
+            device = train_device(cells)
+            for group in groups(todo):
+                try:
+                    prepared = prepare(group[0], suite, device, cache_dir, checkpoint, progress, log)
+                except Exception as exc:
+                    log(f"{group[0].dataset!r} x {group[0].denoiser!r} failed: {failure(exc)}")
+                    for result in failed_group(group, suite, exc):
+                        record(result)
+                    continue
+                if prepared is None:
+                    continue
+                for cell in group:
+                    record(run_cell(cell, suite, prepared, cache_dir, command))
+                try:  # the figures' data, once per model
+                    record_figures(group, figures_data(finished_cells(group), suite, prepared))
+                except Exception as exc:
+                    log(f"figure data for {group[0].dataset!r} x {group[0].denoiser!r} failed: {failure(exc)}")
+    except KeyboardInterrupt:
+        folder.write_tables(order)  # the table holds every cell finished before the interrupt
+        raise
     return folder.write_tables(order)
 
 

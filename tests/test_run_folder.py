@@ -104,3 +104,22 @@ def test_sigkill_leaves_a_readable_table_and_resume_finishes_it(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     subprocess.run(command + ["--out", str(tmp_path / "fresh")], env=env, check=True, capture_output=True)
     pd.testing.assert_frame_equal(offline_accuracy(folder), offline_accuracy(tmp_path / "fresh"))
+
+
+def test_ctrl_c_says_how_to_resume_and_keeps_the_table(tmp_path):
+    suite = write_suite(
+        tmp_path / "tiny.toml", estimators=["shared-noise", "full-mc"], trials=[1, 2, 4, 8], max_time_s=0.3
+    )
+    folder, cache = tmp_path / "run", tmp_path / "c"
+    command = [sys.executable, "-c", "from diffbench.cli import main; main()", "run", "--suite", str(suite)]
+    command += ["--cache", str(cache), "--no-plots", "--threads", "1", "--out", str(folder)]
+    env = {**os.environ, "DIFFBENCH_PLUGINS": ""}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((folder / "cells").glob("*[0-9a-f].parquet")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert f"finish the run with: diffbench run --resume {folder}" in stderr
+    assert pd.read_parquet(folder / "results.parquet")["cell_id"].nunique() >= 1
