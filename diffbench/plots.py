@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 
@@ -174,9 +175,22 @@ def throughput(frame: pd.DataFrame, path: Path) -> Path:
         axes[2].legend_.remove()
         axes[2].set(xscale="log", yscale="log", ylabel="ms per sample (p50)", title="single-sample latency")
     axes[0].legend(fontsize=7)
+    trials = sorted(set(data["trials"]) | set(single["trials"]))
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.set_xticks(trials, [str(t) for t in trials])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        if ax.get_yscale() == "log":  # plain numbers, not powers of ten
+            low, high = ax.get_ylim()
+            plain = plain_log_labels((1, 2, 3, 4, 5, 6, 7, 8, 9) if high / low < 10 else (1, 2, 5))
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
     return save(fig, path)
+
+
+def plain_log_labels(leading: tuple[int, ...]) -> matplotlib.ticker.Formatter:
+    """Label a log axis's ticks as plain numbers, only those whose leading digit is in ``leading``."""
+    return matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if int(f"{v:e}"[0]) in leading else "")
 
 
 def decision_regions(regions: pd.DataFrame, points: pd.DataFrame, path: Path) -> Path:
