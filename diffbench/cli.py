@@ -288,6 +288,8 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
         )
     except ResumeError as exc:
         raise InputError(str(exc)) from None
+    except runner.ExecutorError as exc:
+        raise InputError(str(exc)) from None
     except KeyboardInterrupt:
         log(f"interrupted: every finished cell is saved in {out}; finish the run with: diffbench run --resume {out}")
         sys.exit(130)

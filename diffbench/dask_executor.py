@@ -79,7 +79,13 @@ def connect(workers: int | None, scheduler: str | None, threads: int | None, plu
     from distributed import Client, LocalCluster
 
     if scheduler:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler)
+        except (OSError, ValueError) as exc:  # unreachable (after dask's connect timeout) or malformed
+            raise runner.ExecutorError(
+                f"cannot reach the dask scheduler at {scheduler!r} ({exc}); start one with `dask scheduler` "
+                "and give the address it prints, or drop --scheduler for a local cluster"
+            ) from None
     else:
         workers = workers or max(1, min(4, os.cpu_count() or 1))
         threads = threads or max(1, (os.cpu_count() or 1) // workers)

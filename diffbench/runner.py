@@ -42,6 +42,10 @@ class PluginOutputError(RuntimeError):
     """A plugin returned something that breaks the contract."""
 
 
+class ExecutorError(RuntimeError):
+    """The executor cannot start (an unreachable dask scheduler, say)."""
+
+
 def check_splits(splits: Any, name: str) -> Splits:
     where = f"dataset '{name}' load()"
     if not isinstance(splits, Splits):

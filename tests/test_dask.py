@@ -52,3 +52,18 @@ def test_dask_options_need_the_dask_executor(cli, tmp_path):
     result = cli("run", "--workers", "2", "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert error_lines(result) == ["diffbench: error: --workers and --scheduler need --executor dask"]
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:1", "tcp://127.0.0.1:notaport"], ids=["unreachable", "malformed"])
+def test_an_unreachable_scheduler_is_one_line(cli, tmp_path, address):
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        result = cli("run", "--trials", "1", "--executor", "dask", "--scheduler", address, "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    (line,) = [line for line in error_lines(result) if line.startswith("diffbench: error:")]
+    assert line == error_lines(result)[-1]
+    assert line.startswith(f"diffbench: error: cannot reach the dask scheduler at '{address}' (")
+    assert line.endswith(
+        "start one with `dask scheduler` and give the address it prints, or drop --scheduler for a local cluster"
+    )
