@@ -268,6 +268,8 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
         if missing:
             raise InputError(missing)
     out = out or Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out '{out}' is a file, not a folder; give a folder for the run's results")
     if resume is None and ((out / results.TABLE).exists() or (out / "run.json").exists()):
         raise InputError(f"'{out}' already holds a run; choose another --out, or finish it with --resume {out}")
     try:

@@ -72,7 +72,7 @@ class RunFolder:
         except (OSError, json.JSONDecodeError) as exc:
             raise ResumeError(f"'{path}' is unreadable ({exc}); start a new run with another --out") from None
 
-    def start(self, settings: dict[str, Any], resume: bool) -> None:
+    def start(self, settings: dict[str, Any], resume: bool, log=print) -> None:
         """Record the settings of a new run, or check that a resumed run's match; load finished cells."""
         settings = json.loads(json.dumps(settings, default=str))
         if resume:
@@ -84,24 +84,37 @@ class RunFolder:
                     f"cannot resume '{self.path}': its settings differ ({describe_differences(old, settings)}); "
                     "resume with the same settings, or start a new run with another --out"
                 )
-            self.load()
+            self.load(log)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             text = json.dumps(settings, indent=2)
             results.replace_atomically(self.path / SETTINGS, lambda tmp: Path(tmp).write_text(text))
 
     # cells ------------------------------------------------------------------------------
-    def load(self) -> None:
-        """Read every finished cell saved so far (a file is there only once complete)."""
+    def load(self, log=print) -> None:
+        """Read every finished cell saved so far (a file is there only once complete).
+
+        A cell whose files cannot be read (damaged after the run wrote them) is said in one
+        line, its files are renamed ``*.unreadable``, and it counts as missing: it runs again.
+        """
         if not self.cells_dir.is_dir():
             return
         for path in sorted(self.cells_dir.glob("*.parquet")):
             if path.name.endswith(".bins.parquet"):
                 continue
             ident = path.name[: -len(".parquet")]
-            self.rows[ident] = pd.read_parquet(path).to_dict("records")
             bins = self.cells_dir / f"{ident}.bins.parquet"
-            self.bins[ident] = pd.read_parquet(bins).to_dict("records") if bins.is_file() else []
+            try:
+                rows = pd.read_parquet(path).to_dict("records")
+                self.bins[ident] = pd.read_parquet(bins).to_dict("records") if bins.is_file() else []
+            except Exception as exc:  # pyarrow raises its own types for damaged files
+                self.bins.pop(ident, None)
+                for damaged in (path, bins):
+                    if damaged.is_file():
+                        damaged.replace(damaged.with_name(damaged.name + ".unreadable"))
+                log(f"cell {ident} in {self.cells_dir} is unreadable ({type(exc).__name__}: {exc}); it runs again")
+                continue
+            self.rows[ident] = rows
 
     def finished(self) -> set[str]:
         """Ids of cells that finished with status ok (failed cells run again on resume)."""

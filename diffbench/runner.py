@@ -515,7 +515,7 @@ def run(
     """Measure every cell not yet finished in ``out``, saving each as it finishes; returns the table."""
     folder = rundir.RunFolder(out)
     settings = {"suite": suite.to_dict(), "devices": sorted({c.device for c in cells}), "checkpoint": checkpoint}
-    folder.start(settings, resume)
+    folder.start(settings, resume, log)
     log(f"running {len(cells)} cells on {', '.join(settings['devices'])}; results go to {out}")
     tune_cpu_allocator()
     order = [identity(c, suite)["cell_id"] for c in cells]

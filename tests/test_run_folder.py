@@ -51,6 +51,30 @@ def test_resume_runs_only_the_missing_cells(cli, tmp_path):
     pd.testing.assert_frame_equal(offline_accuracy(folder), reference)
 
 
+def test_resume_reruns_a_damaged_cell_file_and_says_so(cli, tmp_path):
+    suite = write_suite(tmp_path / "tiny.toml", trials=[1, 2], max_time_s=0.2)
+    folder, args = tmp_path / "run", ["--cache", tmp_path / "c", "--no-plots"]
+    assert cli("run", "--suite", suite, "--out", folder, *args).exit_code == 0
+    reference = offline_accuracy(folder)
+    damaged = folder / "cells" / f"{reference['cell_id'].iloc[0]}.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    result = cli("run", "--resume", folder, *args)
+    assert result.exit_code == 0, result.output
+    assert f"cell {damaged.stem} in {folder / 'cells'} is unreadable (" in result.stderr
+    assert "it runs again" in result.stderr and "1 of 2 cells already finished" in result.stderr
+    assert damaged.with_name(damaged.name + ".unreadable").is_file()
+    pd.testing.assert_frame_equal(offline_accuracy(folder), reference)
+
+
+def test_out_must_be_a_folder(cli, tmp_path):
+    (tmp_path / "file").write_text("")
+    result = cli("run", "--out", tmp_path / "file")
+    assert result.exit_code == 2
+    assert error_lines(result)[-1] == (
+        f"diffbench: error: --out '{tmp_path / 'file'}' is a file, not a folder; give a folder for the run's results"
+    )
+
+
 def test_resume_refuses_other_settings_with_one_line(cli, tmp_path):
     suite = write_suite(tmp_path / "tiny.toml", trials=[1], max_time_s=0.2)
     folder = tmp_path / "run"
