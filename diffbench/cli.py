@@ -27,7 +27,7 @@ from diffbench.suite import (
     resolve_devices,
     suite_from_dict,
 )
-from diffbench.training import CheckpointError, default_cache_dir
+from diffbench.training import CheckpointError, default_cache_dir, read_state_dict
 
 INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError, ResumeError)
 
@@ -261,6 +261,10 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
             raise InputError("--checkpoint holds one model: select exactly one denoiser (-m NAME[params])")
         if not checkpoint.is_file():
             raise InputError(f"checkpoint '{checkpoint}' does not exist")
+        try:  # unreadable: one line before anything runs (whether it fits the denoiser is checked once built)
+            read_state_dict(checkpoint)
+        except CheckpointError as exc:
+            raise InputError(str(exc)) from None
     if executor == "dask":
         from diffbench import dask_executor
 

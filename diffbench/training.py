@@ -220,20 +220,37 @@ class CheckpointError(ValueError):
     """A checkpoint file is unreadable or does not fit the denoiser it was given for."""
 
 
-def load_checkpoint(module: torch.nn.Module, path: Path, what: str) -> torch.nn.Module:
-    """Load a state dict (``weights_only=True``: no pickle code runs) that must fit ``module`` exactly."""
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint file's state dict, loaded with ``weights_only=True`` (no pickle code runs)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint '{path}' does not exist") from None
     except Exception as exc:
         raise CheckpointError(
-            f"checkpoint '{path}' cannot be read as a weights-only state dict ({type(exc).__name__}: {exc})"
+            f"checkpoint '{path}' cannot be read as a weights-only state dict ({type(exc).__name__}: "
+            f"{load_failure(exc)}); save it with torch.save(module.state_dict(), path)"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint '{path}' is not a state dict of tensors (save module.state_dict())")
+    return state
+
+
+def load_failure(exc: Exception) -> str:
+    """The informative line of torch.load's error (its weights-only failures are paragraphs of advice)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return detail or (lines[i + 1] if i + 1 < len(lines) else line)
+    return lines[0][:200] if lines else "no detail"
+
+
+def load_checkpoint(module: torch.nn.Module, path: Path, what: str) -> torch.nn.Module:
+    """Load a state dict (``weights_only=True``: no pickle code runs) that must fit ``module`` exactly."""
+    state = read_state_dict(path)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -3,8 +3,10 @@
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from conftest import error_lines, write_suite
 from filelock import FileLock
 
 from diffbench import plugins
@@ -180,3 +182,65 @@ def test_two_callers_at_once_train_the_model_only_once(tmp_path):
 def test_bad_train_settings(bad):
     with pytest.raises(ValueError, match="training needs"):
         TrainSettings(**bad)
+
+
+# bring your own model: `diffbench run --checkpoint PATH` -------------------------------------------------------
+
+
+def offline(folder: Path):
+    frame = pd.read_parquet(folder / "results.parquet")
+    return frame[frame["scenario"] == "offline"].sort_values("trials").reset_index(drop=True)
+
+
+def test_a_given_checkpoint_is_benchmarked_without_training(cli, tmp_path):
+    suite = write_suite(tmp_path / "tiny.toml", max_time_s=0.2)
+    assert (
+        cli("run", "--suite", suite, "--out", tmp_path / "cached", "--cache", tmp_path / "c", "--no-plots").exit_code
+        == 0
+    )
+    (trained,) = (tmp_path / "c").glob("*.pt")
+    mine = tmp_path / "my_model.pt"
+    mine.write_bytes(trained.read_bytes())
+    args = ["--suite", suite, "--checkpoint", mine, "--no-cache", "--no-plots", "--out", tmp_path / "mine"]
+    result = cli("run", *args)
+    assert result.exit_code == 0, result.output
+    assert f"loaded weights from {mine}" in result.stderr and "trained in" not in result.stderr
+    a, b = offline(tmp_path / "cached"), offline(tmp_path / "mine")
+    assert (b["train_s"] == 0).all() and not b["cache_hit"].any()
+    assert a["accuracy"].tolist() == b["accuracy"].tolist()
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_tensors(cli, tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save(denoiser(width=8).build((2,), 2).state_dict(), other)
+    suite = write_suite(tmp_path / "tiny.toml", trials=[1], max_time_s=0.2)
+    result = cli("run", "--suite", suite, "--checkpoint", other, "--no-plots", "--out", tmp_path / "run")
+    assert result.exit_code == 1
+    assert f"checkpoint '{other}' does not fit " in result.stderr
+    assert "shape mismatch: " in result.stderr and "(checkpoint [8, " in result.stderr
+    assert "give the denoiser the params it was trained with" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"\x00garbage", "cannot be read as a weights-only state dict ("),
+        ({"step": 3}, "is not a state dict of tensors (save module.state_dict())"),
+    ],
+    ids=["garbage", "not-tensors"],
+)
+def test_an_unreadable_checkpoint_is_one_line_before_anything_runs(cli, tmp_path, content, reason):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content) if isinstance(content, bytes) else torch.save(content, path)
+    result = cli("run", "-m", "mlp", "--checkpoint", path, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    (line,) = [line for line in error_lines(result) if "CUDA" not in line]
+    assert line.startswith(f"diffbench: error: checkpoint '{path}' {reason}")
+    assert "\n" not in line and "PyTorch 2.6" not in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_needs_exactly_one_denoiser(cli, tmp_path):
+    result = cli("run", "-m", "mlp", "-m", "resmlp", "--checkpoint", tmp_path / "x.pt", "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "--checkpoint holds one model: select exactly one denoiser" in result.stderr
