@@ -186,26 +186,29 @@ def find_regressions(comparison: Comparison, pct: float) -> list[str]:
 
 
 def format_comparison(comparison: Comparison) -> str:
-    """The comparison as text: what all cells share, the side-by-side table, counts and unmatched cells."""
+    """The comparison as text: what all cells share, a side-by-side table per scenario, counts, unmatched cells.
+
+    Each table shows the speed metrics measured in its scenario (samples/s offline; latency
+    p50 and p90 one sample at a time).
+    """
     table = comparison.table
-    shown = pd.DataFrame({c: table[c] for c in comparison.key if c not in comparison.constant})
-    shown["acc A"] = table["accuracy_a"].map("{:.3f}".format)
-    shown["acc B"] = table["accuracy_b"].map("{:.3f}".format)
-    shown["B-A"] = table["accuracy_diff"].map("{:+.3f}".format)
-    shown["accuracy"] = table["accuracy_verdict"]
-    counts = [verdict_counts("accuracy", table["accuracy_verdict"])]
-    for metric, _, short in SPEED_METRICS:
-        if f"{metric}_verdict" not in table:
-            continue
-        shown[f"{short} A"] = table[f"{metric}_a"].map("{:,.1f}".format if "latency" in metric else "{:,.0f}".format)
-        shown[f"{short} B"] = table[f"{metric}_b"].map("{:,.1f}".format if "latency" in metric else "{:,.0f}".format)
-        shown[f"{short} B/A"] = table[f"{metric}_ratio"].map("{:.2f}x".format)
-        shown[short] = table[f"{metric}_verdict"]
-        counts.append(verdict_counts(short, table[f"{metric}_verdict"]))
+    varying = [c for c in comparison.key if c not in comparison.constant]
     lines = []
     if comparison.constant:
         lines.append("all cells: " + ", ".join(f"{k}={v}" for k, v in comparison.constant.items()))
-    lines += [shown.to_string(index=False), "", f"{len(table)} cells compared: " + "; ".join(counts)]
+    by_scenario = "scenario" in varying
+    blocks = table.groupby("scenario", sort=False) if by_scenario else [(None, table)]
+    for scenario, block in blocks:
+        if scenario is not None:
+            lines += ["", f"scenario: {scenario}"]
+        lines.append(side_by_side(block, [c for c in varying if c != "scenario"]).to_string(index=False))
+    counts = [verdict_counts("accuracy", table["accuracy_verdict"])]
+    counts += [
+        verdict_counts(short, table[f"{metric}_verdict"])
+        for metric, _, short in SPEED_METRICS
+        if f"{metric}_verdict" in table and (table[f"{metric}_verdict"] != NOT_MEASURED).any()
+    ]
+    lines += ["", f"{len(table)} cells compared: " + "; ".join(counts)]
     for label, names in (
         ("only in A", comparison.only_a),
         ("only in B", comparison.only_b),
@@ -217,5 +220,30 @@ def format_comparison(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(block: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The text table of some compared cells: their key columns, accuracy, and each speed metric measured."""
+    shown = block[columns].copy()
+    shown["acc A"] = block["accuracy_a"].map("{:.3f}".format)
+    shown["acc B"] = block["accuracy_b"].map("{:.3f}".format)
+    shown["B-A"] = block["accuracy_diff"].map("{:+.3f}".format)
+    shown["accuracy"] = block["accuracy_verdict"]
+    for metric, _, short in SPEED_METRICS:
+        if f"{metric}_verdict" not in block or (block[f"{metric}_verdict"] == NOT_MEASURED).all():
+            continue
+        number = latency_text if "latency" in metric else "{:,.0f}".format
+        shown[f"{short} A"] = block[f"{metric}_a"].map(number)
+        shown[f"{short} B"] = block[f"{metric}_b"].map(number)
+        shown[f"{short} B/A"] = block[f"{metric}_ratio"].map("{:.2f}x".format)
+        shown[short] = block[f"{metric}_verdict"]
+    return shown
+
+
+def latency_text(ms: float) -> str:
+    """Milliseconds to three significant figures (0.240, 19.4; whole from 100: 1,250)."""
+    return f"{ms:,.0f}" if abs(ms) >= 100 else f"{ms:#.3g}"
+
+
 def verdict_counts(metric: str, verdicts: pd.Series) -> str:
-    return f"{metric} " + ", ".join(f"{n} {verdict}" for verdict, n in verdicts.value_counts(sort=False).items())
+    """'samples/s 3 faster, 2 same (within noise)': how often each verdict came, not counting n/a."""
+    counts = verdicts[verdicts != NOT_MEASURED].value_counts(sort=False)
+    return f"{metric} " + ", ".join(f"{n} {verdict}" for verdict, n in counts.items())

@@ -128,6 +128,17 @@ def test_cells_key_on_scenario_dtype_and_compile_when_present():
     assert (table["samples_per_s_verdict"] == "same (within noise)").all()
 
 
+def test_the_text_has_one_table_per_scenario_with_its_own_speed_metrics():
+    latency = {"latency_p50_ms": 0.24, "latency_p90_ms": 0.3, "latency_iqr_ms": 0.01}
+    runs = [cell(scenario="offline", speed=1000.0), cell(scenario="single", iqr=float("nan"), **latency)]
+    text = format_comparison(compared(runs, runs))
+    offline, single = text.split("scenario: offline\n")[1].split("scenario: single\n")
+    assert "samples/s B/A" in offline and "p50 ms" not in offline
+    assert "p50 ms B/A" in single and "samples/s" not in single.split("\n\n")[0]
+    assert " 0.240 " in single  # latency to three significant figures
+    assert "samples/s 1 same (within noise); p50 ms 1 same (within noise)" in text  # n/a is not counted
+
+
 def test_a_run_without_the_scenario_column_matches_the_offline_cells():
     newer = [cell(scenario="offline", speed=1000.0), cell(scenario="single", speed=50.0)]
     comparison = compared([cell(speed=1000.0)], newer)
