@@ -73,7 +73,7 @@ def test_diffbench_run_end_to_end(tmp_path):
         'denoisers = ["mlp[width=16,depth=1]"]\n'
         'estimators = ["midrange", "shared-noise"]\n'
         'trials = [1]\ntimesteps = 100\ndevices = ["cpu"]\nrepeats = 1\nscenarios = ["offline"]\n'
-        '[train]\nsteps = 20\n'
+        "[train]\nsteps = 20\n"
     )
     out = tmp_path / "run"
     args = ["run", "--suite", suite, "--cache", tmp_path / "cache", "--out", out, "--no-plots"]
