@@ -292,9 +292,7 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
             threads=opts["threads"],
             plugin_specs=ctx.parent.params.get("plugin_specs", ()),
         )
-    except ResumeError as exc:
-        raise InputError(str(exc)) from None
-    except runner.ExecutorError as exc:
+    except (ResumeError, runner.ExecutorError) as exc:
         raise InputError(str(exc)) from None
     except KeyboardInterrupt:
         log(f"interrupted: every finished cell is saved in {out}; finish the run with: diffbench run --resume {out}")
