@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
@@ -104,7 +105,7 @@ def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
     defaults = Suite()
     for key, value in data.items():
         if key not in known:
-            raise SuiteError(f"{where}: unknown key '{key}'; known keys: {', '.join(known)}")
+            raise SuiteError(f"{where}: unknown key '{key}'{did_you_mean(key, known)}; known keys: {', '.join(known)}")
         default = getattr(defaults, key)
         if key == "train":
             value = check_train_table(value, where)
@@ -128,6 +129,12 @@ def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
     return suite
 
 
+def did_you_mean(word: str, known) -> str:
+    """ "; did you mean 'x'?" for the closest known word, or ''."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def check_train_table(table: Any, where: str) -> dict[str, Any]:
     """Validate a [train] table: TrainSettings keys, or sub-tables of them per denoiser name."""
     if not isinstance(table, dict):
@@ -135,10 +142,10 @@ def check_train_table(table: Any, where: str) -> dict[str, Any]:
     known = {f.name for f in fields(TrainSettings)}
     for key, value in table.items():
         sub = value if isinstance(value, dict) else {key: value}
-        bad = set(sub) - known
+        bad = sorted(set(sub) - known)
         if bad:
             raise SuiteError(
-                f"{where}: unknown [train] key(s) {sorted(bad)}; known: {sorted(known)} "
+                f"{where}: unknown [train] key(s) {bad}{did_you_mean(bad[0], known)}; known: {sorted(known)} "
                 "(or a [train.<denoiser>] table of them)"
             )
         try:
