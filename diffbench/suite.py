@@ -105,7 +105,7 @@ def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
     defaults = Suite()
     for key, value in data.items():
         if key not in known:
-            raise SuiteError(f"{where}: unknown key '{key}'{did_you_mean(key, known)}; known keys: {', '.join(known)}")
+            raise SuiteError(f"{where}: unknown key '{key}'{did_you_mean(key, known)} (known keys: {', '.join(known)})")
         default = getattr(defaults, key)
         if key == "train":
             value = check_train_table(value, where)
@@ -132,7 +132,7 @@ def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
 def did_you_mean(word: str, known) -> str:
     """ "; did you mean 'x'?" for the closest known word, or ''."""
     close = difflib.get_close_matches(word, list(known), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def check_train_table(table: Any, where: str) -> dict[str, Any]:
@@ -145,8 +145,8 @@ def check_train_table(table: Any, where: str) -> dict[str, Any]:
         bad = sorted(set(sub) - known)
         if bad:
             raise SuiteError(
-                f"{where}: unknown [train] key(s) {bad}{did_you_mean(bad[0], known)}; known: {sorted(known)} "
-                "(or a [train.<denoiser>] table of them)"
+                f"{where}: unknown [train] key(s) {bad}{did_you_mean(bad[0], known)} "
+                f"(known: {', '.join(sorted(known))}, or a [train.<denoiser>] table of them)"
             )
         try:
             TrainSettings(**sub)

@@ -97,7 +97,10 @@ class TestSuites:
     @pytest.mark.parametrize(
         ("data", "match"),
         [
-            ({"estimator": ["full-mc"]}, r"unknown key 'estimator' \(did you mean 'estimators'\?\)"),
+            (
+                {"estimator": ["full-mc"]},
+                r"unknown key 'estimator'; did you mean 'estimators'\? \(known keys: datasets, ",
+            ),
             ({"trials": [1, -2]}, "trials must be positive"),
             ({"trials": [0]}, "trials must be positive"),
             ({"trials": []}, "non-empty list"),
@@ -106,7 +109,10 @@ class TestSuites:
             ({"seed": -1}, "seed >= 0"),
             ({"repeats": True}, "'repeats' must be int"),
             ({"datasets": [1]}, "list of selector strings"),
-            ({"train": {"stepz": 10}}, r"unknown \[train\] key\(s\) \['stepz'\] \(did you mean 'steps'\?\)"),
+            (
+                {"train": {"stepz": 10}},
+                r"unknown \[train\] key\(s\) \['stepz'\]; did you mean 'steps'\? \(known: batch_size, lr, steps, or",
+            ),
             ({"train": {"steps": 0}}, r"bad \[train\] settings"),
             ({"train": {"mlp": {"lr": -1.0}}}, r"bad \[train\] settings"),
             ({"train": 5}, r"\[train\] must be a table"),
