@@ -9,6 +9,7 @@ reduces each chunk to per-row errors. The helpers here (``class_errors``,
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -90,14 +91,33 @@ def diffuse(model: diffbench.ConditionalModel, x0: torch.Tensor, t: torch.Tensor
     """``q_sample`` on the model's schedule: sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, in fewer passes.
 
     ``t`` matches the leading dims of ``eps``; ``x0`` broadcasts against ``eps``. The same
-    arithmetic as ``diffbench.schedule.q_sample`` (bit for bit), gathered with one flat index.
+    arithmetic as ``diffbench.schedule.q_sample`` (bit for bit): the square roots come from
+    per-model tables over all T timesteps, gathered with one flat index.
     """
+    signal_table, noise_table = diffusion_tables(model, eps.dtype)
     flat = t.reshape(-1)
     view = (*t.shape, *([1] * (eps.dim() - t.dim())))
-    abar = model.alphas_cumprod.index_select(0, flat).to(eps.dtype)
-    signal = abar.sqrt().view(view)
-    noise = abar.neg_().add_(1).sqrt_().view(view)
+    signal = signal_table.index_select(0, flat).view(view)
+    noise = noise_table.index_select(0, flat).view(view)
     return torch.mul(signal, x0).add_(noise * eps)  # not addcmul_: its fused multiply-add rounds differently
+
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def diffusion_tables(model: diffbench.ConditionalModel, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sqrt(abar)`` and ``sqrt(1 - abar)`` over all timesteps in ``dtype``, made once per model.
+
+    Remade if the model's ``alphas_cumprod`` is replaced. Elementwise, so gathering from them
+    equals taking the roots of gathered values, bit for bit.
+    """
+    abar = model.alphas_cumprod
+    cached = _TABLES.get(model, {}).get(dtype)
+    if cached is None or cached[0] is not abar:
+        scaled = abar.to(dtype)
+        cached = (abar, scaled.sqrt(), scaled.neg().add_(1).sqrt_())
+        _TABLES.setdefault(model, {})[dtype] = cached
+    return cached[1], cached[2]
 
 
 CACHED_INDEX_ROWS = 2**20  # index tensors up to this long are kept between passes (8 MiB each)

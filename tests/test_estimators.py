@@ -133,3 +133,19 @@ def test_eps_rejects_mismatched_shapes(recorder_model):
 def test_model_rejects_a_non_positive_max_batch():
     with pytest.raises(ValueError, match="max_batch"):
         make_model(Recorder(), max_batch=0)
+
+
+def test_diffuse_is_q_sample_bit_for_bit_and_follows_a_replaced_schedule():
+    from diffbench_plugins.monte_carlo import diffuse
+
+    from diffbench.schedule import NoiseSchedule, q_sample
+
+    model = make_model(Recorder(dim=2, num_classes=3))
+    g = gen(0)
+    x0, t = torch.randn(4, 1, 2, generator=g), torch.randint(0, 1000, (4, 6), generator=g)
+    eps = torch.randn(4, 6, 2, generator=g)
+    assert torch.equal(diffuse(model, x0, t, eps), q_sample(model.alphas_cumprod, x0, t, eps))
+    model.alphas_cumprod = NoiseSchedule("cosine", 1000).alphas_cumprod  # its square-root tables are remade
+    assert torch.equal(diffuse(model, x0, t, eps), q_sample(model.alphas_cumprod, x0, t, eps))
+    half = eps.half()
+    assert torch.equal(diffuse(model, x0.half(), t, half), q_sample(model.alphas_cumprod, x0.half(), t, half))
