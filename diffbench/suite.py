@@ -130,7 +130,7 @@ def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
 
 
 def did_you_mean(word: str, known) -> str:
-    """ "; did you mean 'x'?" for the closest known word, or ''."""
+    """The hint "; did you mean 'x'?" for the closest known word, or an empty string."""
     close = difflib.get_close_matches(word, list(known), n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
 
