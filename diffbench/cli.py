@@ -259,9 +259,7 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
     if checkpoint is not None:
         if len({repr(c.denoiser) for c in cells}) != 1:
             raise InputError("--checkpoint holds one model: select exactly one denoiser (-m NAME[params])")
-        if not checkpoint.is_file():
-            raise InputError(f"checkpoint '{checkpoint}' does not exist")
-        try:  # unreadable: one line before anything runs (whether it fits the denoiser is checked once built)
+        try:  # missing or unreadable: one line before anything runs (whether it fits is checked once built)
             read_state_dict(checkpoint)
         except CheckpointError as exc:
             raise InputError(str(exc)) from None

@@ -106,15 +106,14 @@ class RunFolder:
             bins = self.cells_dir / f"{ident}.bins.parquet"
             try:
                 rows = pd.read_parquet(path).to_dict("records")
-                self.bins[ident] = pd.read_parquet(bins).to_dict("records") if bins.is_file() else []
+                cell_bins = pd.read_parquet(bins).to_dict("records") if bins.is_file() else []
             except Exception as exc:  # pyarrow raises its own types for damaged files
-                self.bins.pop(ident, None)
                 for damaged in (path, bins):
                     if damaged.is_file():
                         damaged.replace(damaged.with_name(damaged.name + ".unreadable"))
                 log(f"cell {ident} in {self.cells_dir} is unreadable ({type(exc).__name__}: {exc}); it runs again")
                 continue
-            self.rows[ident] = rows
+            self.rows[ident], self.bins[ident] = rows, cell_bins
 
     def finished(self) -> set[str]:
         """Ids of cells that finished with status ok (failed cells run again on resume)."""

@@ -244,3 +244,9 @@ def test_a_checkpoint_needs_exactly_one_denoiser(cli, tmp_path):
     result = cli("run", "-m", "mlp", "-m", "resmlp", "--checkpoint", tmp_path / "x.pt", "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert "--checkpoint holds one model: select exactly one denoiser" in result.stderr
+
+
+def test_a_missing_checkpoint_is_one_line(cli, tmp_path):
+    result = cli("run", "-m", "mlp", "--checkpoint", tmp_path / "none.pt", "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert error_lines(result)[-1] == f"diffbench: error: checkpoint '{tmp_path / 'none.pt'}' does not exist"
