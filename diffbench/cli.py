@@ -11,7 +11,9 @@ from pathlib import Path
 import click
 import torch
 
-from diffbench import plugins, results
+from diffbench import plugins, provenance, results
+from diffbench.atomic import replace_atomically
+from diffbench.batch_size import parse_batch_size
 from diffbench.compare import CompareError, compare_runs, find_regressions, format_comparison
 from diffbench.contract import ParamError
 from diffbench.rundir import ResumeError, RunFolder
@@ -166,14 +168,6 @@ def split_list(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()] if text else None
 
 
-def batch_size_option(text: str | None) -> int | str | None:
-    if text is None or text == "auto":
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise SuiteError(f"--batch-size must be a positive integer or auto, got '{text}'")
-    return int(text)
-
-
 def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str], list]:
     """Suite (built-in, file or ``base``, overridden by the command line), devices and cells.
 
@@ -192,7 +186,7 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
             "seed": opts["seed"],
             "repeats": opts["repeats"],
             "schedule": opts["schedule"],
-            "batch_size": batch_size_option(opts["batch_size"]),
+            "batch_size": parse_batch_size(opts["batch_size"], "--batch-size") if opts["batch_size"] else None,
             "dtypes": split_list(opts["dtypes"]),
             "compile": [True] if opts["compiled"] else None,
             "scenarios": split_list(opts["scenarios"]),
@@ -243,6 +237,7 @@ def show_progress(opts: dict) -> bool:
 def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no_plots, **opts) -> None:
     """Run a benchmark grid (default: the built-in quick suite) and write table and plots."""
     from diffbench import runner
+    from diffbench.executor import ExecutorError, LocalExecutor
 
     if executor == "local" and (workers or scheduler):
         raise InputError("--workers and --scheduler need --executor dask")
@@ -269,35 +264,34 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
         missing = dask_executor.missing_dependency()
         if missing:
             raise InputError(missing)
+        plugin_specs = ctx.parent.params.get("plugin_specs", ())
+        running = dask_executor.DaskExecutor(workers, scheduler, opts["threads"], plugin_specs, log)
+    else:
+        running = LocalExecutor()
     out = out or Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out '{out}' is a file, not a folder; give a folder for the run's results")
-    if resume is None and ((out / results.TABLE).exists() or (out / "run.json").exists()):
+    if resume is None and RunFolder(out).holds_run():
         raise InputError(f"'{out}' already holds a run; choose another --out, or finish it with --resume {out}")
     try:
         frame = runner.run(
             suite,
             cells,
             out,
+            running,
             cache_folder(opts, no_cache),
             progress=show_progress(opts),
             log=log,
             checkpoint=checkpoint,
             resume=resume is not None,
-            executor=executor,
-            workers=workers,
-            scheduler=scheduler,
-            threads=opts["threads"],
-            plugin_specs=ctx.parent.params.get("plugin_specs", ()),
         )
-    except (ResumeError, runner.ExecutorError) as exc:
+    except (ResumeError, ExecutorError) as exc:
         raise InputError(str(exc)) from None
     except KeyboardInterrupt:
         log(f"interrupted: every finished cell is saved in {out}; finish the run with: diffbench run --resume {out}")
         sys.exit(130)
     if frame.empty:
         raise click.ClickException("no cell ran: every dataset x denoiser pair was skipped (see above)")
-    (out / "suite.json").write_text(json.dumps(suite.to_dict(), indent=2, default=str))
     if not no_plots:
         from diffbench import plots
 
@@ -334,9 +328,10 @@ def resumed_suite(folder: Path) -> Suite:
 def train(**opts) -> None:
     """Train (or confirm cached) every model a grid needs, without classifying."""
     from diffbench import runner
+    from diffbench.executor import LocalExecutor
 
     suite, _, cells = build_grid(opts)
-    failed = runner.train_only(suite, cells, cache_folder(opts), progress=show_progress(opts), log=log)
+    failed = runner.train_only(suite, cells, LocalExecutor(), cache_folder(opts), progress=show_progress(opts), log=log)
     if failed:
         raise click.ClickException(f"{failed} model(s) failed to train (see above)")
 
@@ -344,7 +339,7 @@ def train(**opts) -> None:
 @main.command()
 def env() -> None:
     """Print the provenance block that every result row records."""
-    for key, value in results.provenance().items():
+    for key, value in provenance.provenance().items():
         click.echo(f"{key:<20} {value}")
 
 
@@ -389,7 +384,7 @@ def compare_command(run_a: Path, run_b: Path, out: Path | None, regression_pct: 
     click.echo(f"A = {run_a}, B = {run_b}")
     click.echo(format_comparison(comparison))
     if out is not None:
-        results.replace_atomically(out, lambda tmp: comparison.table.to_csv(tmp, index=False))
+        replace_atomically(out, lambda tmp: comparison.table.to_csv(tmp, index=False))
         click.echo(f"table: {out}")
     if regression_pct is not None:
         regressed = find_regressions(comparison, regression_pct)

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-IDENTITY = ["dataset_label", "denoiser_label", "estimator_label", "trials", "device", "seed"]
-OLDER_RUNS_MEASURED = {"scenario": "offline", "dtype": "float32", "compile": False}
+from diffbench.cell import KEY
+
+OLDER_RUNS_MEASURED = {"scenario": "offline", "dtype": "float32", "compile": False}  # before these columns were
+IDENTITY = [k for k in (*KEY, "scenario") if k not in OLDER_RUNS_MEASURED]  # in every run's table
 Z_95 = 1.959963984540054
 ALWAYS_SHOWN = ("estimator_label", "trials")  # in every cell name, even where all cells share them
 SAME_ACCURACY = "same"

@@ -9,6 +9,17 @@ import torch
 CALIBRATION_BINS = 15
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (well behaved at 0 and 1)."""
+    if n == 0:
+        return math.nan, math.nan
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def log_probs(errors: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log p(c | x) = log softmax(-errors / temperature): lower error, higher probability."""
     return torch.log_softmax(-errors.double() / temperature, dim=1)

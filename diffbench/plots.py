@@ -115,15 +115,23 @@ def reliability(bins: pd.DataFrame, path: Path) -> Path:
 
 
 def truncation_windows(frame: pd.DataFrame, path: Path) -> Path | None:
-    """Accuracy of `truncated` over t_min x t_max at its largest trials: which timesteps carry the class."""
+    """Accuracy over t_min x t_max at the largest trials, for every estimator whose window varies in the run.
+
+    Which estimators have a timestep window is read from the table (``p_estimator_t_min`` and
+    ``p_estimator_t_max`` set), not from their names: a plugin's windowed estimator gets the plot too.
+    """
     cols = ["p_estimator_t_min", "p_estimator_t_max"]
-    data = frame[frame["estimator"] == "truncated"] if set(cols) <= set(frame.columns) else frame.iloc[:0]
-    keys = [k for k, g in data.groupby(PANEL, sort=False) if g[cols[0]].nunique() > 1 or g[cols[1]].nunique() > 1]
+    data = frame.dropna(subset=cols) if set(cols) <= set(frame.columns) else frame.iloc[:0]
+    keys = [
+        k
+        for k, g in data.groupby([*PANEL, "estimator"], sort=False)
+        if g[cols[0]].nunique() > 1 or g[cols[1]].nunique() > 1
+    ]
     if not keys:
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.5), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
-        panel = data.set_index(PANEL).loc[[key]]
+        panel = data.set_index([*PANEL, "estimator"]).loc[[key]]
         panel = panel[(panel["trials"] == panel["trials"].max()) & (panel["device"] == panel["device"].iloc[0])]
         table = panel.pivot_table(index=cols[0], columns=cols[1], values="accuracy").astype(float)
         table.index, table.columns = table.index.astype(int), table.columns.astype(int)  # NaN-free here
@@ -131,7 +139,7 @@ def truncation_windows(frame: pd.DataFrame, path: Path) -> Path | None:
         ax.set(
             xlabel="t_max",
             ylabel="t_min",
-            title=f"truncated, {int(panel['trials'].iloc[0])} trials: {key[0]} x {key[1]}",
+            title=f"{key[2]}, {int(panel['trials'].iloc[0])} trials: {key[0]} x {key[1]}",
         )
     return save(fig, path)
 

@@ -1,134 +1,36 @@
-"""The tidy results table: provenance, atomic writes, reading back and the terminal summary."""
+"""The tidy results table: its file names, derived columns, reading back and the terminal summary."""
 
 from __future__ import annotations
 
 import math
-import os
-import platform
-import subprocess
-import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
-import diffbench
+from diffbench.cell import PEER_KEY
 
 TABLE = "results.parquet"
 CSV = "results.csv"
 REGIONS = "regions.parquet"
 SAMPLES = "samples.parquet"
 RELIABILITY = "reliability.parquet"
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-BASELINE = "full-mc"  # variance_reduction is measured against this estimator in the same run
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion (well behaved at 0 and 1)."""
-    if n == 0:
-        return math.nan, math.nan
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def git_commit() -> str:
-    """The commit of the diffbench source tree, with ``-dirty`` if it has changes; '' outside git."""
-    root = Path(diffbench.__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
-            return ""
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return cpu_name()
-
-
-def provenance() -> dict[str, Any]:
-    """What every row records about the software and machine that produced it."""
-    return {
-        "diffbench_version": diffbench.__version__,
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda or "",
-        "python_version": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        **{f"env_{var.lower()}": os.environ.get(var, "") for var in THREAD_VARS},
-        "cpu_name": cpu_name(),
-        "cuda_devices": ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())),
-        "hostname": platform.node(),
-        "git_commit": git_commit(),
-        "command": " ".join(["diffbench", *sys.argv[1:]]),
-    }
 
 
 def param_columns(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
     return {f"p_{prefix}_{k}": (str(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in params.items()}
 
 
-def replace_atomically(path: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
-
-    A reader (or a run killed half-way) never sees a half-written file; the file gets the
-    usual permissions of a new file, not mkstemp's owner-only ones.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write parquet or csv atomically: never a half-written table."""
-    if path.suffix == ".csv":
-        replace_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
-    else:
-        replace_atomically(path, lambda tmp: frame.to_parquet(tmp, index=False))
-
-
 def with_variance_reduction(frame: pd.DataFrame) -> pd.DataFrame:
-    """variance_reduction = full-mc's gap_variance / this cell's, at the same pair, device, trials and seed."""
-    if "gap_variance" not in frame:
+    """variance_reduction = the baseline's gap_variance / this cell's, at the same model, device, trials and seed.
+
+    The baseline is the estimator whose rows say ``variance_baseline`` (plain Monte Carlo: the
+    estimator class's attribute of that name, recorded by the runner).
+    """
+    if not {"gap_variance", "variance_baseline"} <= set(frame.columns):
         return frame
-    keys = ["dataset_label", "denoiser_label", "device", "trials", "seed", "scenario", "dtype", "compile"]
-    keys = [k for k in keys if k in frame]
-    base = frame[(frame["estimator"] == BASELINE) & (frame["status"] == "ok")]
+    keys = [k for k in PEER_KEY if k in frame]
+    base = frame[frame["variance_baseline"].fillna(False).astype(bool) & (frame["status"] == "ok")]
     base = base.drop_duplicates(keys)[keys + ["gap_variance"]].rename(columns={"gap_variance": "_baseline"})
     merged = frame.drop(columns=["variance_reduction"], errors="ignore").merge(base, on=keys, how="left")
     merged["variance_reduction"] = merged["_baseline"] / merged["gap_variance"]

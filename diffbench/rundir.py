@@ -3,6 +3,7 @@
 Layout of ``DIR``:
 
 - ``run.json``: the settings (suite, devices, checkpoint) that ``--resume`` must match;
+- ``suite.json``: the suite that ran;
 - ``cells/<id>.parquet``: one finished cell's rows (one per scenario), written atomically
   the moment it finishes; ``cells/<id>.bins.parquet``: its reliability bins;
 - ``parts/<group>.<kind>.parquet``: figure data (samples, regions) per trained model;
@@ -12,7 +13,6 @@ Layout of ``DIR``:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,24 +20,14 @@ from typing import Any
 import pandas as pd
 
 from diffbench import results
+from diffbench.atomic import replace_atomically, write_atomic
 
 SETTINGS = "run.json"
+SUITE = "suite.json"
 
 
 class ResumeError(ValueError):
     """A run folder cannot be resumed with the settings given."""
-
-
-def cell_id(identity: dict[str, Any]) -> str:
-    """A stable name for a cell from what makes it that cell."""
-    keys = ("dataset_label", "denoiser_label", "estimator_label", "trials", "device", "seed", "dtype", "compile")
-    text = json.dumps([identity.get(k) for k in keys], default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def group_key(identity: dict[str, Any]) -> str:
-    text = json.dumps([identity.get(k) for k in ("dataset_label", "denoiser_label", "seed")], default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def describe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
@@ -63,6 +53,10 @@ class RunFolder:
         self.bins: dict[str, list[dict[str, Any]]] = {}
 
     # settings ---------------------------------------------------------------------------
+    def holds_run(self) -> bool:
+        """Whether a run has started here (its settings or its table exist)."""
+        return (self.path / SETTINGS).exists() or (self.path / results.TABLE).exists()
+
     def settings(self) -> dict[str, Any] | None:
         path = self.path / SETTINGS
         if not path.is_file():
@@ -87,8 +81,9 @@ class RunFolder:
             self.load(log)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(settings, indent=2)
-            results.replace_atomically(self.path / SETTINGS, lambda tmp: Path(tmp).write_text(text))
+            for name, data in ((SETTINGS, settings), (SUITE, settings.get("suite", {}))):
+                text = json.dumps(data, indent=2)
+                replace_atomically(self.path / name, lambda tmp, text=text: Path(tmp).write_text(text))
 
     # cells ------------------------------------------------------------------------------
     def load(self, log=print) -> None:
@@ -123,12 +118,12 @@ class RunFolder:
         """Save one cell atomically: bins first, then rows (whose presence means finished)."""
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         if bins:
-            results.write_atomic(pd.DataFrame(bins), self.cells_dir / f"{ident}.bins.parquet")
-        results.write_atomic(pd.DataFrame(rows), self.cells_dir / f"{ident}.parquet")
+            write_atomic(pd.DataFrame(bins), self.cells_dir / f"{ident}.bins.parquet")
+        write_atomic(pd.DataFrame(rows), self.cells_dir / f"{ident}.parquet")
         self.rows[ident], self.bins[ident] = rows, bins
 
     def save_part(self, group: str, kind: str, frame: pd.DataFrame) -> None:
-        results.write_atomic(frame, self.parts_dir / f"{group}.{kind}.parquet")
+        write_atomic(frame, self.parts_dir / f"{group}.{kind}.parquet")
 
     # tables -----------------------------------------------------------------------------
     def table(self, order: list[str]) -> pd.DataFrame:
@@ -140,14 +135,14 @@ class RunFolder:
     def write_tables(self, order: list[str]) -> pd.DataFrame:
         """Rebuild the results table and the figure tables from the saved parts, atomically."""
         frame = self.table(order)
-        results.write_atomic(frame, self.path / results.TABLE)
-        results.write_atomic(frame, self.path / results.CSV)
+        write_atomic(frame, self.path / results.TABLE)
+        write_atomic(frame, self.path / results.CSV)
         bins = [b for i in order for b in self.bins.get(i, [])]
         if bins:
-            results.write_atomic(pd.DataFrame(bins), self.path / results.RELIABILITY)
+            write_atomic(pd.DataFrame(bins), self.path / results.RELIABILITY)
         for kind, name in (("samples", results.SAMPLES), ("regions", results.REGIONS)):
             parts = sorted(self.parts_dir.glob(f"*.{kind}.parquet")) if self.parts_dir.is_dir() else []
             if parts:
                 merged = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-                results.write_atomic(merged, self.path / name)
+                write_atomic(merged, self.path / name)
         return frame

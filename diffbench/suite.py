@@ -13,6 +13,8 @@ import torch
 
 from diffbench import plugins, selectors
 from diffbench.acceleration import DTYPES
+from diffbench.batch_size import parse_batch_size
+from diffbench.cell import Cell
 from diffbench.contract import Plugin
 from diffbench.schedule import SCHEDULES
 from diffbench.training import TrainSettings
@@ -58,20 +60,6 @@ class Suite:
         return TrainSettings(**merged)
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One measured point of the grid; plugins are instances with validated params."""
-
-    dataset: Plugin
-    denoiser: Plugin
-    estimator: Plugin
-    trials: int
-    device: str
-    seed: int
-    dtype: str = "float32"
-    compile: bool = False
-
-
 def builtin_suites() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("diffbench.suites").iterdir() if p.name.endswith(".toml"))
 
@@ -110,8 +98,10 @@ def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
         if key == "train":
             value = check_train_table(value, where)
         elif key == "batch_size":
-            if value != "auto" and (not isinstance(value, int) or isinstance(value, bool)):
-                raise SuiteError(f"{where}: 'batch_size' must be a positive integer or \"auto\", got {value!r}")
+            try:
+                value = parse_batch_size(value, where)
+            except ValueError as exc:
+                raise SuiteError(str(exc)) from None
         elif key == "max_time_s":
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise SuiteError(f"{where}: 'max_time_s' must be a number of seconds, got {value!r}")
@@ -166,8 +156,10 @@ def check_suite(suite: Suite, where: str = "suite") -> None:
         raise SuiteError(f"{where}: unknown schedule '{suite.schedule}'; choose from {', '.join(SCHEDULES)}")
     if suite.repeats < 1 or suite.timesteps < 2 or suite.seed < 0:
         raise SuiteError(f"{where}: repeats must be >= 1, timesteps >= 2 and seed >= 0")
-    if suite.batch_size != "auto" and not (isinstance(suite.batch_size, int) and suite.batch_size >= 1):
-        raise SuiteError(f'{where}: batch_size must be a positive integer or "auto", got {suite.batch_size!r}')
+    try:
+        parse_batch_size(suite.batch_size, where)
+    except ValueError as exc:
+        raise SuiteError(str(exc)) from None
     if not suite.max_time_s > 0:
         raise SuiteError(f"{where}: max_time_s must be positive, got {suite.max_time_s}")
     for dtype in suite.dtypes:

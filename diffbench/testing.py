@@ -27,9 +27,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffbench.contract import Dataset, Denoiser, Estimator, Plugin, Splits
+from diffbench.contract import (
+    Dataset,
+    Denoiser,
+    Estimator,
+    Plugin,
+    PluginOutputError,
+    Splits,
+    check_errors,
+    check_splits,
+)
 from diffbench.model import ConditionalModel
-from diffbench.runner import PluginOutputError, check_errors, check_splits
 from diffbench.schedule import NoiseSchedule
 from diffbench.training import TrainSettings, build_module
 

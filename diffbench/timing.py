@@ -1,56 +1,25 @@
 """Timing an estimator against the bare module's forward passes, interleaved, on one device.
 
-Also single-sample latency, peak memory per cell and the chunk size that runs the module fastest.
+Also single-sample latency: one test sample classified alone per call.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import json
 import math
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from diffbench.model import ConditionalModel
-from diffbench.results import replace_atomically
 
 MIN_REGION_S = 0.1  # each timed region lasts at least this long, to swamp timer noise
 WARMUP_S = 0.25  # untimed passes (the caller's first one included) before anything is timed
 LATENCY_NOISY_REL_IQR = 0.25  # single calls jitter more than 0.1 s regions, so latency gets a looser bar
-TUNE_REGION_S = 0.05  # each chunk-size candidate is timed over at least this long
-CHUNK_CACHE = "chunk-sizes.json"
-PROC_STATUS = Path("/proc/self/status")
-PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 clock: Callable[[], float] = time.perf_counter  # every timing reads this; tests swap in a fake clock
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep freed tensor memory in the process instead of mmap/munmap for every large tensor.
-
-    glibc serves allocations over 128 KiB-ish by fresh mmaps whose pages fault in on
-    every call, which made the same CPU pass vary by 1.6x from repeat to repeat (and the
-    estimator look faster than the bare forward it wraps). Raising the mmap threshold to
-    its 32 MiB maximum and never trimming makes repeats stable and passes faster.
-    Returns whether glibc accepted the settings (False elsewhere, which changes nothing).
-    """
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
 
 
 def synchronize(device: torch.device) -> None:
@@ -93,13 +62,14 @@ class Throughput:
 class Latency:
     """Single-stream latency: one test sample classified alone per call."""
 
-    p50_ms: float
-    p90_ms: float
-    iqr_ms: float
-    count: int
-    bare_p50_ms: float  # the bare module on the same rows (NFE of each call), chunked the same way
-    efficiency: float  # bare_p50_ms / p50_ms
+    latency_p50_ms: float
+    latency_p90_ms: float
+    latency_iqr_ms: float
+    repeats: int  # timed calls
+    bare_latency_p50_ms: float  # the bare module on the same rows (NFE of each call), chunked the same way
+    efficiency: float  # bare_latency_p50_ms / latency_p50_ms
     noisy: bool  # fewer than min_count calls, or IQR / p50 > LATENCY_NOISY_REL_IQR
+    samples_per_s: float  # 1 / p50: one sample per call
 
 
 class BareForward:
@@ -266,105 +236,12 @@ def measure_latency(
     p90 = statistics.quantiles(call_s, n=10, method="inclusive")[8] if count > 1 else call_s[0]
     bare_p50 = statistics.median(bare_s)
     return Latency(
-        p50_ms=p50 * 1e3,
-        p90_ms=p90 * 1e3,
-        iqr_ms=iqr * 1e3,
-        count=count,
-        bare_p50_ms=bare_p50 * 1e3,
+        latency_p50_ms=p50 * 1e3,
+        latency_p90_ms=p90 * 1e3,
+        latency_iqr_ms=iqr * 1e3,
+        repeats=count,
+        bare_latency_p50_ms=bare_p50 * 1e3,
         efficiency=bare_p50 / p50 if p50 > 0 else math.nan,
         noisy=count < min_count or (iqr / p50 if p50 > 0 else math.inf) > LATENCY_NOISY_REL_IQR,
+        samples_per_s=1.0 / p50 if p50 > 0 else math.inf,
     )
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak: CUDA's allocator peak, or (elsewhere) the process's peak resident set.
-
-    On Linux writing "5" to /proc/self/clear_refs resets VmHWM; where that is refused the
-    CPU peak stays the process's lifetime peak.
-    """
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        PROC_CLEAR_REFS.write_text("5")
-    except OSError:
-        pass
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """MiB at the peak since ``reset_peak_memory``: allocated tensors on CUDA, resident set elsewhere."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        for line in PROC_STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
-
-
-def tune_chunk_size(
-    model: ConditionalModel, candidates: tuple[int, ...] = (256, 1024, 4096, 16384, 65536), budget_s: float = 1.0
-) -> int:
-    """The candidate chunk size at which the bare module runs the most rows/s.
-
-    Sizes are tried smallest first, each with one warm call (compiles and allocations, not
-    counted) and then timed over at least TUNE_REGION_S. Stops at the first size slower than
-    0.9 x the best so far, after a size whose calls take over ``budget_s / 4``, or on CUDA
-    out of memory; returns the best size measured (the smallest candidate if none was).
-    """
-    sizes = sorted(candidates)
-    device = model.device
-    generator = torch.Generator(device=device).manual_seed(0)
-    best_size, best_rate = sizes[0], 0.0
-    for size in sizes:
-        try:
-            x = torch.randn((size, *model.data_shape), generator=generator, device=device, dtype=model.dtype)
-            t = torch.randint(0, model.num_timesteps, (size,), generator=generator, device=device)
-            c = torch.randint(0, model.num_classes, (size,), generator=generator, device=device)
-
-            @torch.inference_mode()
-            def forward(x=x, t=t, c=c) -> None:
-                model.module(x, t, c)
-
-            warm_s = timed(forward, device)
-            calls, region_s = timed_region(forward, device, warm_s, TUNE_REGION_S)
-        except torch.cuda.OutOfMemoryError:
-            break
-        finally:
-            x = t = c = forward = None
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        rate = size * calls / max(region_s, 1e-9)
-        if rate > best_rate:
-            best_size, best_rate = size, rate
-        if rate < 0.9 * best_rate or region_s / calls > budget_s / 4:
-            break
-    return best_size
-
-
-def cached_chunk_size(model: ConditionalModel, cache_dir: Path | None, key: str) -> tuple[int, bool]:
-    """``tune_chunk_size`` remembered under ``key`` in ``<cache_dir>/chunk-sizes.json``: (size, was_cached).
-
-    ``cache_dir`` None tunes every time. An unreadable cache file counts as empty.
-    """
-    if cache_dir is None:
-        return tune_chunk_size(model), False
-    path = Path(cache_dir) / CHUNK_CACHE
-
-    def read() -> dict:
-        try:
-            sizes = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return sizes if isinstance(sizes, dict) else {}
-
-    cached = read().get(key)
-    if isinstance(cached, int) and not isinstance(cached, bool) and cached > 0:
-        return cached, True
-    size = tune_chunk_size(model)
-    sizes = {**read(), key: size}  # read again: another run may have added its sizes meanwhile
-    replace_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(sizes, indent=2, sort_keys=True) + "\n"))
-    return size, False

@@ -17,8 +17,8 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from diffbench.atomic import replace_atomically
 from diffbench.contract import Dataset, Denoiser, Splits
-from diffbench.results import replace_atomically
 from diffbench.schedule import NoiseSchedule, q_sample
 
 CACHE_ENV = "DIFFBENCH_CACHE"

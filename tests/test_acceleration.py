@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import Recorder, write_suite
 
-from diffbench import acceleration, runner
+from diffbench import acceleration, measurement
 
 
 class HalfHater(torch.nn.Module):
@@ -54,7 +54,7 @@ def test_dtypes_are_a_grid_axis_recorded_per_row(cli, tmp_path):
 
 
 def test_an_unsupported_combination_is_skipped_with_one_line(cli, tmp_path, monkeypatch):
-    real = runner.unsupported
+    real = measurement.unsupported
 
     def no_float16(module, device, dtype, compile, shape, classes):
         return (
@@ -63,7 +63,7 @@ def test_an_unsupported_combination_is_skipped_with_one_line(cli, tmp_path, monk
             else real(module, device, dtype, compile, shape, classes)
         )
 
-    monkeypatch.setattr(runner, "unsupported", no_float16)
+    monkeypatch.setattr(measurement, "unsupported", no_float16)
     suite = write_suite(tmp_path / "tiny.toml", trials=[1, 2], scenarios=["offline"])
     result = cli(
         "run", "--suite", suite, "--dtype", "float32,float16", "--out", tmp_path / "run", "--cache", tmp_path / "c",

@@ -7,6 +7,7 @@ import pytest
 from conftest import error_lines
 
 from diffbench import results
+from diffbench.atomic import write_atomic
 from diffbench.compare import CompareError, accuracy_z, compare_runs, find_regressions, format_comparison
 
 
@@ -35,7 +36,7 @@ def cell(estimator="shared-noise", trials=4, accuracy=0.9, speed=1000.0, iqr=10.
 
 def run_dir(folder, *rows):
     folder.mkdir()
-    results.write_atomic(pd.DataFrame(rows), folder / results.TABLE)
+    write_atomic(pd.DataFrame(rows), folder / results.TABLE)
     return folder
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffbench import metrics
+from diffbench.metrics import wilson_interval
 from diffbench.results import with_variance_reduction
 
 
@@ -64,15 +65,33 @@ def test_gap_variance_of_known_noise():
     assert metrics.gap_variance(base + noise, labels) == pytest.approx(0.25, rel=0.1)
 
 
-def test_variance_reduction_is_relative_to_full_mc_in_the_same_cell():
+def test_variance_reduction_is_relative_to_the_baseline_estimator_in_the_same_cell():
     common = {"dataset_label": "d", "denoiser_label": "m", "device": "cpu", "seed": 0, "status": "ok"}
     frame = pd.DataFrame(
         [
-            {**common, "estimator": "full-mc", "trials": 4, "gap_variance": 8.0},
-            {**common, "estimator": "shared-noise", "trials": 4, "gap_variance": 2.0},
-            {**common, "estimator": "shared-noise", "trials": 8, "gap_variance": 2.0},
+            {**common, "estimator": "my-mc", "variance_baseline": True, "trials": 4, "gap_variance": 8.0},
+            {**common, "estimator": "shared-noise", "variance_baseline": False, "trials": 4, "gap_variance": 2.0},
+            {**common, "estimator": "shared-noise", "variance_baseline": False, "trials": 8, "gap_variance": 2.0},
         ]
     )
     out = with_variance_reduction(frame)
     assert list(out["variance_reduction"][:2]) == [1.0, 4.0]
-    assert math.isnan(out["variance_reduction"][2]), "no full-mc at 8 trials: not measured"
+    assert math.isnan(out["variance_reduction"][2]), "no baseline at 8 trials: not measured"
+
+
+def test_variance_reduction_needs_the_baseline_column():
+    """A table that does not say which estimator is the baseline gets no variance_reduction (no name is assumed)."""
+    frame = pd.DataFrame([{"estimator": "full-mc", "trials": 4, "gap_variance": 8.0, "status": "ok"}])
+    assert "variance_reduction" not in with_variance_reduction(frame)
+
+
+@pytest.mark.parametrize(("correct", "n"), [(0, 50), (50, 50), (31, 50), (1, 1)])
+def test_wilson_interval_holds_the_estimate_inside_0_1(correct, n):
+    low, high = wilson_interval(correct, n)
+    assert 0 <= low <= correct / n <= high <= 1
+    assert low < high
+
+
+def test_wilson_interval_matches_a_known_value():
+    low, high = wilson_interval(8, 10)
+    assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)

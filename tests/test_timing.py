@@ -1,4 +1,4 @@
-"""Timing against the bare forward, latency, peak memory, chunk-size tuning and the accuracy interval."""
+"""Timing against the bare forward, single-sample latency, and the batch-size sweep that uses the same timers."""
 
 import itertools
 import json
@@ -8,20 +8,9 @@ import pytest
 import torch
 from conftest import ClassConstant, make_model
 
-from diffbench import timing
-from diffbench.results import wilson_interval
-from diffbench.timing import (
-    CHUNK_CACHE,
-    MIN_REGION_S,
-    cached_chunk_size,
-    measure,
-    measure_latency,
-    median_iqr,
-    peak_memory_mb,
-    reset_peak_memory,
-    timed,
-    tune_chunk_size,
-)
+from diffbench import batch_size, timing
+from diffbench.batch_size import BATCH_SIZE_CACHE, cached_batch_size, parse_batch_size, tune_batch_size
+from diffbench.timing import MIN_REGION_S, measure, measure_latency, median_iqr, timed
 
 CPU = torch.device("cpu")
 
@@ -216,11 +205,11 @@ def test_measure_latency_percentiles(clock):
     lat = measure_latency(run_one, model, torch.Generator(), max_time_s=1e9, max_count=10)
     assert called == [0, *range(10)], "one warm-up call, then i = 0, 1, ..."
     ms = 1000 / 64  # calls take 2..11 units of 1/64 s
-    assert lat.count == 10
-    assert lat.p50_ms == pytest.approx(6.5 * ms)
-    assert lat.p90_ms == pytest.approx(10.1 * ms)
-    assert lat.iqr_ms == pytest.approx(4.5 * ms)
-    assert lat.bare_p50_ms == pytest.approx(ms)
+    assert lat.repeats == 10
+    assert lat.latency_p50_ms == pytest.approx(6.5 * ms)
+    assert lat.latency_p90_ms == pytest.approx(10.1 * ms)
+    assert lat.latency_iqr_ms == pytest.approx(4.5 * ms)
+    assert lat.bare_latency_p50_ms == pytest.approx(ms)
     assert lat.efficiency == pytest.approx(1 / 6.5)
     assert lat.noisy, "an IQR of 0.7 x p50 is noisy"
 
@@ -237,73 +226,30 @@ def test_measure_latency_bare_forward_runs_the_rows_of_each_call(clock):
 def test_measure_latency_is_steady_when_calls_agree(clock):
     model, _, run_one, _ = latency_model_and_call(clock, lambda i: 1 / 64)
     lat = measure_latency(run_one, model, torch.Generator(), max_time_s=1e9, min_count=10, max_count=12)
-    assert lat.count == 12 and not lat.noisy
+    assert lat.repeats == 12 and not lat.noisy
     assert lat.efficiency == 0.5
 
 
 def test_measure_latency_stops_at_the_time_cap_after_min_count(clock):
     model, _, run_one, _ = latency_model_and_call(clock, lambda i: 1 / 64)  # 3/64 s per call and its bare
-    assert measure_latency(run_one, model, torch.Generator(), max_time_s=0.1, min_count=2).count == 3
-    assert measure_latency(run_one, model, torch.Generator(), max_time_s=0.0, min_count=4).count == 4
-    assert measure_latency(run_one, model, torch.Generator(), max_time_s=0.0, min_count=0).count == 1
+    assert measure_latency(run_one, model, torch.Generator(), max_time_s=0.1, min_count=2).repeats == 3
+    assert measure_latency(run_one, model, torch.Generator(), max_time_s=0.0, min_count=4).repeats == 4
+    assert measure_latency(run_one, model, torch.Generator(), max_time_s=0.0, min_count=0).repeats == 1
 
 
 def test_measure_latency_below_min_count_is_noisy(clock):
     model, _, run_one, _ = latency_model_and_call(clock, lambda i: 1 / 64)
     lat = measure_latency(run_one, model, torch.Generator(), min_count=10, max_count=5)
-    assert lat.count == 5 and lat.noisy
-
-
-def test_peak_memory_mb_on_cpu_is_positive():
-    reset_peak_memory(CPU)
-    held = torch.ones(16 * 2**20)  # 64 MiB, touched
-    assert peak_memory_mb(CPU) >= 64
-    del held
-
-
-def test_peak_memory_reads_and_resets_vmhwm(monkeypatch, tmp_path):
-    status, clear_refs = tmp_path / "status", tmp_path / "clear_refs"
-    status.write_text("Name:\tpython\nVmPeak:\t 9999 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1024 kB\n")
-    monkeypatch.setattr(timing, "PROC_STATUS", status)
-    monkeypatch.setattr(timing, "PROC_CLEAR_REFS", clear_refs)
-    reset_peak_memory(CPU)
-    assert clear_refs.read_text() == "5"
-    assert peak_memory_mb(CPU) == 2.0
-
-
-def test_peak_memory_falls_back_to_getrusage(monkeypatch, tmp_path):
-    monkeypatch.setattr(timing, "PROC_STATUS", tmp_path / "missing" / "status")
-    monkeypatch.setattr(timing, "PROC_CLEAR_REFS", tmp_path / "missing" / "clear_refs")
-    reset_peak_memory(CPU)  # cannot reset: no error
-    assert peak_memory_mb(CPU) > 0
-
-
-def test_peak_memory_on_cuda_uses_the_allocator_peak(monkeypatch, tmp_path):
-    calls = []
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset", device)))
-    monkeypatch.setattr(
-        torch.cuda, "max_memory_allocated", lambda device=None: calls.append(("peak", device)) or 3 * 2**20
-    )
-    monkeypatch.setattr(timing, "PROC_CLEAR_REFS", tmp_path / "clear_refs")
-    cuda = torch.device("cuda")
-    reset_peak_memory(cuda)
-    assert peak_memory_mb(cuda) == 3.0
-    assert calls == [("reset", cuda), ("peak", cuda)]
-    assert not (tmp_path / "clear_refs").exists()
-
-
-def test_tune_chunk_size_returns_a_candidate():
-    model = make_model(ClassConstant(torch.zeros(3, 2)))
-    assert tune_chunk_size(model, candidates=(128, 8, 32), budget_s=0.5) in (8, 32, 128)
+    assert lat.repeats == 5 and lat.noisy
 
 
 def tune_with_call_times(clock, seconds, candidates, budget_s=1.0):
-    """``tune_chunk_size`` with a module whose call on n rows takes ``seconds(n)``; returns the size and rows seen."""
+    """``tune_batch_size`` with a module whose call on n rows takes ``seconds(n)``; returns the size and rows seen."""
     module = Ticking(clock, seconds)
-    return tune_chunk_size(make_model(module), candidates=candidates, budget_s=budget_s), set(module.rows)
+    return tune_batch_size(make_model(module), candidates=candidates, budget_s=budget_s), set(module.rows)
 
 
-def test_tune_chunk_size_keeps_the_best_before_out_of_memory(clock):
+def test_tune_batch_size_keeps_the_best_before_out_of_memory(clock):
     def seconds(rows):
         if rows > 32:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
@@ -313,45 +259,45 @@ def test_tune_chunk_size_keeps_the_best_before_out_of_memory(clock):
     assert size == 32 and seen == {8, 32, 128}
 
 
-def test_tune_chunk_size_stops_when_rows_per_s_falls(clock):
+def test_tune_batch_size_stops_when_rows_per_s_falls(clock):
     call_s = {100: 1 / 128, 200: 1 / 128, 400: 4 / 128, 800: 1 / 128}
     size, seen = tune_with_call_times(clock, call_s.get, tuple(call_s))
     assert size == 200 and seen == {100, 200, 400}, "400 runs half as many rows/s as 200: 800 is never tried"
 
 
-def test_tune_chunk_size_stops_after_a_call_over_a_quarter_of_the_budget(clock):
+def test_tune_batch_size_stops_after_a_call_over_a_quarter_of_the_budget(clock):
     call_s = {100: 0.2, 200: 0.3, 400: 0.001}
     size, seen = tune_with_call_times(clock, call_s.get, tuple(call_s), budget_s=1.0)
     assert size == 200 and seen == {100, 200}
 
 
-def test_cached_chunk_size_tunes_once_per_key(monkeypatch, tmp_path):
+def test_cached_batch_size_tunes_once_per_key(monkeypatch, tmp_path):
     tuned = []
-    monkeypatch.setattr(timing, "tune_chunk_size", lambda model: tuned.append(model) or 1024)
+    monkeypatch.setattr(batch_size, "tune_batch_size", lambda model: tuned.append(model) or 1024)
     model = make_model(ClassConstant(torch.zeros(3, 2)))
-    assert cached_chunk_size(model, tmp_path, "mlp|cpu") == (1024, False)
-    assert json.loads((tmp_path / CHUNK_CACHE).read_text()) == {"mlp|cpu": 1024}
-    assert cached_chunk_size(model, tmp_path, "mlp|cpu") == (1024, True)
+    assert cached_batch_size(model, tmp_path, "mlp|cpu") == (1024, False)
+    assert json.loads((tmp_path / BATCH_SIZE_CACHE).read_text()) == {"mlp|cpu": 1024}
+    assert cached_batch_size(model, tmp_path, "mlp|cpu") == (1024, True)
     assert len(tuned) == 1
-    assert cached_chunk_size(model, tmp_path, "unet|cpu") == (1024, False)
-    assert json.loads((tmp_path / CHUNK_CACHE).read_text()) == {"mlp|cpu": 1024, "unet|cpu": 1024}
+    assert cached_batch_size(model, tmp_path, "unet|cpu") == (1024, False)
+    assert json.loads((tmp_path / BATCH_SIZE_CACHE).read_text()) == {"mlp|cpu": 1024, "unet|cpu": 1024}
 
 
-def test_cached_chunk_size_without_a_cache_dir_always_tunes(monkeypatch, tmp_path):
+def test_cached_batch_size_without_a_cache_dir_always_tunes(monkeypatch, tmp_path):
     tuned = []
-    monkeypatch.setattr(timing, "tune_chunk_size", lambda model: tuned.append(model) or 256)
+    monkeypatch.setattr(batch_size, "tune_batch_size", lambda model: tuned.append(model) or 256)
     model = make_model(ClassConstant(torch.zeros(3, 2)))
-    assert cached_chunk_size(model, None, "k") == (256, False)
-    assert cached_chunk_size(model, None, "k") == (256, False)
+    assert cached_batch_size(model, None, "k") == (256, False)
+    assert cached_batch_size(model, None, "k") == (256, False)
     assert len(tuned) == 2
 
 
-def test_cached_chunk_size_replaces_a_corrupt_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(timing, "tune_chunk_size", lambda model: 4096)
-    (tmp_path / CHUNK_CACHE).write_text("{not json")
+def test_cached_batch_size_replaces_a_corrupt_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(batch_size, "tune_batch_size", lambda model: 4096)
+    (tmp_path / BATCH_SIZE_CACHE).write_text("{not json")
     model = make_model(ClassConstant(torch.zeros(3, 2)))
-    assert cached_chunk_size(model, tmp_path, "k") == (4096, False)
-    assert cached_chunk_size(model, tmp_path, "k") == (4096, True)
+    assert cached_batch_size(model, tmp_path, "k") == (4096, False)
+    assert cached_batch_size(model, tmp_path, "k") == (4096, True)
 
 
 def test_median_iqr():
@@ -359,13 +305,13 @@ def test_median_iqr():
     assert median_iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 2.0)
 
 
-@pytest.mark.parametrize(("correct", "n"), [(0, 50), (50, 50), (31, 50), (1, 1)])
-def test_wilson_interval_holds_the_estimate_inside_0_1(correct, n):
-    low, high = wilson_interval(correct, n)
-    assert 0 <= low <= correct / n <= high <= 1
-    assert low < high
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), (64, 64), ("64", 64), (1, 1)])
+def test_parse_batch_size_accepts_positive_integers_and_auto(value, expected):
+    assert parse_batch_size(value, "here") == expected
 
 
-def test_wilson_interval_matches_a_known_value():
-    low, high = wilson_interval(8, 10)
-    assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+@pytest.mark.parametrize("value", [0, -1, "0", "x", 1.5, True, 2**31, "1e20", None])
+def test_parse_batch_size_names_where_the_bad_value_came_from(value):
+    with pytest.raises(ValueError, match=r"^--batch-size: the batch size must be an integer from 1 to"):
+        parse_batch_size(value, "--batch-size")
+

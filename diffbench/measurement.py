@@ -1,0 +1,255 @@
+"""Measuring one cell: accuracy, calibration, noise and speed of one estimator on a prepared model."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffbench import metrics
+from diffbench.acceleration import accelerate, unsupported
+from diffbench.batch_size import cached_batch_size
+from diffbench.cell import Cell
+from diffbench.contract import Estimator, PluginOutputError, check_errors
+from diffbench.memory import peak_memory_mb, reset_peak_memory, tune_cpu_allocator
+from diffbench.model import ConditionalModel
+from diffbench.preparation import Prepared
+from diffbench.provenance import device_name, provenance
+from diffbench.results import param_columns
+from diffbench.schedule import NoiseSchedule
+from diffbench.suite import Suite
+from diffbench.timing import measure, measure_latency, median_iqr, timed
+
+GAP_SAMPLES = 128  # test samples behind gap_variance
+GAP_REPEATS = 4  # independent repeats behind gap_variance
+
+
+class Unsupported(RuntimeError):
+    """A cell's dtype or compile setting cannot run on its device."""
+
+
+@dataclass
+class CellData:
+    """What a cell classifies (test) and may tune on (held-out training data), on the model's device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    heldout_x: torch.Tensor
+    heldout_y: torch.Tensor
+
+
+@dataclass
+class CellResult:
+    """What a finished (or failed, or skipped) cell sends back to the process that writes the table."""
+
+    cell_id: str
+    rows: list[dict[str, Any]]
+    bins: list[dict[str, Any]]
+    messages: list[str]
+    skipped: bool = False
+
+
+def fitted(estimator: Estimator, model: ConditionalModel, x: torch.Tensor, y: torch.Tensor, generator) -> Estimator:
+    """A copy of ``estimator`` fitted on held-out ``x, y``: what fitting changes stays with the copy.
+
+    Every cell (and every figure) fits its own copy, so no cell sees another's fitted state and
+    every executor gives the same numbers.
+    """
+    own = copy.deepcopy(estimator)
+    own.fit(model, x, y, generator)
+    return own
+
+
+def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Suite) -> tuple[list[dict], list[dict]]:
+    """One cell's rows (one per scenario of the suite) and its reliability bins.
+
+    In order: ``fit`` on held-out data; accuracy from one pass seeded by the cell's seed;
+    a temperature fitted on the held-out data; the error-gap variance over independent
+    repeats on a subset of the test set; then the timed scenarios. Only the last are
+    timed; NFE are read from the model's counter around each step.
+    """
+    device = model.device
+    reset_peak_memory(device)
+    x, y = data.x, data.y
+    n, k = x.shape[0], model.num_classes
+    name, trials = cell.estimator.name, cell.trials
+
+    generator = torch.Generator(device=device).manual_seed(cell.seed)
+    model.reset_nfe()
+    estimator = fitted(cell.estimator, model, data.heldout_x, data.heldout_y, generator)
+    fit_nfe = model.reset_nfe()
+
+    def classify(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return check_errors(estimator.errors(model, inputs, trials, generator), inputs.shape[0], k, name)
+
+    errors: list[torch.Tensor] = []
+    first_s = timed(lambda: errors.append(classify(x, generator)), device)
+    pass_nfe = [model.reset_nfe() / n]
+    if pass_nfe[0] == 0:
+        raise PluginOutputError(
+            f"estimator '{name}' errors() never called model.eps: errors must come from the model (NFE = 0)"
+        )
+    err = errors[0].float().cpu()
+    y_cpu = y.cpu()
+    correct = int((err.argmin(1) == y_cpu).sum())
+    low, high = metrics.wilson_interval(correct, n)
+
+    temperature = 1.0
+    if data.heldout_x.shape[0] >= 2:
+        temperature = metrics.fit_temperature(classify(data.heldout_x, generator).cpu(), data.heldout_y.cpu())
+    model.reset_nfe()
+    subset = slice(0, min(n, GAP_SAMPLES))
+    repeated = []
+    for r in range(GAP_REPEATS):
+        independent = torch.Generator(device=device).manual_seed(cell.seed + 1 + r)
+        repeated.append(classify(x[subset], independent).cpu())
+        pass_nfe.append(model.reset_nfe() / x[subset].shape[0])
+    gap_var = metrics.gap_variance(torch.stack(repeated), y_cpu[subset])
+    nfe_mid, nfe_iqr = median_iqr(pass_nfe)
+
+    common = {
+        "n_test": n,
+        "accuracy": correct / n,
+        "accuracy_ci_low": low,
+        "accuracy_ci_high": high,
+        "nfe_per_sample": pass_nfe[0],
+        "nfe_per_sample_iqr": nfe_iqr,
+        "fit_nfe_per_sample": fit_nfe / max(1, data.heldout_x.shape[0]),
+        "temperature": temperature,
+        **metrics.calibration(err, y_cpu, temperature),
+        "gap_variance": gap_var * nfe_mid,
+    }
+    rows = []
+    if "offline" in suite.scenarios:
+        speed = measure(
+            lambda: estimator.errors(model, x, trials, generator),
+            model,
+            n,
+            generator,
+            first_pass_s=first_s,
+            min_repeats=suite.repeats,
+            max_time_s=suite.max_time_s,
+        )
+        rows.append({"scenario": "offline", **common, **vars(speed), "peak_memory_mb": peak_memory_mb(device)})
+    if "single" in suite.scenarios:
+        latency = measure_latency(
+            lambda i: estimator.errors(model, x[i % n : i % n + 1], trials, generator),
+            model,
+            generator,
+            max_time_s=suite.max_time_s,
+        )
+        rows.append({"scenario": "single", **common, **vars(latency), "peak_memory_mb": peak_memory_mb(device)})
+    return rows, metrics.reliability_bins(err, y_cpu, temperature)
+
+
+def identity(cell: Cell, suite: Suite) -> dict[str, Any]:
+    """The columns that say which cell a row belongs to: its key, names, settings and plugin params."""
+    train = suite.train_settings(cell.denoiser)
+    ident = {
+        "dataset": cell.dataset.name,
+        "denoiser": cell.denoiser.name,
+        "estimator": cell.estimator.name,
+        **cell.labels(),
+        "variance_baseline": bool(getattr(cell.estimator, "variance_baseline", False)),
+        "schedule": suite.schedule,
+        "num_timesteps": suite.timesteps,
+        "train_steps": train.steps,
+        "train_batch_size": train.batch_size,
+        "train_lr": train.lr,
+        **param_columns("dataset", cell.dataset.params),
+        **param_columns("denoiser", cell.denoiser.params),
+        **param_columns("estimator", cell.estimator.params),
+    }
+    return {"cell_id": cell.id, **ident}
+
+
+def failure(exc: BaseException) -> str:
+    """A failure as the table's ``error`` column and log lines say it."""
+    return str(exc) if isinstance(exc, PluginOutputError) else f"{type(exc).__name__}: {exc}"
+
+
+def cell_model(cell: Cell, suite: Suite, prepared: Prepared, cache_dir: Path | None) -> tuple[ConditionalModel, dict]:
+    """The model a cell classifies with: on its device, in its dtype (compiled if asked), batched.
+
+    Raises ``Unsupported`` when the device cannot run that dtype or compile.
+    """
+    device = torch.device(cell.device)
+    splits = prepared.splits
+    module = prepared.module.to(device).eval()
+    reason = unsupported(module, device, cell.dtype, cell.compile, splits.data_shape, splits.num_classes)
+    if reason:
+        what = f"{cell.dtype}{' compiled' if cell.compile else ''} on {cell.device}"
+        raise Unsupported(f"skipping {what} for {cell.denoiser!r}: {reason}")
+    schedule = NoiseSchedule(suite.schedule, suite.timesteps)
+    running = accelerate(module, device, cell.dtype, cell.compile)
+    model = ConditionalModel(running, schedule, splits.num_classes, splits.data_shape, device)
+    tuned = suite.batch_size == "auto"
+    if tuned:
+        key = "|".join(
+            [repr(cell.denoiser), str(list(splits.data_shape)), device_name(cell.device), cell.dtype]
+            + [f"compile={cell.compile}", torch.__version__]
+        )
+        model.max_batch, was_cached = cached_batch_size(model, cache_dir, key)
+    else:
+        model.max_batch, was_cached = int(suite.batch_size), False
+    return model, {"batch_size": model.max_batch, "batch_size_tuned": tuned, "batch_size_cached": was_cached}
+
+
+def run_cell(
+    cell: Cell, suite: Suite, trained: tuple[Prepared | None, list[str]], cache_dir: Path | None, run: dict[str, str]
+) -> CellResult:
+    """Measure one cell of a prepared group; never raises: failures become a failed row.
+
+    ``trained`` is the group's preparation (None when the pair was skipped) with its messages;
+    ``run`` is ``provenance.run_info()`` of the process that started the run.
+    """
+    prepared = trained[0]
+    ident = identity(cell, suite)
+    started = time.time()
+    start = time.perf_counter()
+    if prepared is None:
+        return CellResult(cell.id, [], [], [], skipped=True)
+    info = prepared.info
+    row = {
+        **ident,
+        "device_name": device_name(cell.device),
+        "bayes_accuracy": prepared.bayes_accuracy,
+        "cache_hit": info["cache_hit"],
+        "train_s": info.get("train_s", 0.0),
+        "train_started_at": info.get("train_started_at", float("nan")),
+        "train_finished_at": info.get("train_finished_at", float("nan")),
+        "setup_s": prepared.setup_s,
+    }
+    messages: list[str] = []
+    try:
+        model, batching = cell_model(cell, suite, prepared, cache_dir)
+        data = CellData(
+            prepared.splits.test_x.to(model.device, model.dtype),
+            prepared.splits.test_y.to(model.device),
+            prepared.heldout_x.to(model.device, model.dtype),
+            prepared.heldout_y.to(model.device),
+        )
+        measured, bins = measure_cell(cell, model, data, suite)
+        rows = [{**row, **batching, **m, "status": "ok", "error": ""} for m in measured]
+        bins = [{**ident, **b} for b in bins]
+    except Unsupported as exc:
+        return CellResult(cell.id, [], [], [str(exc)], skipped=True)
+    except Exception as exc:
+        rows, bins = [{**row, "status": "failed", "error": failure(exc)}], []
+        messages.append(f"{cell.describe()} failed: {rows[0]['error']}")
+    finished = time.time()
+    for r in rows:
+        r.update(provenance(run), wall_s=time.perf_counter() - start, started_at=started, finished_at=finished)
+        r["cpu_allocator_tuned"] = tune_cpu_allocator()
+    return CellResult(cell.id, rows, bins, messages)
+
+
+def failed_result(cell: Cell, suite: Suite, exc: BaseException, run: dict[str, str]) -> CellResult:
+    """A cell whose group's data or model could not be prepared, as one failed row."""
+    now = time.time()
+    row = {**identity(cell, suite), "status": "failed", "error": failure(exc), **provenance(run)}
+    return CellResult(cell.id, [{**row, "started_at": now, "finished_at": now}], [], [])

@@ -1,0 +1,116 @@
+"""A group's preparation: its data (with a held-out part), and its model loaded, trained or cached."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffbench.cell import Cell
+from diffbench.contract import Dataset, Splits, check_splits
+from diffbench.schedule import NoiseSchedule
+from diffbench.suite import Suite
+from diffbench.training import build_module, load_checkpoint, load_or_train
+
+HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, 500  # training data held out for estimators' fit and calibration
+
+
+@dataclass
+class Prepared:
+    """One group's data (training part without the held-out samples), trained module and what it cost."""
+
+    splits: Splits
+    heldout_x: torch.Tensor
+    heldout_y: torch.Tensor
+    module: torch.nn.Module
+    info: dict[str, Any]
+    bayes_accuracy: float
+    setup_s: float
+
+
+def hold_out(splits: Splits, seed: int) -> tuple[Splits, torch.Tensor, torch.Tensor]:
+    """Set aside a seeded random part of the training data that the model never trains on.
+
+    Estimators may ``fit`` on it (and calibration uses it); the test set stays untouched.
+    """
+    n = splits.train_x.shape[0]
+    size = min(HOLDOUT_MAX, int(n * HOLDOUT_FRACTION))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    held, kept = order[:size], order[size:]
+    train = Splits(splits.train_x[kept], splits.train_y[kept], splits.test_x, splits.test_y, splits.class_names)
+    return train, splits.train_x[held], splits.train_y[held]
+
+
+def bayes_accuracy(dataset: Dataset, splits: Splits) -> float:
+    """Test accuracy of the Bayes-optimal classifier where the dataset knows its distribution, else NaN."""
+    posterior = getattr(dataset, "bayes_log_posterior", None)
+    if posterior is None:
+        return math.nan
+    return (posterior(splits.test_x).argmax(1) == splits.test_y).float().mean().item()
+
+
+def train_device(cells: list[Cell]) -> torch.device:
+    """Models are trained once, on CUDA when any cell uses it, and loaded onto every device."""
+    return torch.device("cuda" if any(c.device == "cuda" for c in cells) else "cpu")
+
+
+def prepare(
+    first: Cell,
+    suite: Suite,
+    device: torch.device,
+    cache_dir: Path | None,
+    checkpoint: Path | None,
+    progress: bool,
+    log,
+) -> Prepared | None:
+    """Data and trained module of one group; None (with one line said) when the pair does not fit."""
+    start = time.perf_counter()
+    schedule = NoiseSchedule(suite.schedule, suite.timesteps)
+    splits = check_splits(first.dataset.load(first.seed), first.dataset.name)
+    splits, heldout_x, heldout_y = hold_out(splits, first.seed)
+    pair = f"{first.dataset!r} x {first.denoiser!r}"
+    if not first.denoiser.supports(splits.data_shape):
+        log(
+            f"skipping {pair}: {first.denoiser.name} takes {first.denoiser.accepts}, "
+            f"but {first.dataset.name} has samples of shape {list(splits.data_shape)}"
+        )
+        return None
+    bayes = bayes_accuracy(first.dataset, splits)
+    if checkpoint is not None:
+        module = load_checkpoint(build_module(first.denoiser, splits, first.seed), checkpoint, pair)
+        log(f"{pair}: loaded weights from {checkpoint}")
+        info = {"cache_hit": False, "train_s": 0.0, "checkpoint": str(checkpoint)}
+        setup_s = time.perf_counter() - start
+        return Prepared(splits, heldout_x, heldout_y, module.to(device).eval(), info, bayes, setup_s)
+    train_started = time.time()
+    module, info = load_or_train(
+        first.dataset,
+        first.denoiser,
+        splits,
+        schedule,
+        suite.train_settings(first.denoiser),
+        first.seed,
+        device,
+        cache_dir,
+        progress=progress,
+        log=log,
+    )
+    if info["cache_hit"]:
+        log(f"{pair}: loaded cached weights")
+    else:
+        log(f"{pair}: trained in {info['train_s']:.1f}s")
+        info.update(train_started_at=train_started, train_finished_at=time.time())
+    return Prepared(splits, heldout_x, heldout_y, module, info, bayes, time.perf_counter() - start)
+
+
+def prepare_quietly(
+    first: Cell, suite: Suite, device: str, cache_dir: Path | None, checkpoint: Path | None, progress: bool
+) -> tuple[Prepared | None, list[str]]:
+    """``prepare`` as a task: the lines it would say come back with its result, for the runner to say."""
+    messages: list[str] = []
+    prepared = prepare(first, suite, torch.device(device), cache_dir, checkpoint, progress, messages.append)
+    return prepared, messages
