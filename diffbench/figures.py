@@ -8,9 +8,9 @@ import torch
 from diffbench.cell import Cell
 from diffbench.contract import Splits
 from diffbench.measurement import fitted
-from diffbench.model import ConditionalModel
+from diffbench.model import ConditionalModel, sample
 from diffbench.preparation import Prepared
-from diffbench.schedule import NoiseSchedule, sample
+from diffbench.schedule import NoiseSchedule
 from diffbench.suite import Suite
 
 REGION_GRID = 64  # decision regions are drawn on a REGION_GRID x REGION_GRID lattice

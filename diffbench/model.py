@@ -136,3 +136,23 @@ class ConditionalModel:
         """Return the NFE count so far and set it back to zero."""
         count, self.nfe = self.nfe, 0
         return count
+
+
+@torch.inference_mode()
+def sample(model: ConditionalModel, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Draw one sample per label by DDPM ancestral sampling (sigma_t^2 = beta_t)."""
+    betas = model.betas.to(model.device)
+    abar = model.alphas_cumprod.double()
+    labels = labels.to(model.device)
+    n = labels.shape[0]
+    x = torch.randn(n, *model.data_shape, generator=generator, device=model.device, dtype=model.dtype)
+    for step in reversed(range(model.num_timesteps)):
+        t = torch.full((n,), step, device=model.device, dtype=torch.long)
+        eps = model.eps(x, t, labels)
+        beta, a = betas[step].item(), abar[step].item()
+        mean = (x - beta / math.sqrt(1 - a) * eps) / math.sqrt(1 - beta)
+        if step > 0:
+            noise = torch.randn(x.shape, generator=generator, device=model.device, dtype=model.dtype)
+            mean = mean + math.sqrt(beta) * noise
+        x = mean
+    return x

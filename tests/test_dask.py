@@ -20,11 +20,13 @@ ACCURACY = [
 ]
 
 
-def test_a_local_cluster_gives_the_local_table(cli, tmp_path):
+@pytest.mark.slow
+def test_a_local_cluster_gives_the_local_table_and_figure_data(cli, tmp_path):
+    """Also for an estimator that fits state (importance): each cell and each figure fits its own copy."""
     suite = write_suite(
         tmp_path / "tiny.toml",
         datasets=["spirals[n_train=200,n_test=50]", "moons[n_train=200,n_test=50]"],
-        estimators=["shared-noise", "full-mc"],
+        estimators=["shared-noise", "full-mc", "importance[bins=4,fit_trials=2]"],
         trials=[1, 2],
         max_time_s=0.2,
     )
@@ -43,6 +45,13 @@ def test_a_local_cluster_gives_the_local_table(cli, tmp_path):
         p.name for p in (tmp_path / "c1").glob("*.pt")
     )
     pd.testing.assert_frame_equal(a[ACCURACY], b[ACCURACY])
+    assert a["fit_nfe_per_sample"].gt(0).any(), "importance fitted"
+    for figure_data in ("samples.parquet", "regions.parquet"):
+        regions_a = pd.read_parquet(tmp_path / "local" / figure_data)
+        regions_b = pd.read_parquet(tmp_path / "dask" / figure_data)
+        pd.testing.assert_frame_equal(regions_a, regions_b)
+    importance = regions_a[regions_a["estimator_label"].str.startswith("importance")]
+    assert len(importance) > 0
     assert not a["concurrent"].any()
     for name in ("samples.parquet", "regions.parquet", "accuracy_vs_nfe.png", "decision_regions.png"):
         assert (tmp_path / "dask" / name).is_file(), name
