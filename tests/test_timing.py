@@ -314,4 +314,3 @@ def test_parse_batch_size_accepts_positive_integers_and_auto(value, expected):
 def test_parse_batch_size_names_where_the_bad_value_came_from(value):
     with pytest.raises(ValueError, match=r"^--batch-size: the batch size must be an integer from 1 to"):
         parse_batch_size(value, "--batch-size")
-

@@ -1,0 +1,146 @@
+"""The runner on its own: the tasks it builds, how executors run them, and the one loop that records outcomes."""
+
+import pandas as pd
+import pytest
+
+import diffbench
+from diffbench.cell import Cell
+from diffbench.executor import LocalExecutor, Outcome, Result, Task
+from diffbench.runner import build_tasks, run
+from diffbench.suite import Suite
+
+
+class Data(diffbench.Dataset):
+    name = "data"
+    params = {"n": 4}
+
+
+class Net(diffbench.Denoiser):
+    name = "net"
+
+
+class Guess(diffbench.Estimator):
+    name = "guess"
+    params = {"k": 1}
+
+
+def grid(datasets=(4, 8), estimators=(1, 2), trials=(1,), device="cpu") -> list[Cell]:
+    return [Cell(Data(n=n), Net(), Guess(k=k), t, device, 0) for n in datasets for k in estimators for t in trials]
+
+
+# -- the local executor --------------------------------------------------------------------------------------------
+
+
+def test_the_local_executor_hands_results_to_the_tasks_that_need_them():
+    tasks = [
+        Task("a", lambda: 2, ()),
+        Task("b", lambda a, k: a * k, (Result("a"), 5)),
+        Task("c", lambda xs, b: sum(xs) + b, ([Result("a"), Result("a"), 1], Result("b"))),
+    ]
+    outcomes = list(LocalExecutor().execute(tasks))
+    assert [(o.task.key, o.result, o.error) for o in outcomes] == [("a", 2, None), ("b", 10, None), ("c", 15, None)]
+
+
+def test_a_failed_task_fails_its_dependents_without_running_them():
+    ran = []
+    boom = RuntimeError("boom")
+
+    def fail():
+        raise boom
+
+    tasks = [
+        Task("train", fail, ()),
+        Task("cell", lambda p: ran.append(p), (Result("train"),)),
+        Task("figures", lambda p, c: ran.append(c), (Result("train"), Result("cell"))),
+        Task("other", lambda: ran.append("other") or 1, ()),
+    ]
+    outcomes = {o.task.key: o for o in LocalExecutor().execute(tasks)}
+    assert outcomes["train"].error is boom and not outcomes["train"].upstream
+    assert outcomes["cell"].error is boom and outcomes["cell"].upstream
+    assert outcomes["figures"].error is boom and outcomes["figures"].upstream
+    assert outcomes["other"].result == 1
+    assert ran == ["other"]
+
+
+# -- the tasks -----------------------------------------------------------------------------------------------------
+
+
+def test_one_training_per_model_then_its_cells_then_its_figures():
+    cells = grid()
+    tasks = build_tasks(cells, cells, Suite(), set(), None, None, False, {"git_commit": "", "command": ""})
+    assert [t.kind for t in tasks] == ["train", "cell", "cell", "figures"] * 2
+    for train, first, second, figures in (tasks[:4], tasks[4:]):
+        assert first.dependencies() == second.dependencies() == [train.key]
+        assert figures.dependencies() == [train.key, first.key, second.key]
+        assert first.about.group_id == second.about.group_id == train.about[0].group_id
+    assert len({t.key for t in tasks}) == len(tasks)
+
+
+def test_figures_see_every_finished_cell_of_their_model_and_cuda_cells_ask_for_the_gpu():
+    cells = grid(datasets=(4,), estimators=(1, 2, 3), device="cuda")
+    done = {cells[0].id}
+    tasks = build_tasks(cells[1:], cells, Suite(), done, None, None, False, {})
+    figures = tasks[-1]
+    everyone, _, before = figures.args[:3]
+    assert everyone == cells and before == done
+    assert [t.gpu for t in tasks] == [False, True, True, False]
+
+
+# -- the recording loop --------------------------------------------------------------------------------------------
+
+
+class TrainingFails:
+    """An executor whose every training fails; what depends on it comes back failed upstream."""
+
+    in_process = True
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+
+    def execute(self, tasks):
+        self.tasks = tasks
+        error = RuntimeError("no data here")
+        for task in tasks:
+            yield Outcome(task, error=error, upstream=task.kind != "train")
+
+
+def test_a_failed_training_gives_each_of_its_cells_a_failed_row_and_is_said_once(tmp_path):
+    lines: list[str] = []
+    cells = grid(datasets=(4,), estimators=(1, 2))
+    table = run(Suite(), cells, tmp_path / "run", TrainingFails(), None, log=lines.append)
+    assert list(table["status"]) == ["failed", "failed"]
+    assert set(table["error"]) == {"RuntimeError: no data here"}
+    assert list(table["cell_id"]) == [c.id for c in cells]
+    failures = [line for line in lines if " failed: " in line]
+    assert failures == ["data x net failed: RuntimeError: no data here"]
+    assert pd.read_parquet(tmp_path / "run" / "results.parquet").shape[0] == 2, "written to the run folder"
+
+
+def test_a_cell_selected_twice_runs_once_and_the_run_says_so(tmp_path):
+    lines: list[str] = []
+    executor = TrainingFails()
+    cells = grid(datasets=(4,), estimators=(1,), trials=(1, 1))
+    table = run(Suite(), cells, tmp_path / "run", executor, None, log=lines.append)
+    assert len(table) == 1
+    assert [t.kind for t in executor.tasks] == ["train", "cell", "figures"]
+    assert lines[0] == "1 cell(s) selected more than once run once (same dataset, denoiser, estimator and settings)"
+
+
+def test_the_run_writes_its_settings_and_suite_before_any_cell(tmp_path):
+    run(Suite(), grid(), tmp_path / "run", TrainingFails(), None, log=lambda line: None)
+    assert (tmp_path / "run" / "run.json").is_file() and (tmp_path / "run" / "suite.json").is_file()
+
+
+@pytest.mark.parametrize("interrupt_after", [0, 1])
+def test_an_interrupt_keeps_every_recorded_cell_in_the_table(tmp_path, interrupt_after):
+    class Interrupted(TrainingFails):
+        def execute(self, tasks):
+            for i, outcome in enumerate(super().execute(tasks)):
+                if outcome.task.kind == "cell" and i > interrupt_after:
+                    raise KeyboardInterrupt
+                yield outcome
+
+    with pytest.raises(KeyboardInterrupt):
+        run(Suite(), grid(datasets=(4,), estimators=(1, 2)), tmp_path / "run", Interrupted(), None, log=lambda _: None)
+    table = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert len(table) == interrupt_after
