@@ -218,6 +218,7 @@ class FullMC(_MonteCarlo):
     """A fresh timestep and noise for every (sample, trial, class): no shared randomness."""
 
     name = "full-mc"
+    variance_baseline = True
     params = {"loss": "l2"}
 
     def errors(self, model, x, trials, generator):
