@@ -13,7 +13,7 @@ import torch
 
 from diffbench import metrics, results, rundir
 from diffbench.acceleration import accelerate, unsupported
-from diffbench.contract import Plugin, Splits
+from diffbench.contract import Plugin, PluginOutputError, Splits, check_errors, check_splits
 from diffbench.model import ConditionalModel
 from diffbench.results import param_columns, wilson_interval
 from diffbench.schedule import NoiseSchedule, sample
@@ -38,49 +38,8 @@ GAP_SAMPLES = 128  # test samples behind gap_variance
 GAP_REPEATS = 4  # independent repeats behind gap_variance
 
 
-class PluginOutputError(RuntimeError):
-    """A plugin returned something that breaks the contract."""
-
-
 class ExecutorError(RuntimeError):
     """The executor cannot start (an unreachable dask scheduler, say)."""
-
-
-def check_splits(splits: Any, name: str) -> Splits:
-    where = f"dataset '{name}' load()"
-    if not isinstance(splits, Splits):
-        raise PluginOutputError(f"{where} returned {type(splits).__name__}, not diffbench.Splits")
-    for part in ("train", "test"):
-        x, y = getattr(splits, f"{part}_x"), getattr(splits, f"{part}_y")
-        if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() >= 2):
-            raise PluginOutputError(f"{where}: {part}_x must be a float tensor [N, *shape]")
-        if not (isinstance(y, torch.Tensor) and y.dtype == torch.long and y.shape == x.shape[:1]):
-            raise PluginOutputError(f"{where}: {part}_y must be a long tensor [N] matching {part}_x")
-        if not torch.isfinite(x).all():
-            raise PluginOutputError(f"{where}: {part}_x holds NaN or inf")
-        if y.numel() and (y.min() < 0 or y.max() >= len(splits.class_names)):
-            raise PluginOutputError(f"{where}: {part}_y has labels outside [0, {len(splits.class_names)})")
-    names = splits.class_names
-    if not (isinstance(names, (list, tuple)) and names and all(isinstance(c, str) for c in names)):
-        raise PluginOutputError(f"{where}: class_names must be a non-empty list of str, got {names!r}")
-    if len(splits.train_x) == 0 or len(splits.test_x) == 0:
-        raise PluginOutputError(f"{where}: the train and test splits must not be empty")
-    if splits.train_x.shape[1:] != splits.test_x.shape[1:]:
-        raise PluginOutputError(f"{where}: train_x and test_x have different sample shapes")
-    return splits
-
-
-def check_errors(errors: Any, batch: int, classes: int, name: str) -> torch.Tensor:
-    where = f"estimator '{name}' errors()"
-    if not isinstance(errors, torch.Tensor):
-        raise PluginOutputError(f"{where} returned {type(errors).__name__}, not a tensor [B, K]")
-    if tuple(errors.shape) != (batch, classes):
-        raise PluginOutputError(f"{where} returned shape {list(errors.shape)}, expected [{batch}, {classes}]")
-    if not errors.is_floating_point():
-        raise PluginOutputError(f"{where} returned dtype {errors.dtype}, expected a floating dtype")
-    if not torch.isfinite(errors).all():
-        raise PluginOutputError(f"{where} returned NaN or inf")
-    return errors
 
 
 @dataclass

@@ -204,12 +204,6 @@ def class_errors(
 
 
 class _MonteCarlo(diffbench.Estimator):
-    def validate(self) -> None:
-        if self.params["loss"] not in LOSSES:
-            raise diffbench.ParamError(
-                f"{self.name} param 'loss' must be one of {', '.join(LOSSES)}, got {self.params['loss']!r}"
-            )
-
     def _noise(self, model, x, dims, generator) -> torch.Tensor:
         return torch.randn((*dims, *model.data_shape), generator=generator, device=model.device, dtype=model.dtype)
 
@@ -218,7 +212,7 @@ class FullMC(_MonteCarlo):
     """A fresh timestep and noise for every (sample, trial, class): no shared randomness."""
 
     name = "full-mc"
-    params = {"loss": "l2"}
+    params = {"loss": diffbench.Choice(*LOSSES)}
 
     def errors(self, model, x, trials, generator):
         dims = (x.shape[0], trials, model.num_classes)
@@ -231,7 +225,7 @@ class SharedNoise(_MonteCarlo):
     """One timestep and noise per (sample, trial), shared by all classes (common random numbers)."""
 
     name = "shared-noise"
-    params = {"loss": "l2"}
+    params = {"loss": diffbench.Choice(*LOSSES)}
 
     def _timesteps(self, model, dims, generator) -> torch.Tensor:
         return torch.randint(0, model.num_timesteps, dims, generator=generator, device=model.device)
@@ -247,7 +241,7 @@ class Truncated(SharedNoise):
     """Shared noise with timesteps drawn uniformly from ``[t_min, t_max]`` (inclusive)."""
 
     name = "truncated"
-    params = {"loss": "l2", "t_min": 0, "t_max": 300}
+    params = {"loss": diffbench.Choice(*LOSSES), "t_min": 0, "t_max": 300}
 
     def validate(self) -> None:
         super().validate()

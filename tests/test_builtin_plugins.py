@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from diffbench import plugins
 from diffbench.cli import main
-from diffbench.runner import check_splits
+from diffbench.contract import check_splits
 from diffbench.schedule import NoiseSchedule
 from diffbench.training import TrainSettings, build_module, train
 

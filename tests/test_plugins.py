@@ -250,10 +250,8 @@ def fake_distribution(tmp_path, monkeypatch):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: diffbench-plugin-fake\nVersion: 1.2.3\n")
     (info / "entry_points.txt").write_text("[diffbench]\nfake = fake_diffbench_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(plugins, "held_back", [])
-    monkeypatch.setattr(plugins, "_entry_point_plugins", dict(plugins._entry_point_plugins))
-    monkeypatch.setattr(plugins, "_applied_allow_list", plugins._applied_allow_list)
-    yield
+    with plugins.using(installed=True):
+        yield
     sys.modules.pop("fake_diffbench_plugin", None)
 
 
