@@ -216,7 +216,7 @@ def check_class(cls: Any, base: type[Plugin]) -> type[Plugin]:
     """
     kind = base.kind
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise PluginClassError(f"{cls!r} is given as a {kind}, but it is not a subclass of diffbench.{base.__name__}")
+        raise PluginClassError(f"{cls!r} is not a subclass of diffbench.{base.__name__}")
     if not isinstance(cls.name, str) or not cls.name:
         raise PluginClassError(f"{kind} class {cls.__qualname__} needs a non-empty string `name`")
     if not isinstance(cls.params, dict):
