@@ -67,12 +67,14 @@ class PluginSet:
     """A plugin manager and what entry-point discovery put into it.
 
     ``installed=True`` scans every installed distribution for ``diffbench`` entry points (what a
-    run does); ``installed=False`` reads only diffbench's own, the built-ins. Discovery happens on
-    the first ``ensure_loaded()``, and again when ``DIFFBENCH_LOAD_PLUGINS`` has changed since.
+    run does); ``installed=False`` reads only diffbench's own, the built-ins, or (``builtins=False``
+    too) none. Discovery happens on the first ``ensure_loaded()``, and again when
+    ``DIFFBENCH_LOAD_PLUGINS`` has changed since.
     """
 
-    def __init__(self, installed: bool = True) -> None:
+    def __init__(self, installed: bool = True, builtins: bool = True) -> None:
         self.installed = installed
+        self.builtins = builtins or installed
         self.pm = pluggy.PluginManager("diffbench")
         self.pm.add_hookspecs(hookspecs)
         #: Entry points the allow-list kept out, as of the last discovery.
@@ -89,8 +91,10 @@ class PluginSet:
     def _entry_points(self) -> Iterator[tuple[str, str, importlib.metadata.EntryPoint]]:
         if self.installed:
             distributions = list(importlib.metadata.distributions())
-        else:
+        elif self.builtins:
             distributions = [importlib.metadata.distribution(BUILTIN_DISTRIBUTION)]
+        else:
+            distributions = []
         for dist in distributions:
             entry_points = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
             if entry_points:
@@ -208,11 +212,8 @@ def using(*objects: Any, builtins: bool = True, installed: bool = False) -> Iter
     with hooks). For tests: what they see does not depend on what else is installed, and nothing
     they register outlives the block.
     """
-    fresh = PluginSet(installed=installed)
-    if builtins or installed:
-        fresh.ensure_loaded()
-    else:
-        fresh._applied_allow_list = os.environ.get(ALLOW_ENV_VAR)  # nothing to discover
+    fresh = PluginSet(installed=installed, builtins=builtins)
+    fresh.ensure_loaded()
     for obj in objects:
         fresh.register(obj, None, getattr(obj, "__name__", type(obj).__qualname__))
     previous, _active.plugins = _active.plugins, fresh
