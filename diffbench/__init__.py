@@ -1,12 +1,13 @@
 """diffbench: benchmark diffusion classifiers — which estimator buys the most accuracy per compute."""
 
-from diffbench.contract import Dataset, Denoiser, Estimator, ParamError, Splits
+from diffbench.contract import Choice, Dataset, Denoiser, Estimator, ParamError, Splits
 from diffbench.hookspecs import hookimpl
 from diffbench.model import ConditionalModel
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Choice",
     "ConditionalModel",
     "Dataset",
     "Denoiser",

@@ -1,13 +1,16 @@
-"""The public plugin contract: the base classes third-party plugins subclass.
+"""The public plugin contract: the base classes third-party plugins subclass, and every rule they must keep.
 
-Every plugin class has a unique ``name`` and a ``params`` dict of defaults.
-``Cls(**overrides)`` checks each override's key and type against those defaults
-and keeps the merged values in ``self.params``.
+Every plugin class has a unique ``name`` and a ``params`` dict of defaults (``check_class``).
+``Cls(**overrides)`` checks each override's key and type against those defaults (a ``Choice``
+default takes only its choices) and keeps the merged values in ``self.params``. What a plugin
+returns is checked by ``check_splits`` (a dataset's ``load``) and ``check_errors`` (an estimator's
+``errors``); the runner and ``diffbench.testing`` apply the same checks.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,6 +24,52 @@ class ParamError(ValueError):
     """A plugin was given a parameter it does not have, or a value of the wrong type."""
 
 
+class PluginClassError(TypeError):
+    """A plugin class breaks the contract's class rules: its base, ``name``, ``params`` or attributes."""
+
+
+class PluginOutputError(RuntimeError):
+    """A plugin returned something that breaks the contract."""
+
+
+class Choice(str):
+    """A string param that takes one of a fixed set of values; the first is the default.
+
+    ``params = {"loss": diffbench.Choice("l2", "l1", "huber")}``: the default is ``"l2"``, and
+    ``Cls(loss="l3")`` is a ParamError that lists the choices. It is a ``str`` equal to its default,
+    so ``cls.params["loss"] == "l2"``, JSON, labels and the results table see a plain string, and an
+    instance's ``self.params`` holds the plain chosen string.
+    """
+
+    choices: tuple[str, ...]
+
+    def __new__(cls, default: str, *others: str) -> Choice:
+        choices = (default, *others)
+        if not all(isinstance(choice, str) for choice in choices):
+            raise TypeError(f"Choice takes strings, got {choices!r}")
+        if len(set(choices)) != len(choices):
+            raise ValueError(f"Choice lists a value twice: {choices!r}")
+        self = super().__new__(cls, default)
+        self.choices = choices
+        return self
+
+    def __getnewargs__(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.choices
+
+    def __repr__(self) -> str:
+        return f"Choice({', '.join(repr(choice) for choice in self.choices)})"
+
+    def pick(self, kind: str, plugin: str, key: str, value: Any) -> str:
+        """Return ``value`` as a plain str if it is one of the choices, else raise ParamError."""
+        if isinstance(value, str) and value in self.choices:
+            return str(value)
+        close = difflib.get_close_matches(str(value), self.choices, n=1) if isinstance(value, str) else []
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ParamError(
+            f"{kind} '{plugin}' param '{key}' must be one of {', '.join(self.choices)}, got {value!r}{hint}"
+        )
+
+
 def _type_name(value: Any) -> str:
     return type(value).__name__
 
@@ -30,6 +79,8 @@ def _coerce(kind: str, plugin: str, key: str, default: Any, value: Any) -> Any:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if default is None:
         return value
+    if isinstance(default, Choice):
+        return default.pick(kind, plugin, key, value)
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -48,6 +99,11 @@ def _coerce(kind: str, plugin: str, key: str, default: Any, value: Any) -> Any:
     raise ParamError(f"{kind} '{plugin}' param '{key}' must be {expected}, got {value!r}")
 
 
+def _plain(default: Any) -> Any:
+    """A default as an instance keeps it: a Choice becomes its plain str."""
+    return str(default) if isinstance(default, Choice) else default
+
+
 class Plugin:
     """Base of every plugin kind: a name, default params and validated overrides."""
 
@@ -57,7 +113,7 @@ class Plugin:
 
     def __init__(self, **overrides: Any) -> None:
         defaults = type(self).params
-        merged = dict(defaults)
+        merged = {key: _plain(default) for key, default in defaults.items()}
         for key, value in overrides.items():
             if key not in defaults:
                 close = difflib.get_close_matches(key, list(defaults), n=1)
@@ -97,6 +153,12 @@ class Splits:
 
 class Dataset(Plugin):
     kind = "dataset"
+
+    #: Where the dataset knows its true distribution, a method ``bayes_log_posterior(x [N, *shape]) ->
+    #: [N, K]`` giving log p(c | x) (up to a per-row constant); the results table then reports the
+    #: Bayes-optimal accuracy beside the estimators' (``check_log_posterior`` states its form). None,
+    #: the default, means the distribution is unknown: ``bayes_accuracy`` is NaN.
+    bayes_log_posterior: ClassVar[Callable[..., torch.Tensor] | None] = None
 
     def load(self, seed: int) -> Splits:
         raise NotImplementedError
@@ -145,11 +207,40 @@ class Estimator(Plugin):
 KINDS: dict[str, type[Plugin]] = {"dataset": Dataset, "denoiser": Denoiser, "estimator": Estimator}
 
 
-class PluginOutputError(RuntimeError):
-    """A plugin returned something that breaks the contract."""
+# --- the class rules, checked when a plugin registers and by diffbench.testing -----------------
+
+
+def check_class(cls: Any, base: type[Plugin]) -> type[Plugin]:
+    """Return ``cls`` if it may be registered as a ``base.kind``; else raise PluginClassError saying why.
+
+    A subclass of ``base`` with a non-empty str ``name`` and a dict ``params`` whose Choice defaults
+    are well formed; a denoiser's ``accepts`` is a str and its ``train`` a dict; a dataset's
+    ``bayes_log_posterior`` is None or callable.
+    """
+    kind = base.kind
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginClassError(f"{cls!r} is not a subclass of diffbench.{base.__name__}")
+    if not isinstance(cls.name, str) or not cls.name:
+        raise PluginClassError(f"{kind} class {cls.__qualname__} needs a non-empty string `name`")
+    if not isinstance(cls.params, dict):
+        raise PluginClassError(
+            f"{kind} '{cls.name}' needs `params` to be a dict of defaults, got {type(cls.params).__name__}"
+        )
+    if issubclass(cls, Denoiser):
+        if not isinstance(cls.accepts, str):
+            raise PluginClassError(f"denoiser '{cls.name}': `accepts` must be a str describing the shapes it takes")
+        if not isinstance(cls.train, dict):
+            raise PluginClassError(f"denoiser '{cls.name}': `train` must be a dict of training settings")
+    if issubclass(cls, Dataset) and cls.bayes_log_posterior is not None and not callable(cls.bayes_log_posterior):
+        raise PluginClassError(f"dataset '{cls.name}': `bayes_log_posterior` must be a method or None")
+    return cls
+
+
+# --- the output rules, checked on every call by the runner and by diffbench.testing ------------
 
 
 def check_splits(splits: Any, name: str) -> Splits:
+    """Return a dataset's ``load()`` result if it is a well-formed Splits, else raise PluginOutputError."""
     where = f"dataset '{name}' load()"
     if not isinstance(splits, Splits):
         raise PluginOutputError(f"{where} returned {type(splits).__name__}, not diffbench.Splits")
@@ -174,6 +265,7 @@ def check_splits(splits: Any, name: str) -> Splits:
 
 
 def check_errors(errors: Any, batch: int, classes: int, name: str) -> torch.Tensor:
+    """Return an estimator's ``errors()`` result if it is finite floating ``[batch, classes]``, else raise."""
     where = f"estimator '{name}' errors()"
     if not isinstance(errors, torch.Tensor):
         raise PluginOutputError(f"{where} returned {type(errors).__name__}, not a tensor [B, K]")
@@ -184,3 +276,20 @@ def check_errors(errors: Any, batch: int, classes: int, name: str) -> torch.Tens
     if not torch.isfinite(errors).all():
         raise PluginOutputError(f"{where} returned NaN or inf")
     return errors
+
+
+def check_log_posterior(log_posterior: Any, rows: int, classes: int, name: str) -> torch.Tensor:
+    """Return a dataset's ``bayes_log_posterior(x)`` if it is floating ``[rows, classes]`` and not NaN.
+
+    ``-inf`` is allowed (a class that cannot have produced x); NaN and ``+inf`` are not.
+    """
+    where = f"dataset '{name}' bayes_log_posterior()"
+    if not isinstance(log_posterior, torch.Tensor):
+        raise PluginOutputError(f"{where} returned {type(log_posterior).__name__}, not a tensor [N, K]")
+    if tuple(log_posterior.shape) != (rows, classes):
+        raise PluginOutputError(f"{where} returned shape {list(log_posterior.shape)}, expected [{rows}, {classes}]")
+    if not log_posterior.is_floating_point():
+        raise PluginOutputError(f"{where} returned dtype {log_posterior.dtype}, expected a floating dtype")
+    if log_posterior.isnan().any() or (log_posterior == float("inf")).any():
+        raise PluginOutputError(f"{where} returned NaN or +inf")
+    return log_posterior

@@ -1,13 +1,17 @@
 """Plugin discovery: entry points, ``--plugin`` files and modules, ``DIFFBENCH_PLUGINS``.
 
-Built-in plugins arrive exactly like third-party ones, through the ``diffbench``
-entry-point group; ``DIFFBENCH_LOAD_PLUGINS`` restricts which distributions' entry
-points load. The registry is rebuilt from the hooks on every call, so a test
-can ``pm.register(obj)`` a plugin and ``pm.unregister(obj)`` it afterwards.
+Built-in plugins arrive exactly like third-party ones, through the ``diffbench`` entry-point
+group; ``DIFFBENCH_LOAD_PLUGINS`` restricts which distributions' entry points load. Nothing is
+scanned at import: the first ``registry()``, ``get()`` or ``load_plugins()`` loads the entry points
+(``ensure_loaded``). What was loaded lives in one ``PluginSet``, the active one; tests swap in a
+fresh set with ``using(...)`` so they see the built-ins and their own plugins, not whatever happens
+to be installed. The registry is rebuilt from the hooks on every call, so a plugin object
+registered with ``pm.register(obj)`` is found until ``pm.unregister(obj)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib
@@ -16,6 +20,7 @@ import importlib.util
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -24,15 +29,13 @@ from typing import Any
 import pluggy
 
 from diffbench import hookspecs
-from diffbench.contract import KINDS, Plugin
+from diffbench.contract import KINDS, Plugin, PluginClassError, check_class
 
 ENTRY_POINT_GROUP = "diffbench"
 ENV_VAR = "DIFFBENCH_PLUGINS"
 ALLOW_ENV_VAR = "DIFFBENCH_LOAD_PLUGINS"
 BUILTIN_DISTRIBUTION = "diffbench"
-
-pm = pluggy.PluginManager("diffbench")
-pm.add_hookspecs(hookspecs)
+HOOKS = tuple(name for name in vars(hookspecs) if name.startswith("register_"))
 
 
 class PluginError(Exception):
@@ -57,9 +60,167 @@ class HeldBack:
     value: str
 
 
-held_back: list[HeldBack] = []
-_entry_point_plugins: dict[str, tuple[Any, str, str]] = {}  # entry-point name -> (plugin, distribution, version)
-_applied_allow_list: str | None = None
+_NOT_LOADED = object()
+
+
+class PluginSet:
+    """A plugin manager and what entry-point discovery put into it.
+
+    ``installed=True`` scans every installed distribution for ``diffbench`` entry points (what a
+    run does); ``installed=False`` reads only diffbench's own, the built-ins, or (``builtins=False``
+    too) none. Discovery happens on the first ``ensure_loaded()``, and again when
+    ``DIFFBENCH_LOAD_PLUGINS`` has changed since.
+    """
+
+    def __init__(self, installed: bool = True, builtins: bool = True) -> None:
+        self.installed = installed
+        self.builtins = builtins or installed
+        self.pm = pluggy.PluginManager("diffbench")
+        self.pm.add_hookspecs(hookspecs)
+        #: Entry points the allow-list kept out, as of the last discovery.
+        self.held_back: list[HeldBack] = []
+        #: Entry-point name -> (plugin, distribution, version) for every entry point loaded.
+        self.from_entry_points: dict[str, tuple[Any, str, str]] = {}
+        self._applied_allow_list: object = _NOT_LOADED
+
+    def ensure_loaded(self) -> None:
+        """Load the entry points unless done already under the current ``DIFFBENCH_LOAD_PLUGINS``."""
+        if self._applied_allow_list is _NOT_LOADED or os.environ.get(ALLOW_ENV_VAR) != self._applied_allow_list:
+            self.load_entry_points()
+
+    def _entry_points(self) -> Iterator[tuple[str, str, importlib.metadata.EntryPoint]]:
+        if self.installed:
+            distributions = list(importlib.metadata.distributions())
+        elif self.builtins:
+            distributions = [importlib.metadata.distribution(BUILTIN_DISTRIBUTION)]
+        else:
+            distributions = []
+        for dist in distributions:
+            entry_points = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+            if entry_points:
+                metadata = dist.metadata  # parsed on every access: once per distribution
+                for ep in entry_points:
+                    yield metadata["Name"], metadata["Version"], ep
+
+    def load_entry_points(self) -> None:
+        """Register the entry points that ``DIFFBENCH_LOAD_PLUGINS`` allows; remember the rest in ``held_back``.
+
+        Like pluggy's ``load_setuptools_entrypoints``, but run again it also unregisters entry points
+        that the variable no longer allows, so the registry always follows its current value.
+        """
+        self._applied_allow_list = os.environ.get(ALLOW_ENV_VAR)
+        allowed = allowed_distributions()
+        held: dict[tuple[str, str], HeldBack] = {}
+        seen: set[str] = {BUILTIN_DISTRIBUTION}
+        for distribution, version, ep in self._entry_points():
+            seen.add(_normalized(distribution))
+            if allowed is not None and _normalized(distribution) not in allowed:
+                held[(distribution, ep.name)] = HeldBack(ep.name, distribution, version, ep.value)
+                loaded = self.from_entry_points.get(ep.name)
+                if loaded is not None and loaded[1] == distribution:
+                    if self.pm.is_registered(loaded[0]):
+                        self.pm.unregister(loaded[0])
+                    del self.from_entry_points[ep.name]
+                continue
+            if self.pm.has_plugin(ep.name) or self.pm.is_blocked(ep.name):
+                continue
+            source = f"{distribution} {version} ({ep.value})"
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {source} failed to import: {type(exc).__name__}: {exc}; "
+                    f"mend or uninstall it, or leave it out with {ALLOW_ENV_VAR}"
+                ) from None
+            self.register(plugin, ep.name, source)
+            self.from_entry_points[ep.name] = (plugin, distribution, version)
+        self.held_back[:] = held.values()
+        unknown = sorted((allowed or set()) - seen) if self.installed else []
+        if unknown:
+            print(
+                f"diffbench: warning: {ALLOW_ENV_VAR} names {', '.join(unknown)}, but no installed distribution "
+                f"of that name has diffbench plugins (those that do: {', '.join(sorted(seen))})",
+                file=sys.stderr,
+            )
+
+    def register(self, plugin: Any, name: str | None, source: str) -> None:
+        """Register one plugin (module or object); a malformed or misspelt hook is a PluginError."""
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(
+                f"plugin {source} has a malformed hook ({exc}); a hook takes exactly one argument, `register`"
+            ) from None
+        except ValueError as exc:
+            raise PluginError(f"plugin {source} cannot be registered: {exc}") from None
+        try:
+            self.check_hooks(plugin, source)
+        except PluginError:
+            self.pm.unregister(plugin)
+            raise
+
+    def check_hooks(self, plugin: Any, source: str) -> None:
+        """Raise PluginError if ``plugin`` implements a hook that diffbench does not define (a misspelling)."""
+        for name, caller in vars(self.pm.hook).items():
+            if not isinstance(caller, pluggy.HookCaller) or caller.has_spec():
+                continue
+            if any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls()):
+                close = difflib.get_close_matches(name, HOOKS, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise PluginError(
+                    f"plugin {source} implements unknown hook '{name}'{hint} (diffbench's hooks: {', '.join(HOOKS)})"
+                )
+
+    def source(self, plugin: Any) -> str:
+        """Where a registered plugin came from, in words: ``dist version (module)``, ``file ...``, its name."""
+        for registered, distribution, version in self.from_entry_points.values():
+            if registered is plugin:
+                return f"{distribution} {version} ({getattr(plugin, '__name__', self.pm.get_name(plugin))})"
+        return self.pm.get_name(plugin) or repr(plugin)
+
+
+class _Active:
+    """The plugin set that ``registry()`` and the CLI use; ``using()`` swaps it for a while."""
+
+    def __init__(self) -> None:
+        self.plugins = PluginSet()
+
+
+_active = _Active()
+
+
+def active() -> PluginSet:
+    """The plugin set in use (its entry points not necessarily loaded yet: see ``ensure_loaded``)."""
+    return _active.plugins
+
+
+def __getattr__(name: str) -> Any:
+    # `plugins.pm` and `plugins.held_back` follow the active set (module attributes, PEP 562).
+    if name == "pm":
+        return _active.plugins.pm
+    if name == "held_back":
+        return _active.plugins.held_back
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@contextlib.contextmanager
+def using(*objects: Any, builtins: bool = True, installed: bool = False) -> Iterator[PluginSet]:
+    """Make a fresh plugin set the active one inside the block; the previous one is back afterwards.
+
+    It holds diffbench's built-ins (``builtins=False``: none), every installed distribution's
+    entry points only with ``installed=True``, and the plugin ``objects`` given (modules or objects
+    with hooks). For tests: what they see does not depend on what else is installed, and nothing
+    they register outlives the block.
+    """
+    fresh = PluginSet(installed=installed, builtins=builtins)
+    fresh.ensure_loaded()
+    for obj in objects:
+        fresh.register(obj, None, getattr(obj, "__name__", type(obj).__qualname__))
+    previous, _active.plugins = _active.plugins, fresh
+    try:
+        yield fresh
+    finally:
+        _active.plugins = previous
 
 
 def _normalized(distribution: str) -> str:
@@ -74,47 +235,14 @@ def allowed_distributions() -> set[str] | None:
     return {_normalized(name.strip()) for name in value.split(",") if name.strip()} | {BUILTIN_DISTRIBUTION}
 
 
+def ensure_loaded() -> None:
+    """Load the active set's entry points if not done yet (or ``DIFFBENCH_LOAD_PLUGINS`` changed since)."""
+    active().ensure_loaded()
+
+
 def load_entry_points() -> None:
-    """Register the entry points that ``DIFFBENCH_LOAD_PLUGINS`` allows; remember the rest in ``held_back``.
-
-    Like pluggy's ``load_setuptools_entrypoints``, but run again it also unregisters entry points
-    that the variable no longer allows, so the registry always follows its current value.
-    """
-    global _applied_allow_list
-    _applied_allow_list = os.environ.get(ALLOW_ENV_VAR)
-    allowed = allowed_distributions()
-    held: dict[tuple[str, str], HeldBack] = {}
-    seen: set[str] = {BUILTIN_DISTRIBUTION}
-    for dist in list(importlib.metadata.distributions()):
-        distribution, version = dist.metadata["Name"], dist.version
-        for ep in dist.entry_points:
-            if ep.group != ENTRY_POINT_GROUP:
-                continue
-            seen.add(_normalized(distribution))
-            if allowed is not None and _normalized(distribution) not in allowed:
-                held[(distribution, ep.name)] = HeldBack(ep.name, distribution, version, ep.value)
-                loaded = _entry_point_plugins.get(ep.name)
-                if loaded is not None and loaded[1] == distribution:
-                    if pm.is_registered(loaded[0]):
-                        pm.unregister(loaded[0])
-                    del _entry_point_plugins[ep.name]
-                continue
-            if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
-                continue
-            plugin = ep.load()
-            pm.register(plugin, name=ep.name)
-            _entry_point_plugins[ep.name] = (plugin, distribution, version)
-    held_back[:] = held.values()
-    unknown = sorted((allowed or set()) - seen)
-    if unknown:
-        print(
-            f"diffbench: warning: {ALLOW_ENV_VAR} names {', '.join(unknown)}, but no installed distribution "
-            f"of that name has diffbench plugins (those that do: {', '.join(sorted(seen))})",
-            file=sys.stderr,
-        )
-
-
-load_entry_points()
+    """Discover the entry points again under the current ``DIFFBENCH_LOAD_PLUGINS``."""
+    active().load_entry_points()
 
 
 def load_plugin(spec: str) -> ModuleType:
@@ -150,46 +278,38 @@ def load_plugin(spec: str) -> ModuleType:
 
 
 def register_module(module: ModuleType, source: str) -> ModuleType:
-    """Register a plugin module once; a hook with a wrong signature is a PluginError."""
-    if pm.is_registered(module):
-        return module
-    try:
-        pm.register(module, name=source)
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(
-            f"plugin {source} has a malformed hook ({exc}); a hook takes exactly one argument, `register`"
-        ) from None
-    except ValueError as exc:
-        raise PluginError(f"plugin {source} cannot be registered: {exc}") from None
+    """Register a plugin module once; a hook with a wrong signature or an unknown name is a PluginError."""
+    plugins = active()
+    if not plugins.pm.is_registered(module):
+        plugins.register(module, source, source)
     return module
 
 
 def load_plugins(specs: list[str] | tuple[str, ...] = ()) -> None:
-    """Load the ``--plugin`` specs and those listed in ``DIFFBENCH_PLUGINS``; apply a changed allow-list."""
-    if os.environ.get(ALLOW_ENV_VAR) != _applied_allow_list:
-        load_entry_points()
+    """Load the entry points (once), the ``--plugin`` specs and those listed in ``DIFFBENCH_PLUGINS``."""
+    ensure_loaded()
     from_env = [s.strip() for s in os.environ.get(ENV_VAR, "").split(",") if s.strip()]
     for spec in [*from_env, *specs]:
         load_plugin(spec)
 
 
-def _source(plugin: Any) -> str:
-    for registered, distribution, version in _entry_point_plugins.values():
-        if registered is plugin:
-            return f"{distribution} {version} ({getattr(plugin, '__name__', pm.get_name(plugin))})"
-    return pm.get_name(plugin) or repr(plugin)
-
-
 def registry() -> dict[str, dict[str, Registered]]:
     """Every registered plugin class by kind and name; raises PluginError on a bad one."""
+    plugins = active()
+    plugins.ensure_loaded()
+    for plugin in plugins.pm.get_plugins():  # objects registered straight through pm.register
+        plugins.check_hooks(plugin, plugins.source(plugin))
     found: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
     for kind, base in KINDS.items():
-        caller = getattr(pm.hook, f"register_{kind}s")
+        caller = getattr(plugins.pm.hook, f"register_{kind}s")
         for impl in reversed(caller.get_hookimpls()):
-            source = _source(impl.plugin)
+            source = plugins.source(impl.plugin)
 
-            def register(cls: type, kind: str = kind, base: type = base, source: str = source) -> None:
-                _check_class(cls, kind, base, source)
+            def register(cls: type, kind: str = kind, base: type[Plugin] = base, source: str = source) -> None:
+                try:
+                    check_class(cls, base)
+                except PluginClassError as exc:
+                    raise PluginError(f"plugin {source}: {exc}") from None
                 clash = found[kind].get(cls.name)
                 if clash is not None and clash.cls is not cls:
                     raise PluginError(
@@ -205,17 +325,6 @@ def registry() -> dict[str, dict[str, Registered]]:
             except Exception as exc:
                 raise PluginError(f"plugin {source} raised in register_{kind}s: {type(exc).__name__}: {exc}") from None
     return found
-
-
-def _check_class(cls: Any, kind: str, base: type, source: str) -> None:
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise PluginError(
-            f"{source} registered {cls!r} as a {kind}, but it is not a subclass of diffbench.{base.__name__}"
-        )
-    if not isinstance(cls.name, str) or not cls.name:
-        raise PluginError(f"{source}: {kind} class {cls.__name__} needs a non-empty string `name`")
-    if not isinstance(cls.params, dict):
-        raise PluginError(f"{source}: {kind} '{cls.name}' needs `params` to be a dict of defaults")
 
 
 def get(kind: str, name: str) -> Registered:

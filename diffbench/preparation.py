@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from diffbench.cell import Cell
-from diffbench.contract import Dataset, Splits, check_splits
+from diffbench.contract import Dataset, Splits, check_log_posterior, check_splits
 from diffbench.schedule import NoiseSchedule
 from diffbench.suite import Suite
 from diffbench.training import build_module, load_checkpoint, load_or_train
@@ -47,10 +47,11 @@ def hold_out(splits: Splits, seed: int) -> tuple[Splits, torch.Tensor, torch.Ten
 
 def bayes_accuracy(dataset: Dataset, splits: Splits) -> float:
     """Test accuracy of the Bayes-optimal classifier where the dataset knows its distribution, else NaN."""
-    posterior = getattr(dataset, "bayes_log_posterior", None)
-    if posterior is None:
+    if dataset.bayes_log_posterior is None:
         return math.nan
-    return (posterior(splits.test_x).argmax(1) == splits.test_y).float().mean().item()
+    log_posterior = dataset.bayes_log_posterior(splits.test_x)
+    check_log_posterior(log_posterior, len(splits.test_y), splits.num_classes, dataset.name)
+    return (log_posterior.argmax(1) == splits.test_y).float().mean().item()
 
 
 def train_device(cells: list[Cell]) -> torch.device:

@@ -7,9 +7,10 @@
         check_estimator(MyEstimator(window=0.3))     # or an instance with params of your choice
 
 Each check raises AssertionError whose message names the plugin and what failed, and returns
-quietly when the plugin keeps the contract. The output checks are the runner's own
-(``check_splits``, ``check_errors``), so a plugin that passes here is not failed by a run for its
-output's form. Every check runs twice with the global torch, numpy and Python RNGs in different
+quietly when the plugin keeps the contract. The class and output checks are the contract's own, the
+ones the registry and the runner apply (``diffbench.contract.check_class``, ``check_splits``,
+``check_errors``, ``check_log_posterior``), so a plugin that passes here is not failed by a run for
+its output's form. Every check runs twice with the global torch, numpy and Python RNGs in different
 states (restored afterwards): a plugin that draws from them instead of its ``seed`` or
 ``generator`` is not repeatable, and is caught.
 """
@@ -32,9 +33,12 @@ from diffbench.contract import (
     Denoiser,
     Estimator,
     Plugin,
+    PluginClassError,
     PluginOutputError,
     Splits,
+    check_class,
     check_errors,
+    check_log_posterior,
     check_splits,
 )
 from diffbench.model import ConditionalModel
@@ -67,12 +71,10 @@ def _instance(cls_or_instance: Any, base: type[Plugin]) -> tuple[Any, str]:
     """Check the class side of the contract; return the instance to test and a label naming it."""
     cls = cls_or_instance if isinstance(cls_or_instance, type) else type(cls_or_instance)
     label = f"{base.kind} '{getattr(cls, 'name', '?')}' ({cls.__module__}.{cls.__qualname__})"
-    if not issubclass(cls, base):
-        _fail(label, f"is not a subclass of diffbench.{base.__name__}")
-    if not isinstance(cls.name, str) or not cls.name:
-        _fail(label, "needs a non-empty string `name`")
-    if not isinstance(cls.params, dict):
-        _fail(label, f"needs `params` to be a dict of defaults, got {type(cls.params).__name__}")
+    try:
+        check_class(cls, base)
+    except PluginClassError as exc:
+        _fail(label, str(exc))
     defaults = copy.deepcopy(cls.params)
     try:
         default = cls()
@@ -117,6 +119,15 @@ def check_dataset(cls_or_instance: type[Dataset] | Dataset, seed: int = 0) -> Sp
             raise AssertionError(f"{exc} ({label})") from None
         splits.append(loaded)
     first, second = splits
+    if dataset.bayes_log_posterior is not None:
+        try:
+            log_posterior = dataset.bayes_log_posterior(first.test_x)
+        except Exception as exc:
+            _fail(label, f"bayes_log_posterior(test_x) raised {type(exc).__name__}: {exc}")
+        try:
+            check_log_posterior(log_posterior, len(first.test_x), first.num_classes, dataset.name)
+        except PluginOutputError as exc:
+            raise AssertionError(f"{exc} ({label})") from None
     for field in ("train_x", "train_y", "test_x", "test_y", "class_names"):
         if not _same(getattr(first, field), getattr(second, field)):
             _fail(
@@ -149,8 +160,6 @@ def check_denoiser(
     """
     denoiser, label = _instance(cls_or_instance, Denoiser)
     data_shape = tuple(data_shape)
-    if not isinstance(denoiser.accepts, str):
-        _fail(label, f"`accepts` must be a str describing the shapes it takes, got {denoiser.accepts!r}")
     try:
         TrainSettings(**denoiser.train)
     except (TypeError, ValueError) as exc:

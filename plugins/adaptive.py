@@ -52,14 +52,7 @@ def ranked_errors(mean: torch.Tensor, dropped_at: torch.Tensor, last: int | torc
 
 
 class _Shared(diffbench.Estimator):
-    params = {"loss": "l2", "weighting": "simple"}
-
-    def validate(self) -> None:
-        for key, choices in (("loss", LOSSES), ("weighting", WEIGHTINGS)):
-            if self.params[key] not in choices:
-                raise diffbench.ParamError(
-                    f"{self.name} param '{key}' must be one of {', '.join(choices)}, got {self.params[key]!r}"
-                )
+    params = {"loss": diffbench.Choice(*LOSSES), "weighting": diffbench.Choice(*WEIGHTINGS)}
 
     def _score(self, model, x, t, generator, alive=None) -> torch.Tensor:
         """Draw shared noise for ``t [b, R]`` and return weighted per-trial errors ``[b, R, K]``."""
@@ -91,21 +84,19 @@ class Adaptive(_Shared):
 
     name = "adaptive"
     params = {
-        "mode": "li",
+        "mode": diffbench.Choice(*ADAPTIVE_MODES),
         "to_keep": "5 1",
         "n_samples": "50 500",
         "threshold": 2e-3,
         "min_scores": 20,
         "batch": 10,
-        "loss": "l2",
-        "weighting": "simple",
+        "loss": diffbench.Choice(*LOSSES),
+        "weighting": diffbench.Choice(*WEIGHTINGS),
     }
 
     def validate(self) -> None:
         super().validate()
         p = self.params
-        if p["mode"] not in ADAPTIVE_MODES:
-            raise diffbench.ParamError(f"adaptive param 'mode' must be one of {', '.join(ADAPTIVE_MODES)}")
         try:
             keep, samples = parse_ints(p["to_keep"]), parse_ints(p["n_samples"])
         except ValueError as exc:
@@ -225,7 +216,14 @@ class Sequential(_Shared):
     """
 
     name = "sequential"
-    params = {"batch": 4, "z": 3.0, "min_trials": 4, "stratify": False, "loss": "l2", "weighting": "simple"}
+    params = {
+        "batch": 4,
+        "z": 3.0,
+        "min_trials": 4,
+        "stratify": False,
+        "loss": diffbench.Choice(*LOSSES),
+        "weighting": diffbench.Choice(*WEIGHTINGS),
+    }
 
     def validate(self) -> None:
         super().validate()

@@ -204,12 +204,6 @@ def class_errors(
 
 
 class _MonteCarlo(diffbench.Estimator):
-    def validate(self) -> None:
-        if self.params["loss"] not in LOSSES:
-            raise diffbench.ParamError(
-                f"{self.name} param 'loss' must be one of {', '.join(LOSSES)}, got {self.params['loss']!r}"
-            )
-
     def _noise(self, model, x, dims, generator) -> torch.Tensor:
         return torch.randn((*dims, *model.data_shape), generator=generator, device=model.device, dtype=model.dtype)
 
@@ -219,7 +213,7 @@ class FullMC(_MonteCarlo):
 
     name = "full-mc"
     variance_baseline = True
-    params = {"loss": "l2"}
+    params = {"loss": diffbench.Choice(*LOSSES)}
 
     def errors(self, model, x, trials, generator):
         dims = (x.shape[0], trials, model.num_classes)
@@ -232,7 +226,7 @@ class SharedNoise(_MonteCarlo):
     """One timestep and noise per (sample, trial), shared by all classes (common random numbers)."""
 
     name = "shared-noise"
-    params = {"loss": "l2"}
+    params = {"loss": diffbench.Choice(*LOSSES)}
 
     def _timesteps(self, model, dims, generator) -> torch.Tensor:
         return torch.randint(0, model.num_timesteps, dims, generator=generator, device=model.device)
@@ -248,7 +242,7 @@ class Truncated(SharedNoise):
     """Shared noise with timesteps drawn uniformly from ``[t_min, t_max]`` (inclusive)."""
 
     name = "truncated"
-    params = {"loss": "l2", "t_min": 0, "t_max": 300}
+    params = {"loss": diffbench.Choice(*LOSSES), "t_min": 0, "t_max": 300}
 
     def validate(self) -> None:
         super().validate()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from diffbench_plugins.monte_carlo import (
+    LOSSES,
     WEIGHTINGS,
     SharedNoise,
     class_errors,
@@ -30,20 +31,10 @@ import diffbench
 STRATIFIED_MODES = ("random", "even")
 
 
-def check_choice(estimator: diffbench.Estimator, key: str, choices: tuple[str, ...]) -> None:
-    value = estimator.params[key]
-    if value not in choices:
-        raise diffbench.ParamError(f"{estimator.name} param '{key}' must be one of {', '.join(choices)}, got {value!r}")
-
-
 class _Draws(SharedNoise):
     """Shared noise whose subclasses choose the draws: ``_draws`` -> (t, eps, importance weight or None)."""
 
-    params = {"loss": "l2", "weighting": "simple"}
-
-    def validate(self) -> None:
-        super().validate()
-        check_choice(self, "weighting", WEIGHTINGS)
+    params = {"loss": diffbench.Choice(*LOSSES), "weighting": diffbench.Choice(*WEIGHTINGS)}
 
     def _draws(self, model, x, trials, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
@@ -72,11 +63,11 @@ class Stratified(_Draws):
     """
 
     name = "stratified"
-    params = {"mode": "random", "loss": "l2", "weighting": "simple"}
-
-    def validate(self) -> None:
-        super().validate()
-        check_choice(self, "mode", STRATIFIED_MODES)
+    params = {
+        "mode": diffbench.Choice(*STRATIFIED_MODES),
+        "loss": diffbench.Choice(*LOSSES),
+        "weighting": diffbench.Choice(*WEIGHTINGS),
+    }
 
     def _draws(self, model, x, trials, generator):
         B = x.shape[0]
@@ -96,7 +87,7 @@ class Antithetic(_Draws):
     """
 
     name = "antithetic"
-    params = {"stratify": False, "loss": "l2", "weighting": "simple"}
+    params = {"stratify": False, "loss": diffbench.Choice(*LOSSES), "weighting": diffbench.Choice(*WEIGHTINGS)}
 
     def _draws(self, model, x, trials, generator):
         B, pairs = x.shape[0], (trials + 1) // 2
@@ -131,8 +122,8 @@ class Importance(_Draws):
         "fit_trials": 4,
         "fit_samples": 256,
         "stratify": False,
-        "loss": "l2",
-        "weighting": "simple",
+        "loss": diffbench.Choice(*LOSSES),
+        "weighting": diffbench.Choice(*WEIGHTINGS),
     }
 
     def __init__(self, **overrides) -> None:

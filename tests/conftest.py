@@ -28,16 +28,14 @@ TINY_DENOISER = "mlp[width=16,depth=1]"
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
-    """No test leaks plugins into another, reads DIFFBENCH_PLUGINS or touches ~/.cache."""
+    """No test leaks plugins into another, sees plugins of other installed packages, reads
+    DIFFBENCH_PLUGINS or touches ~/.cache: each test gets a fresh plugin set with the built-ins."""
     monkeypatch.delenv(plugins.ENV_VAR, raising=False)
-    monkeypatch.delenv("DIFFBENCH_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv(plugins.ALLOW_ENV_VAR, raising=False)
     monkeypatch.setenv("DIFFBENCH_CACHE", str(tmp_path / "default-cache"))
-    before = list(plugins.pm.get_plugins())
     modules = set(sys.modules)
-    yield
-    for plugin in plugins.pm.get_plugins():
-        if not any(plugin is p for p in before):
-            plugins.pm.unregister(plugin)
+    with plugins.using():
+        yield
     for name in set(sys.modules) - modules:
         if name.startswith("diffbench_file_plugin_"):
             del sys.modules[name]

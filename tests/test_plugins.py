@@ -242,19 +242,28 @@ def test_a_file_plugin_can_be_loaded_again_after_unregistering(plugin_file):
 
 
 @pytest.fixture
-def fake_distribution(tmp_path, monkeypatch):
-    """An installed distribution `diffbench-plugin-fake` 1.2.3 whose entry point `fake` registers zero-est."""
-    (tmp_path / "fake_diffbench_plugin.py").write_text(PLUGIN_FILE)
-    info = tmp_path / "diffbench_plugin_fake-1.2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: diffbench-plugin-fake\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text("[diffbench]\nfake = fake_diffbench_plugin\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(plugins, "held_back", [])
-    monkeypatch.setattr(plugins, "_entry_point_plugins", dict(plugins._entry_point_plugins))
-    monkeypatch.setattr(plugins, "_applied_allow_list", plugins._applied_allow_list)
-    yield
+def install_fake(tmp_path, monkeypatch):
+    """``install_fake(source)``: an installed distribution `diffbench-plugin-fake` 1.2.3 whose entry point
+    `fake` is the module ``fake_diffbench_plugin`` with that source."""
+
+    def install(source: str = PLUGIN_FILE) -> None:
+        (tmp_path / "fake_diffbench_plugin.py").write_text(source)
+        info = tmp_path / "diffbench_plugin_fake-1.2.3.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: diffbench-plugin-fake\nVersion: 1.2.3\n")
+        (info / "entry_points.txt").write_text("[diffbench]\nfake = fake_diffbench_plugin\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+
+    yield install
     sys.modules.pop("fake_diffbench_plugin", None)
+
+
+@pytest.fixture
+def fake_distribution(install_fake):
+    """The fake distribution (entry point `fake` registers zero-est), seen by a plugin set that scans installs."""
+    install_fake()
+    with plugins.using(installed=True):
+        yield
 
 
 FAKE_HELD_BACK = {
@@ -310,3 +319,116 @@ def test_an_unknown_name_in_the_allow_list_is_a_warning(cli, fake_distribution):
     assert line.startswith(f"diffbench: warning: {plugins.ALLOW_ENV_VAR} names no-such-dist, but no installed")
     assert "diffbench-plugin-fake" in line
     assert json.loads(result.stdout)["held_back"] == []
+
+
+# --- lazy discovery and plugin sets under a test's control -----------------------------------
+
+LAZY_PROBE = """
+import json, sys
+import diffbench.testing
+testing_imports_runner = "diffbench.runner" in sys.modules
+import diffbench.cli
+from diffbench import plugins
+before = sorted(m for m in sys.modules if m.startswith("diffbench_plugins"))
+plugins.registry()
+after = sorted(m for m in sys.modules if m.startswith("diffbench_plugins"))
+print(json.dumps({"testing_imports_runner": testing_imports_runner, "before": before, "after": after}))
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_interpreter():
+    """What a fresh interpreter imports: diffbench.testing, then the CLI, then the registry."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", LAZY_PROBE], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and the CLI's libraries
+def test_importing_diffbench_and_its_cli_loads_no_plugin(fresh_interpreter):
+    assert fresh_interpreter["before"] == []
+    assert "diffbench_plugins.toys" in fresh_interpreter["after"], "the first registry() loads the entry points"
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and the CLI's libraries
+def test_the_testing_kit_does_not_import_the_runner(fresh_interpreter):
+    assert fresh_interpreter["testing_imports_runner"] is False
+
+
+def test_discovery_waits_for_the_first_lookup(monkeypatch):
+    scans = []
+    real = plugins.importlib.metadata.distributions
+    monkeypatch.setattr(plugins.importlib.metadata, "distributions", lambda: scans.append(1) or real())
+    fresh = plugins.PluginSet()
+    assert scans == [] and fresh.pm.get_plugins() == set()
+    with plugins.using(installed=True, builtins=False) as scanned:
+        assert len(scans) == 1 and scanned is plugins.active()
+        plugins.registry()
+        plugins.load_plugins()
+        assert len(scans) == 1, "discovery runs once per plugin set"
+
+
+def test_a_plugin_set_for_a_test_holds_the_builtins_and_what_it_is_given():
+    outer = plugins.active()
+    with plugins.using(hooks_for(estimators=[Dummy])) as inner:
+        assert plugins.active() is inner and plugins.pm is inner.pm
+        found = plugins.registry()["estimator"]
+        assert found["dummy"].cls is Dummy and "shared-noise" in found
+    assert plugins.active() is outer and "dummy" not in plugins.registry()["estimator"]
+    with plugins.using(hooks_for(estimators=[Dummy]), builtins=False):
+        assert {kind: set(entries) for kind, entries in plugins.registry().items()} == {
+            "dataset": set(),
+            "denoiser": set(),
+            "estimator": {"dummy"},
+        }
+
+
+def test_an_installed_plugin_is_seen_only_by_a_set_that_scans_installs(install_fake):
+    install_fake()
+    with plugins.using():
+        assert "zero-est" not in plugins.registry()["estimator"]
+    with plugins.using(installed=True):
+        assert plugins.get("estimator", "zero-est").source == "diffbench-plugin-fake 1.2.3 (fake_diffbench_plugin)"
+
+
+MISSPELT = """
+import diffbench
+
+@diffbench.hookimpl
+def register_estimatorz(register):
+    pass
+"""
+
+
+def test_a_misspelt_hook_in_a_plugin_file_is_one_line_naming_plugin_and_hooks(cli, tmp_path):
+    misspelt = tmp_path / "misspelt.py"
+    misspelt.write_text(MISSPELT)
+    result = cli("--plugin", misspelt, "list")
+    assert result.exit_code == 2
+    assert error_lines(result) == [
+        f"diffbench: error: plugin file {misspelt.resolve()} implements unknown hook 'register_estimatorz'; "
+        "did you mean 'register_estimators'? (diffbench's hooks: register_datasets, register_denoisers, "
+        "register_estimators)"
+    ]
+    assert not any("misspelt" in plugins.pm.get_name(p) for p in plugins.pm.get_plugins()), "left unregistered"
+
+
+def test_a_misspelt_hook_on_a_registered_object_fails_the_registry(register_plugin):
+    class Misspelt:
+        @diffbench.hookimpl
+        def register_dataset(self, register):
+            pass
+
+    register_plugin(Misspelt(), name="misspelt object")
+    with pytest.raises(plugins.PluginError, match="misspelt object implements unknown hook 'register_dataset'; did"):
+        plugins.registry()
+
+
+def test_an_installed_plugin_that_fails_to_import_is_a_plugin_error(install_fake):
+    install_fake("raise RuntimeError('half-installed')\n")
+    with pytest.raises(plugins.PluginError) as info, plugins.using(installed=True):
+        pass
+    message = str(info.value)
+    assert message.startswith("plugin diffbench-plugin-fake 1.2.3 (fake_diffbench_plugin) failed to import")
+    assert "RuntimeError: half-installed" in message and plugins.ALLOW_ENV_VAR in message
