@@ -20,7 +20,7 @@ from diffbench.contract import (
     check_class,
     check_log_posterior,
 )
-from diffbench.runner import bayes_accuracy
+from diffbench.preparation import bayes_accuracy
 from diffbench.testing import check_dataset, check_estimator
 
 
