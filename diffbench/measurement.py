@@ -67,27 +67,34 @@ def fitted(estimator: Estimator, model: ConditionalModel, x: torch.Tensor, y: to
 def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Suite) -> tuple[list[dict], list[dict]]:
     """One cell's rows (one per scenario of the suite) and its reliability bins.
 
-    In order: ``fit`` on held-out data; accuracy from one pass seeded by the cell's seed;
-    a temperature fitted on the held-out data; the error-gap variance over independent
-    repeats on a subset of the test set; then the timed scenarios. Only the last are
+    In order: ``fit`` (a copy of the estimator) on held-out data; accuracy from one pass seeded
+    by the cell's seed; a temperature fitted on the held-out data; the error-gap variance over
+    independent repeats on a subset of the test set; then the timed scenarios. Only the last are
     timed; NFE are read from the model's counter around each step.
     """
-    device = model.device
-    reset_peak_memory(device)
-    x, y = data.x, data.y
-    n, k = x.shape[0], model.num_classes
-    name, trials = cell.estimator.name, cell.trials
-
-    generator = torch.Generator(device=device).manual_seed(cell.seed)
+    reset_peak_memory(model.device)
+    generator = torch.Generator(device=model.device).manual_seed(cell.seed)
     model.reset_nfe()
     estimator = fitted(cell.estimator, model, data.heldout_x, data.heldout_y, generator)
     fit_nfe = model.reset_nfe()
+    common, first_s, bins = quality(cell, estimator, model, data, generator)
+    common["fit_nfe_per_sample"] = fit_nfe / max(1, data.heldout_x.shape[0])
+    return speed(cell, estimator, model, data.x, generator, suite, common, first_s), bins
+
+
+def quality(
+    cell: Cell, estimator: Estimator, model: ConditionalModel, data: CellData, generator: torch.Generator
+) -> tuple[dict[str, Any], float, list[dict]]:
+    """Accuracy, calibration and noise of a fitted estimator: its columns, the first pass's seconds, the bins."""
+    x, y = data.x, data.y
+    n, k = x.shape[0], model.num_classes
+    name, trials = cell.estimator.name, cell.trials
 
     def classify(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return check_errors(estimator.errors(model, inputs, trials, generator), inputs.shape[0], k, name)
 
     errors: list[torch.Tensor] = []
-    first_s = timed(lambda: errors.append(classify(x, generator)), device)
+    first_s = timed(lambda: errors.append(classify(x, generator)), model.device)
     pass_nfe = [model.reset_nfe() / n]
     if pass_nfe[0] == 0:
         raise PluginOutputError(
@@ -105,27 +112,40 @@ def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Sui
     subset = slice(0, min(n, GAP_SAMPLES))
     repeated = []
     for r in range(GAP_REPEATS):
-        independent = torch.Generator(device=device).manual_seed(cell.seed + 1 + r)
+        independent = torch.Generator(device=model.device).manual_seed(cell.seed + 1 + r)
         repeated.append(classify(x[subset], independent).cpu())
         pass_nfe.append(model.reset_nfe() / x[subset].shape[0])
     gap_var = metrics.gap_variance(torch.stack(repeated), y_cpu[subset])
     nfe_mid, nfe_iqr = median_iqr(pass_nfe)
-
-    common = {
+    columns = {
         "n_test": n,
         "accuracy": correct / n,
         "accuracy_ci_low": low,
         "accuracy_ci_high": high,
         "nfe_per_sample": pass_nfe[0],
         "nfe_per_sample_iqr": nfe_iqr,
-        "fit_nfe_per_sample": fit_nfe / max(1, data.heldout_x.shape[0]),
         "temperature": temperature,
         **metrics.calibration(err, y_cpu, temperature),
         "gap_variance": gap_var * nfe_mid,
     }
+    return columns, first_s, metrics.reliability_bins(err, y_cpu, temperature)
+
+
+def speed(
+    cell: Cell,
+    estimator: Estimator,
+    model: ConditionalModel,
+    x: torch.Tensor,
+    generator: torch.Generator,
+    suite: Suite,
+    common: dict[str, Any],
+    first_s: float,
+) -> list[dict[str, Any]]:
+    """One row per scenario of the suite: ``common`` with the timings measured in that scenario."""
+    n, trials, device = x.shape[0], cell.trials, model.device
     rows = []
     if "offline" in suite.scenarios:
-        speed = measure(
+        throughput = measure(
             lambda: estimator.errors(model, x, trials, generator),
             model,
             n,
@@ -134,7 +154,7 @@ def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Sui
             min_repeats=suite.repeats,
             max_time_s=suite.max_time_s,
         )
-        rows.append({"scenario": "offline", **common, **vars(speed), "peak_memory_mb": peak_memory_mb(device)})
+        rows.append({"scenario": "offline", **common, **vars(throughput), "peak_memory_mb": peak_memory_mb(device)})
     if "single" in suite.scenarios:
         latency = measure_latency(
             lambda i: estimator.errors(model, x[i % n : i % n + 1], trials, generator),
@@ -143,7 +163,7 @@ def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Sui
             max_time_s=suite.max_time_s,
         )
         rows.append({"scenario": "single", **common, **vars(latency), "peak_memory_mb": peak_memory_mb(device)})
-    return rows, metrics.reliability_bins(err, y_cpu, temperature)
+    return rows
 
 
 def identity(cell: Cell, suite: Suite) -> dict[str, Any]:
