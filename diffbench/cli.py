@@ -156,7 +156,9 @@ def grid_options(command):
             help="Checkpoint cache folder (default $DIFFBENCH_CACHE or ~/.cache/diffbench).",
         ),
         click.option(
-            "--progress/--no-progress", default=None, help="Show training progress bars (default: on a terminal)."
+            "--progress/--no-progress",
+            default=None,
+            help="Show progress bars over training and cells (default: on a terminal).",
         ),
     ]
     for option in reversed(options):

@@ -9,10 +9,12 @@ writes everything into the run folder, so every executor leaves the same files.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from diffbench.cell import Cell, groups, unique
 from diffbench.executor import Executor, Outcome, Result, Task
@@ -135,7 +137,7 @@ def run(
     out: Path,
     executor: Executor,
     cache_dir: Path | None,
-    progress: bool = True,
+    progress: bool = False,
     log: Log = print,
     checkpoint: Path | None = None,
     resume: bool = False,
@@ -156,14 +158,59 @@ def run(
         log(f"resuming {out}: {len(finished)} of {len(grid)} cells already finished")
     info = run_info()
     tasks = build_tasks(todo, grid, suite, finished, cache_dir, checkpoint, progress and executor.in_process, info)
-    recorder = Recorder(folder, order, suite, info, log)
-    try:
-        for outcome in executor.execute(tasks):
-            recorder.record(outcome)
-    except KeyboardInterrupt:
-        folder.write_tables(order)  # the table holds every cell finished before the interrupt
-        raise
+    with CellProgress(tasks, progress, executor.in_process) as bar:
+        recorder = Recorder(folder, order, suite, info, bar.wrap(log))
+        try:
+            for outcome in executor.execute(tasks):
+                recorder.record(outcome)
+                bar.done(outcome.task)
+        except KeyboardInterrupt:
+            folder.write_tables(order)  # the table holds every cell finished before the interrupt
+            raise
     return folder.write_tables(order)
+
+
+class CellProgress:
+    """A progress bar over a run's cells on the terminal: cells done, time left, the cell being measured.
+
+    Where tasks run one at a time in this process the bar names the cell being measured now;
+    elsewhere (a cluster runs many at once) the one that finished last. Log lines are written
+    above the bar. Disabled, it does nothing.
+    """
+
+    def __init__(self, tasks: list[Task], enabled: bool, in_order: bool) -> None:
+        self.pending = [t for t in tasks if t.kind == "cell"]
+        self.in_order = in_order
+        self.bar = tqdm(
+            total=len(self.pending), desc="cells", unit="cell", disable=not enabled, file=sys.stderr, leave=False
+        )
+        self.show(self.pending[0] if self.pending and in_order else None, "now")
+
+    def __enter__(self) -> CellProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    def wrap(self, log: Log) -> Log:
+        if self.bar.disable:
+            return log
+        return lambda message: self.bar.write(message, file=sys.stderr)
+
+    def show(self, task: Task | None, when: str) -> None:
+        if task is not None:
+            cell = task.about
+            self.bar.set_postfix_str(f"{when}: {cell.dataset!r} x {cell.denoiser!r}, {cell.describe()}")
+
+    def done(self, task: Task) -> None:
+        if task.kind != "cell":
+            return
+        self.pending = [t for t in self.pending if t.key != task.key]
+        self.bar.update(1)
+        if self.in_order:
+            self.show(self.pending[0] if self.pending else None, "now")
+        else:
+            self.show(task, "last")
 
 
 def train_only(

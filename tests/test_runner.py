@@ -144,3 +144,16 @@ def test_an_interrupt_keeps_every_recorded_cell_in_the_table(tmp_path, interrupt
         run(Suite(), grid(datasets=(4,), estimators=(1, 2)), tmp_path / "run", Interrupted(), None, log=lambda _: None)
     table = pd.read_parquet(tmp_path / "run" / "results.parquet")
     assert len(table) == interrupt_after
+
+
+def test_the_progress_bar_counts_cells_and_names_the_next_one(tmp_path, capsys):
+    cells = grid(datasets=(4,), estimators=(1, 2))
+    run(Suite(), cells, tmp_path / "run", TrainingFails(), None, progress=True, log=lambda _: None)
+    shown = capsys.readouterr().err
+    assert "2/2" in shown, "every cell counted"
+    assert "now: data x net, guess[k=2] at 1 trials on cpu" in shown
+
+
+def test_no_progress_bar_when_disabled(tmp_path, capsys):
+    run(Suite(), grid(), tmp_path / "run", TrainingFails(), None, progress=False, log=lambda _: None)
+    assert "cells" not in capsys.readouterr().err
