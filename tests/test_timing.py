@@ -6,7 +6,6 @@ import time
 
 import pytest
 import torch
-from conftest import ClassConstant, make_model
 
 from diffbench import timing
 from diffbench.results import wilson_interval
@@ -22,6 +21,7 @@ from diffbench.timing import (
     timed,
     tune_chunk_size,
 )
+from tests.helpers import ClassConstant, make_model
 
 CPU = torch.device("cpu")
 
