@@ -1,5 +1,6 @@
 """diffbench: benchmark diffusion classifiers — which estimator buys the most accuracy per compute."""
 
+from diffbench import montecarlo
 from diffbench.contract import Choice, Dataset, Denoiser, Estimator, ParamError, Splits
 from diffbench.hookspecs import hookimpl
 from diffbench.model import ConditionalModel
@@ -16,4 +17,5 @@ __all__ = [
     "Splits",
     "__version__",
     "hookimpl",
+    "montecarlo",
 ]

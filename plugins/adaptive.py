@@ -14,16 +14,9 @@ import math
 import re
 
 import torch
-from diffbench_plugins.monte_carlo import (
-    LOSSES,
-    WEIGHTINGS,
-    class_errors,
-    draw_timesteps,
-    li_timesteps,
-    timestep_weights,
-)
 
 import diffbench
+from diffbench.montecarlo import LOSSES, WEIGHTINGS, class_errors, draw_noise, draw_timesteps, li_timesteps
 
 ADAPTIVE_MODES = ("li", "paired-test")
 
@@ -56,11 +49,8 @@ class _Shared(diffbench.Estimator):
 
     def _score(self, model, x, t, generator, alive=None) -> torch.Tensor:
         """Draw shared noise for ``t [b, R]`` and return weighted per-trial errors ``[b, R, K]``."""
-        eps = torch.randn((*t.shape, *model.data_shape), generator=generator, device=model.device, dtype=model.dtype)
-        weight = None
-        if self.params["weighting"] != "simple":
-            weight = timestep_weights(model, self.params["weighting"])[t]
-        return class_errors(model, x, t, eps, self.params["loss"], weight=weight, classes=alive)
+        eps = draw_noise(model, t.shape, generator)
+        return class_errors(model, x, t, eps, self.params["loss"], self.params["weighting"], classes=alive)
 
 
 class Adaptive(_Shared):

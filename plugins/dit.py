@@ -10,7 +10,7 @@ A final adaLN layer maps the tokens back to patches of predicted noise.
 from __future__ import annotations
 
 import torch
-from diffbench_plugins.mlp import timestep_embedding
+from diffbench_plugins.layers import ConditionedNet
 from torch import nn
 
 import diffbench
@@ -70,7 +70,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-class DiTNet(nn.Module):
+class DiTNet(ConditionedNet):
     """``forward(x_t [N, C, H, W], t [N], c [N]) -> eps_hat [N, C, H, W]``; H and W divisible by ``patch``."""
 
     def __init__(
@@ -79,11 +79,9 @@ class DiTNet(nn.Module):
         super().__init__()
         self.channels, height, wide = data_shape
         self.patch, self.grid = patch, (height // patch, wide // patch)
-        self.emb_dim = width
         self.embed = nn.Conv2d(self.channels, width, patch, stride=patch)  # patchify: one token per patch
         self.pos = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], width) * 0.02)
-        self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.label = nn.Embedding(num_classes, width)
+        self.add_condition(width, width, num_classes)
         self.blocks = nn.ModuleList(DiTBlock(width, heads) for _ in range(depth))
         self.final = FinalLayer(width, patch * patch * self.channels)
 
@@ -94,7 +92,7 @@ class DiTNet(nn.Module):
         return x.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], ch, gh * p, gw * p)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        cond = self.time(timestep_embedding(t, self.emb_dim).to(x_t.dtype)) + self.label(c)
+        cond = self.condition(t, c, x_t.dtype)
         x = self.embed(x_t).flatten(2).transpose(1, 2) + self.pos
         for block in self.blocks:
             x = block(x, cond)

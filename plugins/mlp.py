@@ -5,32 +5,22 @@ from __future__ import annotations
 import math
 
 import torch
+from diffbench_plugins.layers import ConditionedNet
 from torch import nn
 
 import diffbench
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer timesteps ``t [N]`` -> ``[N, dim]`` (Transformer / DDPM)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-
-
-class MLPNet(nn.Module):
+class MLPNet(ConditionedNet):
     def __init__(self, data_dim: int, num_classes: int, width: int, depth: int, emb_dim: int):
         super().__init__()
-        self.emb_dim = emb_dim
-        self.time = nn.Sequential(nn.Linear(emb_dim, width), nn.SiLU(), nn.Linear(width, width))
-        self.label = nn.Embedding(num_classes, width)
+        self.add_condition(emb_dim, width, num_classes)
         self.inp = nn.Linear(data_dim, width)
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
         self.out = nn.Linear(width, data_dim)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        temb = timestep_embedding(t, self.emb_dim).to(x_t.dtype)
-        h = self.inp(x_t.flatten(1)) + self.time(temb) + self.label(c)
+        h = self.inp(x_t.flatten(1)) + self.time_embedding(t, x_t.dtype) + self.label(c)
         for layer in self.hidden:
             h = layer(nn.functional.silu(h))
         return self.out(nn.functional.silu(h)).view_as(x_t)

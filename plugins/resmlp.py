@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from diffbench_plugins.mlp import timestep_embedding
+from diffbench_plugins.layers import ConditionedNet
 from torch import nn
 
 import diffbench
@@ -29,18 +29,16 @@ class FiLMBlock(nn.Module):
         return h + self.fc2(nn.functional.silu(self.fc1(z)))
 
 
-class ResMLPNet(nn.Module):
+class ResMLPNet(ConditionedNet):
     def __init__(self, data_dim: int, num_classes: int, width: int, blocks: int, emb_dim: int) -> None:
         super().__init__()
-        self.emb_dim = emb_dim
-        self.time = nn.Sequential(nn.Linear(emb_dim, width), nn.SiLU(), nn.Linear(width, width))
-        self.label = nn.Embedding(num_classes, width)
+        self.add_condition(emb_dim, width, num_classes)
         self.inp = nn.Linear(data_dim, width)
         self.blocks = nn.ModuleList(FiLMBlock(width, width) for _ in range(blocks))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, data_dim))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        cond = nn.functional.silu(self.time(timestep_embedding(t, self.emb_dim).to(x_t.dtype)) + self.label(c))
+        cond = nn.functional.silu(self.condition(t, c, x_t.dtype))
         h = self.inp(x_t.flatten(1))
         for block in self.blocks:
             h = block(h, cond)

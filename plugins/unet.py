@@ -10,7 +10,7 @@ can steer every layer, which is what a diffusion classifier needs its error to d
 from __future__ import annotations
 
 import torch
-from diffbench_plugins.mlp import timestep_embedding
+from diffbench_plugins.layers import ConditionedNet
 from torch import nn
 
 import diffbench
@@ -46,16 +46,14 @@ def upsample(in_ch: int, out_ch: int) -> nn.Module:
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_ch, out_ch, 3, padding=1))
 
 
-class UNetNet(nn.Module):
+class UNetNet(ConditionedNet):
     """``forward(x_t [N, C, H, W], t [N], c [N]) -> eps_hat [N, C, H, W]``; H and W divisible by 2**(levels-1)."""
 
     def __init__(self, in_ch: int, num_classes: int, channels: int, mults: list[int], blocks: int, groups: int) -> None:
         super().__init__()
         widths = [channels * m for m in mults]
         cond_dim = 4 * channels
-        self.emb_dim = channels
-        self.time = nn.Sequential(nn.Linear(channels, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
-        self.label = nn.Embedding(num_classes, cond_dim)
+        self.add_condition(channels, cond_dim, num_classes)
         self.inp = nn.Conv2d(in_ch, channels, 3, padding=1)
 
         # Down path: `blocks` residual blocks per level, each output kept for a skip; then halve H and W.
@@ -88,8 +86,7 @@ class UNetNet(nn.Module):
         nn.init.zeros_(self.out[-1].bias)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        cond = self.time(timestep_embedding(t, self.emb_dim).to(x_t.dtype)) + self.label(c)
-        cond = nn.functional.silu(cond)
+        cond = nn.functional.silu(self.condition(t, c, x_t.dtype))
         h = self.inp(x_t)
         skips = []
         for stage, down in self.down:

@@ -15,23 +15,22 @@ E_{t ~ U[0, T), eps} [w_t * loss(eps - eps_theta(x_t, t, c))].
 from __future__ import annotations
 
 import torch
-from diffbench_plugins.monte_carlo import (
+
+import diffbench
+from diffbench.montecarlo import (
     LOSSES,
     WEIGHTINGS,
-    SharedNoise,
     class_errors,
+    draw_noise,
     draw_timesteps,
     li_timesteps,
     stratified_unit,
-    timestep_weights,
 )
-
-import diffbench
 
 STRATIFIED_MODES = ("random", "even")
 
 
-class _Draws(SharedNoise):
+class _Draws(diffbench.Estimator):
     """Shared noise whose subclasses choose the draws: ``_draws`` -> (t, eps, importance weight or None)."""
 
     params = {"loss": diffbench.Choice(*LOSSES), "weighting": diffbench.Choice(*WEIGHTINGS)}
@@ -42,12 +41,7 @@ class _Draws(SharedNoise):
     def trial_errors(self, model, x, trials, generator) -> torch.Tensor:
         """Per-trial weighted errors ``[B, R, K]``; their mean over trials is the estimate."""
         t, eps, importance = self._draws(model, x, trials, generator)
-        weight = None
-        if self.params["weighting"] != "simple":
-            weight = timestep_weights(model, self.params["weighting"])[t]
-        if importance is not None:
-            weight = importance if weight is None else weight * importance
-        return class_errors(model, x, t, eps, self.params["loss"], weight=weight)
+        return class_errors(model, x, t, eps, self.params["loss"], self.params["weighting"], weight=importance)
 
     def errors(self, model, x, trials, generator):
         return self.trial_errors(model, x, trials, generator).mean(1)
@@ -75,7 +69,7 @@ class Stratified(_Draws):
             t = li_timesteps(model.num_timesteps, trials, model.device).expand(B, trials)
         else:
             t = draw_timesteps(model, B, trials, generator, stratify=True)
-        return t, self._noise(model, x, (B, trials), generator), None
+        return t, draw_noise(model, (B, trials), generator), None
 
 
 class Antithetic(_Draws):
@@ -96,7 +90,7 @@ class Antithetic(_Draws):
             t = torch.cat([full, draw_timesteps(model, B, trials % 2, generator)], dim=1)
         else:
             t = draw_timesteps(model, B, pairs, generator)
-        eps = self._noise(model, x, (B, pairs), generator)
+        eps = draw_noise(model, (B, pairs), generator)
         t = t.repeat_interleave(2, dim=1)[:, :trials]
         eps = torch.stack([eps, -eps], dim=2).flatten(1, 2)[:, :trials]
         return t, eps, None
@@ -158,9 +152,8 @@ class Importance(_Draws):
         which = torch.arange(bins, device=model.device).repeat_interleave(p["fit_trials"])  # [R]
         offsets = torch.rand((n, R), generator=generator, device=model.device, dtype=torch.float64)
         t = edges[which] + (offsets * width[which]).floor().long()
-        eps = self._noise(model, x, (n, R), generator)
-        weight = None if p["weighting"] == "simple" else timestep_weights(model, p["weighting"])[t]
-        err = class_errors(model, x, t, eps, p["loss"], weight=weight).double()  # [n, R, K]
+        eps = draw_noise(model, (n, R), generator)
+        err = class_errors(model, x, t, eps, p["loss"], p["weighting"]).double()  # [n, R, K]
         rows = torch.arange(n, device=model.device)
         means = err.mean(1)
         means[rows, y] = float("inf")
@@ -178,7 +171,7 @@ class Importance(_Draws):
         q = self.proposal
         if q is None:
             t = draw_timesteps(model, B, trials, generator, stratify=self.params["stratify"])
-            return t, self._noise(model, x, (B, trials), generator), None
+            return t, draw_noise(model, (B, trials), generator), None
         q = q.to(model.device)
         cdf = q.cumsum(0)
         cdf = cdf / cdf[-1]
@@ -188,7 +181,7 @@ class Importance(_Draws):
             u = torch.rand((B, trials), generator=generator, device=model.device, dtype=torch.float64)
         t = torch.searchsorted(cdf, u, right=True).clamp_(max=q.numel() - 1)
         importance = (1 / (q.numel() * q[t])).to(model.dtype)
-        return t, self._noise(model, x, (B, trials), generator), importance
+        return t, draw_noise(model, (B, trials), generator), importance
 
 
 @diffbench.hookimpl

@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 import torch
-from conftest import Recorder, write_suite
 
 from diffbench import acceleration, measurement
+from tests.helpers import Recorder, write_suite
 
 
 class HalfHater(torch.nn.Module):

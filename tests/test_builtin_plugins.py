@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from click.testing import CliRunner
+from diffbench_plugins.layers import ConditionedNet, timestep_embedding
 
 from diffbench import plugins
 from diffbench.cli import main
@@ -33,9 +34,13 @@ def registered(kind):
     return plugins.registry()[kind]
 
 
+def builtins(kind):
+    return {name for name, entry in registered(kind).items() if entry.cls.__module__.startswith("diffbench_plugins.")}
+
+
 def test_every_builtin_is_covered_here():
-    assert set(DATASETS) <= set(registered("dataset"))
-    assert set(TINY_DENOISERS) <= set(registered("denoiser"))
+    assert builtins("dataset") == set(DATASETS)
+    assert builtins("denoiser") == set(TINY_DENOISERS)
 
 
 @pytest.mark.parametrize("name", DATASETS)
@@ -85,6 +90,24 @@ def test_denoiser_forward_shape_and_seeded_init(name):
     assert out.shape == x.shape and torch.isfinite(out).all()
     for p, q in zip(module.parameters(), again.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("name", TINY_DENOISERS)
+def test_denoisers_keep_the_condition_keys_of_cached_checkpoints(name):
+    denoiser = registered("denoiser")[name].cls(**TINY_DENOISERS[name])
+    shape = (2,) if denoiser.supports((2,)) else (1, 8, 8)
+    module = denoiser.build(shape, 4)
+    assert isinstance(module, ConditionedNet)
+    condition = ["time.0.weight", "time.0.bias", "time.2.weight", "time.2.bias", "label.weight"]
+    assert [key for key in module.state_dict() if key.startswith(("time.", "label."))] == condition
+
+
+def test_timestep_embedding_is_cos_then_sin_of_geometric_frequencies():
+    emb = timestep_embedding(torch.tensor([0, 7, 999]), 8)
+    assert emb.shape == (3, 8)
+    assert torch.equal(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(4) / 4)
+    assert torch.allclose(emb[1], torch.cat([torch.cos(7 * freqs), torch.sin(7 * freqs)]))
 
 
 @pytest.mark.parametrize("name", TINY_DENOISERS)

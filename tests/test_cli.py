@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_suite
 
 from diffbench.cli import main
+from tests.helpers import write_suite
 
 ESTIMATORS = ["shared-noise", "truncated[t_max=[100,200]]"]
 LABELS = ["shared-noise", "truncated[t_max=100]", "truncated[t_max=200]"]

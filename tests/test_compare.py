@@ -4,11 +4,11 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import error_lines
 
 from diffbench import results
 from diffbench.atomic import write_atomic
 from diffbench.compare import CompareError, accuracy_z, compare_runs, find_regressions, format_comparison
+from tests.helpers import error_lines
 
 
 def cell(estimator="shared-noise", trials=4, accuracy=0.9, speed=1000.0, iqr=10.0, status="ok", **extra):

@@ -9,7 +9,6 @@ import pickle
 
 import pytest
 import torch
-from conftest import hooks_for
 
 import diffbench
 from diffbench import plugins
@@ -22,6 +21,7 @@ from diffbench.contract import (
 )
 from diffbench.preparation import bayes_accuracy
 from diffbench.testing import check_dataset, check_estimator
+from tests.helpers import hooks_for
 
 
 class Est(diffbench.Estimator):

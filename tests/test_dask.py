@@ -2,7 +2,8 @@
 
 import pandas as pd
 import pytest
-from conftest import error_lines, write_suite
+
+from tests.helpers import error_lines, write_suite
 
 pytest.importorskip("distributed")
 

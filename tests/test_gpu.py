@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import Recorder, make_model, write_suite
 
 from diffbench import plugins
 from diffbench.cli import main
+from tests.helpers import Recorder, make_model, write_suite
 
 pytestmark = [
     pytest.mark.gpu,

@@ -5,11 +5,11 @@ import sys
 
 import pytest
 import torch
-from conftest import error_lines, hooks_for
 
 import diffbench
 from diffbench import plugins
 from diffbench.contract import Plugin
+from tests.helpers import error_lines, hooks_for
 
 PLUGIN_FILE = '''
 import torch

@@ -8,9 +8,9 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import error_lines, write_suite
 
 from diffbench import rundir
+from tests.helpers import error_lines, write_suite
 
 ACCURACY = ["cell_id", "scenario", "estimator_label", "trials", "accuracy", "nfe_per_sample"]
 

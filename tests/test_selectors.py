@@ -1,11 +1,11 @@
 """Selectors, trial lists, suite files, and the CLI's one-line errors for bad input."""
 
 import pytest
-from conftest import error_lines, write_suite
 
 from diffbench.selectors import SelectorError, expand, parse, parse_int_list
 from diffbench.suite import Suite, SuiteError, load_suite, suite_from_dict
 from diffbench.suite import expand as expand_suite
+from tests.helpers import error_lines, write_suite
 
 
 def test_a_list_value_expands_to_one_spec_per_value():

@@ -6,11 +6,11 @@ import time
 
 import pytest
 import torch
-from conftest import ClassConstant, make_model
 
 from diffbench import batch_size, timing
 from diffbench.batch_size import BATCH_SIZE_CACHE, cached_batch_size, parse_batch_size, tune_batch_size
 from diffbench.timing import MIN_REGION_S, measure, measure_latency, median_iqr, timed
+from tests.helpers import ClassConstant, make_model
 
 CPU = torch.device("cpu")
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import error_lines, write_suite
 from filelock import FileLock
 
 from diffbench import plugins
 from diffbench.schedule import NoiseSchedule
 from diffbench.training import TrainSettings, build_module, cache_key, file_sha256, hash_path, load_or_train, train
+from tests.helpers import error_lines, write_suite
 
 CPU = torch.device("cpu")
 SETTINGS = TrainSettings(steps=50, batch_size=128, lr=3e-3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import diffbench
 import torch
+from diffbench.montecarlo import class_errors, draw_noise
 
 
 class Midrange(diffbench.Estimator):
@@ -29,14 +30,7 @@ class Midrange(diffbench.Estimator):
         return (num_timesteps * (low + (high - low) * centres)).floor().long().clamp(max=num_timesteps - 1)
 
     def errors(self, model, x, trials, generator):
-        B, K, shape = x.shape[0], model.num_classes, x.shape[1:]
-        t = self.timesteps(model.num_timesteps, trials, model.device).expand(B, trials)  # [B, R]
-        eps = torch.randn((B, trials, *shape), generator=generator, device=model.device, dtype=model.dtype)
-        abar = model.alphas_cumprod[t].view(B, trials, *[1] * len(shape))
-        x_t = abar.sqrt() * x[:, None] + (1 - abar).sqrt() * eps  # [B, R, *shape]
-        # One call for all samples x trials x classes; the model chunks the rows and counts each as one NFE.
-        rows = x_t[:, :, None].expand(B, trials, K, *shape).reshape(-1, *shape)
-        c = torch.arange(K, device=model.device).repeat(B * trials)
-        eps_hat = model.eps(rows, t[:, :, None].expand(B, trials, K).reshape(-1), c)
-        err = (eps_hat.view(B, trials, K, -1) - eps.view(B, trials, 1, -1)).square().mean(-1)  # [B, R, K]
-        return err.mean(1)  # [B, K], lower = likelier
+        t = self.timesteps(model.num_timesteps, trials, model.device).expand(x.shape[0], trials)  # [B, R]
+        eps = draw_noise(model, t.shape, generator)  # [B, R, *shape]: one draw per (sample, trial)
+        # x_t = q_sample(x, t, eps) scored against every class in one call; the model counts each row as one NFE
+        return class_errors(model, x, t, eps).mean(1)  # [B, R, K] -> [B, K], lower = likelier

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from diffbench import plugins
 from diffbench.cli import main
 from diffbench.schedule import NoiseSchedule
-from diffbench.testing import TinyDenoiser, check_dataset, check_estimator
+from diffbench.testing import TinyDenoiser, check_dataset, check_estimator, tiny_model
 
 from diffbench_plugin_example import Midrange, Rings
 
@@ -58,6 +58,17 @@ def test_midrange_scores_every_class_on_an_even_grid_in_the_middle_half():
     Midrange().errors(model, torch.zeros(2, 2), 4, torch.Generator().manual_seed(0))
     assert model.nfe == 2 * 4 * 3
     assert sorted(set(module.seen.tolist())) == [312, 437, 562, 687]
+
+
+def test_midrange_errors_are_the_denoising_errors_of_its_draws():
+    model = tiny_model((2,), num_classes=3)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+    err = Midrange().errors(model, x, 2, torch.Generator().manual_seed(0))
+    t = Midrange().timesteps(model.num_timesteps, 2, model.device).expand(4, 2).reshape(8)
+    eps = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))  # the same draw, by hand
+    x_t = model.q_sample(x.repeat_interleave(2, 0), t, eps)
+    by_class = [(model.eps(x_t, t, torch.full((8,), k)) - eps).square().mean(1) for k in range(3)]
+    assert torch.allclose(err, torch.stack(by_class, 1).view(4, 2, 3).mean(1))
 
 
 def test_registered_through_the_entry_point():

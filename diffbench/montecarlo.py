@@ -1,0 +1,193 @@
+"""Monte Carlo estimation of denoising errors: the maths every estimator shares, built-in or third-party.
+
+An estimator draws timesteps ``t`` and noise ``eps``, diffuses ``x`` to ``x_t = model.q_sample(x, t, eps)``,
+and scores each ``x_t`` against classes through ``model.eps_error`` (which counts every row as one NFE).
+``class_errors`` does the last two steps for a whole ``[B, R]`` (shared noise) or ``[B, R, K]``
+(independent noise) draw at once, so a complete shared-noise estimator is three lines::
+
+    t = draw_timesteps(model, x.shape[0], trials, generator)    # [B, R], uniform over [0, T)
+    eps = draw_noise(model, t.shape, generator)                  # [B, R, *shape]
+    return class_errors(model, x, t, eps).mean(1)               # [B, R, K] -> [B, K]
+
+The estimate is of E_{t ~ U[0, T), eps} [w_t * loss(eps - eps_theta(x_t, t, c))], with ``loss`` one of
+``LOSSES`` and the per-timestep weight ``w_t`` one of ``WEIGHTINGS``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from diffbench.model import ConditionalModel, Loss, squared_error
+
+__all__ = [
+    "LOSSES",
+    "WEIGHTINGS",
+    "class_errors",
+    "draw_noise",
+    "draw_timesteps",
+    "li_timesteps",
+    "pointwise_loss",
+    "stratified_unit",
+    "timestep_weights",
+]
+
+LOSSES = ("l2", "l1", "huber")
+WEIGHTINGS = ("simple", "elbo")
+
+
+def pointwise_loss(loss: str) -> Loss:
+    """``loss`` by name as ``fn(eps_hat, target) -> elementwise loss``, the form ``model.eps_error`` takes."""
+    if loss == "l2":
+        return squared_error
+    if loss == "l1":
+        return lambda eps_hat, target: torch.sub(eps_hat, target).abs_()
+    if loss == "huber":
+        return lambda eps_hat, target: F.huber_loss(eps_hat, target, reduction="none")
+    raise ValueError(f"unknown loss '{loss}'; choose one of {', '.join(LOSSES)}")
+
+
+def timestep_weights(model: ConditionalModel, weighting: str = "simple") -> torch.Tensor:
+    """Per-timestep loss weights ``w [T]`` on the model's device, averaging 1 over t.
+
+    ``simple``: w_t = 1 (Ho et al.'s L_simple, Li et al.'s choice). ``elbo``: the DDPM
+    variational bound's weight on the epsilon error, beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t))
+    with sigma_t^2 = beta_t, rescaled to mean 1 so errors stay on the simple scale.
+    """
+    if weighting == "simple":
+        return torch.ones(model.num_timesteps, device=model.device, dtype=model.dtype)
+    if weighting != "elbo":
+        raise ValueError(f"unknown weighting '{weighting}'; choose one of {', '.join(WEIGHTINGS)}")
+    betas, abar = model.betas.double(), model.alphas_cumprod.double()
+    w = betas / (2 * (1 - betas) * (1 - abar))
+    return (w / w.mean()).to(model.dtype)
+
+
+def li_timesteps(num_timesteps: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Li et al.'s evenly spaced grid of ``n`` timesteps: ``range(T // n // 2, T, T // n)[:n]``."""
+    if not 1 <= n <= num_timesteps:
+        raise ValueError(f"an evenly spaced grid of {n} timesteps needs 1 <= n <= T = {num_timesteps}; lower trials")
+    step = num_timesteps // n
+    return torch.arange(step // 2, num_timesteps, step, device=device)[:n]
+
+
+def stratified_unit(
+    rows: int, trials: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``u [rows, trials]`` in [0, 1), float64: trial r uniform in stratum [r / trials, (r + 1) / trials).
+
+    Every row draws its own offsets. ``floor(u * T)`` is then exactly uniform over {0..T-1}
+    when averaged over the strata, for any ``trials`` (also one that does not divide T).
+    """
+    offsets = torch.rand((rows, trials), generator=generator, device=device, dtype=torch.float64)
+    return (torch.arange(trials, device=device, dtype=torch.float64) + offsets) / trials
+
+
+def draw_timesteps(
+    model: ConditionalModel, rows: int, trials: int, generator: torch.Generator, stratify: bool = False
+) -> torch.Tensor:
+    """Uniform timesteps ``t [rows, trials]`` over [0, T): i.i.d., or one per stratum of ``stratified_unit``."""
+    T = model.num_timesteps
+    if not stratify:
+        return torch.randint(0, T, (rows, trials), generator=generator, device=model.device)
+    u = stratified_unit(rows, trials, generator, model.device)
+    return (u * T).floor().long().clamp_(max=T - 1)
+
+
+def draw_noise(model: ConditionalModel, dims: tuple[int, ...] | torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """Standard normal noise ``[*dims, *model.data_shape]`` on the model's device in its dtype."""
+    return torch.randn((*dims, *model.data_shape), generator=generator, device=model.device, dtype=model.dtype)
+
+
+def class_errors(
+    model: ConditionalModel,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    loss: str = "l2",
+    weighting: str = "simple",
+    weight: torch.Tensor | None = None,
+    classes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-trial denoising errors ``[B, R, K]`` of every class for ``x [B, *shape]``.
+
+    Shared noise: ``t [B, R]`` and ``eps [B, R, *shape]``, the same x_t scored against
+    every class (common random numbers). Independent noise: ``t [B, R, K]`` and
+    ``eps [B, R, K, *shape]``, a fresh x_t for every class. Each trial's error is multiplied
+    by ``timestep_weights(model, weighting)[t]`` (unless ``weighting="simple"``) and then by
+    ``weight`` (shaped like ``t``; e.g. importance weights p(t) / q(t)). ``classes`` (shared
+    noise only), a bool mask ``[B, K]``, scores only the marked classes of each sample: only
+    those rows reach the model (and its NFE count); the unmarked entries of the result are NaN.
+
+    Costs B x R x K NFE (or the marked count), read from the model's counter like any call.
+    Rows go to the model in (sample, trial, class) order through ``model.eps_error``, which
+    reduces each chunk of predictions to per-row errors as it goes.
+    """
+    if weighting != "simple":
+        per_t = timestep_weights(model, weighting)[t]
+        weight = per_t if weight is None else per_t * weight
+    B, R, K = x.shape[0], t.shape[1], model.num_classes
+    shape, fn = model.data_shape, pointwise_loss(loss)
+    if classes is not None and t.dim() != 2:
+        raise ValueError("class_errors: `classes` needs shared noise (t of shape [B, R])")
+    if t.dim() == 3:
+        x_t = model.q_sample(x[:, None, None], t, eps).reshape(-1, *shape)
+        c_rows = _class_index(B * R, K, x.device)
+        errors = model.eps_error(x_t, t.reshape(-1), c_rows, eps.reshape(-1, *shape), fn).view(B, R, K)
+        return errors if weight is None else errors * weight
+    M = B * R
+    x_t = model.q_sample(x.unsqueeze(1), t, eps).reshape(M, *shape)
+    t, eps = t.reshape(M), eps.reshape(M, *shape)
+    if classes is not None:
+        b, r, k = classes.unsqueeze(1).expand(B, R, K).nonzero(as_tuple=True)
+        m = b * R + r
+        per_row = model.eps_error(x_t.index_select(0, m), t.index_select(0, m), k, eps.index_select(0, m), fn)
+        if weight is not None:
+            per_row = per_row * weight[b, r]
+        out = torch.full((B, R, K), float("nan"), device=per_row.device, dtype=per_row.dtype)
+        out[b, r, k] = per_row
+        return out
+    # each x_t, its t and its noise repeated once per class: a row gather, far cheaper than a broadcast copy
+    rows, c_rows = _repeat_index(M, K, x.device), _class_index(M, K, x.device)
+    x_rows, target = _gather_rows(x_t, rows), _gather_rows(eps, rows)
+    errors = model.eps_error(x_rows, t.index_select(0, rows), c_rows, target, fn).view(B, R, K)
+    return errors if weight is None else errors * weight.unsqueeze(2)
+
+
+# -- row indices and gathers for class_errors (shared between calls: never write into them) --------------------
+
+CACHED_INDEX_ROWS = 2**20  # index tensors up to this long are kept between passes (8 MiB each)
+
+
+@functools.lru_cache(maxsize=8)
+def _index(kind: str, m: int, k: int, device: torch.device) -> torch.Tensor:
+    if kind == "repeat":
+        return torch.arange(m, device=device).repeat_interleave(k)
+    return torch.arange(k, device=device).repeat(m)
+
+
+def _repeat_index(m: int, k: int, device: torch.device) -> torch.Tensor:
+    """``[m k]`` row indices 0, .., 0, 1, .., 1, ..: each of m rows k times."""
+    return (_index if m * k <= CACHED_INDEX_ROWS else _index.__wrapped__)("repeat", m, k, device)
+
+
+def _class_index(m: int, k: int, device: torch.device) -> torch.Tensor:
+    """``[m k]`` classes 0, 1, .., k-1, 0, 1, ..: m times."""
+    return (_index if m * k <= CACHED_INDEX_ROWS else _index.__wrapped__)("class", m, k, device)
+
+
+_WORDS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+
+
+def _gather_rows(a: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``a.index_select(0, index)``; many rows of 2, 4 or 8 bytes (2-D points) move as one integer each, 3x faster."""
+    if index.shape[0] < 4096 or not a.is_contiguous():
+        return a.index_select(0, index)
+    row_bytes = a.numel() // max(a.shape[0], 1) * a.element_size()
+    word = _WORDS.get(row_bytes)
+    if word is None or a.dim() < 2 or a.storage_offset() * a.element_size() % row_bytes:
+        return a.index_select(0, index)
+    words = a.view(a.shape[0], -1).view(word).view(a.shape[0])
+    return words.index_select(0, index).view(-1, 1).view(a.dtype).view(index.shape[0], *a.shape[1:])

@@ -1,0 +1,101 @@
+"""ConditionalModel: chunking and NFE counting of eps and eps_error, and q_sample on its schedule."""
+
+import math
+
+import pytest
+import torch
+
+from diffbench.montecarlo import pointwise_loss
+from diffbench.schedule import NoiseSchedule, q_sample
+from tests.helpers import Recorder, gen, make_model
+
+
+def rows(n: int, dim: int = 2, num_classes: int = 3):
+    return (
+        torch.randn(n, dim, generator=gen()),
+        torch.randint(0, 1000, (n,), generator=gen(1)),
+        torch.randint(0, num_classes, (n,), generator=gen(2)),
+    )
+
+
+def test_eps_chunks_to_max_batch_without_changing_the_output():
+    module = Recorder(dim=2, num_classes=3)
+    whole = make_model(module, max_batch=100)
+    chunked = make_model(module, max_batch=4)
+    n = 10
+    x, t, c = rows(n)
+    expected = whole.eps(x, t, c)
+    module.calls.clear()
+    out = chunked.eps(x, t, c)
+    assert torch.allclose(out, expected)
+    assert len(module.calls) == math.ceil(n / 4)
+    assert max(len(call[0]) for call in module.calls) == 4
+    assert chunked.nfe == n
+    assert chunked.reset_nfe() == n and chunked.nfe == 0
+
+
+def test_eps_rejects_mismatched_shapes(recorder_model):
+    x, t, c = torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="t and c of shape"):
+        recorder_model.eps(x, t[:3], c)
+    with pytest.raises(ValueError, match="t and c of shape"):
+        recorder_model.eps(x, t, c[:, None])
+    with pytest.raises(ValueError, match="x_t of shape"):
+        recorder_model.eps(torch.zeros(4, 3), t, c)
+    assert recorder_model.nfe == 0, "rejected calls cost nothing"
+
+
+def test_model_rejects_a_non_positive_max_batch():
+    with pytest.raises(ValueError, match="max_batch"):
+        make_model(Recorder(), max_batch=0)
+
+
+@pytest.mark.parametrize("loss", ["l2", "l1", "huber"])
+@pytest.mark.parametrize("max_batch", [100, 3])
+def test_eps_error_is_the_row_mean_of_the_loss_of_eps(loss, max_batch):
+    module = Recorder(dim=2, num_classes=3)
+    model = make_model(module, max_batch=max_batch)
+    x, t, c = rows(10)
+    target = torch.randn(10, 2, generator=gen(4))
+    expected = pointwise_loss(loss)(model.eps(x, t, c), target).mean(1)
+    model.reset_nfe()
+    module.calls.clear()
+    err = model.eps_error(x, t, c, target, pointwise_loss(loss))
+    assert err.shape == (10,) and torch.allclose(err, expected, rtol=1e-6, atol=0)
+    assert model.nfe == 10, "each row is one NFE, as through eps"
+    assert [len(call[0]) for call in module.calls] == [min(max_batch, 10 - i) for i in range(0, 10, max_batch)]
+
+
+def test_eps_error_defaults_to_squared_error_and_checks_the_target(recorder_model):
+    x, t, c = rows(6)
+    target = torch.randn(6, 2, generator=gen(4))
+    expected = (recorder_model.eps(x, t, c) - target).square().mean(1)
+    assert torch.allclose(recorder_model.eps_error(x, t, c, target), expected)
+    with pytest.raises(ValueError, match="target shaped like x_t"):
+        recorder_model.eps_error(x, t, c, target[:, :1])
+
+
+def test_q_sample_is_schedule_q_sample_bit_for_bit_and_costs_no_nfe():
+    model = make_model(Recorder(dim=2, num_classes=3))
+    g = gen(0)
+    x0, t = torch.randn(4, 1, 2, generator=g), torch.randint(0, 1000, (4, 6), generator=g)
+    eps = torch.randn(4, 6, 2, generator=g)
+    x_t = model.q_sample(x0, t, eps)
+    assert x_t.shape == (4, 6, 2) and torch.equal(x_t, q_sample(model.alphas_cumprod, x0, t, eps))
+    abar = model.alphas_cumprod[t].double().unsqueeze(-1)
+    assert torch.allclose(x_t.double(), abar.sqrt() * x0.double() + (1 - abar).sqrt() * eps.double(), atol=1e-6)
+    half = eps.half()
+    assert torch.equal(model.q_sample(x0.half(), t, half), q_sample(model.alphas_cumprod, x0.half(), t, half))
+    assert model.nfe == 0
+
+
+def test_q_sample_tables_are_kept_and_follow_a_replaced_schedule():
+    model = make_model(Recorder(dim=2, num_classes=3))
+    signal, noise = model.sqrt_tables()
+    assert signal.shape == noise.shape == (1000,) and signal.dtype == model.dtype
+    assert model.sqrt_tables()[0] is signal, "made once per dtype"
+    assert torch.allclose(signal.square() + noise.square(), torch.ones(1000))
+    model.alphas_cumprod = NoiseSchedule("cosine", 1000).alphas_cumprod
+    assert not torch.equal(model.sqrt_tables()[0], signal), "remade for the new schedule"
+    x0, t, eps = torch.randn(5, 2, generator=gen()), torch.arange(0, 1000, 200), torch.randn(5, 2, generator=gen(1))
+    assert torch.equal(model.q_sample(x0, t, eps), q_sample(model.alphas_cumprod, x0, t, eps))
