@@ -43,6 +43,7 @@ def test_a_failing_compile_is_unsupported(monkeypatch):
     assert reason == "RuntimeError: no C++ compiler found"
 
 
+@pytest.mark.slow
 def test_dtypes_are_a_grid_axis_recorded_per_row(cli, tmp_path):
     suite = write_suite(tmp_path / "tiny.toml", trials=[2], dtypes=["float32", "bfloat16"], scenarios=["offline"])
     result = cli("run", "--suite", suite, "--out", tmp_path / "run", "--cache", tmp_path / "c", "--no-plots")
@@ -53,6 +54,7 @@ def test_dtypes_are_a_grid_axis_recorded_per_row(cli, tmp_path):
     assert "shared-noise [bfloat16]" in result.stdout, "the summary tells the variants apart"
 
 
+@pytest.mark.slow
 def test_an_unsupported_combination_is_skipped_with_one_line(cli, tmp_path, monkeypatch):
     real = measurement.unsupported
 

@@ -129,6 +129,7 @@ def test_image_denoisers_refuse_2d_points(name):
     assert denoiser.supports((1, 8, 8))
 
 
+@pytest.mark.slow
 def test_shape_mismatch_is_skipped_with_one_line(tmp_path):
     suite = tmp_path / "tiny.toml"
     suite.write_text(

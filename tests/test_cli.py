@@ -73,6 +73,7 @@ def table(whole_table):
     return whole_table[whole_table["scenario"] == "offline"].reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_run_succeeds_and_summarises(tiny_run):
     run_dir, result = tiny_run
     assert result.exit_code == 0, result.output
@@ -81,6 +82,7 @@ def test_run_succeeds_and_summarises(tiny_run):
     assert (run_dir / "suite.json").is_file()
 
 
+@pytest.mark.slow
 def test_one_row_per_cell_with_the_required_columns(tiny_run, table):
     missing = [c for c in REQUIRED if c not in table.columns]
     assert not missing
@@ -98,6 +100,7 @@ def test_one_row_per_cell_with_the_required_columns(tiny_run, table):
     assert list(csv["accuracy"]) == pytest.approx(list(table["accuracy"]))
 
 
+@pytest.mark.slow
 def test_every_cell_has_a_single_sample_latency_row(table, whole_table):
     single = whole_table[whole_table["scenario"] == "single"].reset_index(drop=True)
     assert list(single["cell_id"]) == list(table["cell_id"]), "one single-sample row per cell, same order"
@@ -107,6 +110,7 @@ def test_every_cell_has_a_single_sample_latency_row(table, whole_table):
     assert (single["repeats"] >= 1).all() and table["latency_p50_ms"].isna().all()
 
 
+@pytest.mark.slow
 def test_rows_record_timing_variants_and_chunking(table):
     assert set(table["dtype"]) == {"float32"} and set(table["compile"]) == {False}
     assert table["batch_size_tuned"].all() and (table["batch_size"] >= 1).all()
@@ -115,6 +119,7 @@ def test_rows_record_timing_variants_and_chunking(table):
     assert (table["peak_memory_mb"] > 0).all()
 
 
+@pytest.mark.slow
 def test_measured_values_are_consistent(table):
     assert (table["nfe_per_sample"] == table["trials"] * 2).all(), "spirals has 2 classes"
     assert table["accuracy"].between(0, 1).all()
@@ -129,6 +134,7 @@ def test_measured_values_are_consistent(table):
     assert t_max["truncated[t_max=100]"].tolist() == [100, 100] and t_max["shared-noise"].isna().all()
 
 
+@pytest.mark.slow
 def test_provenance_columns(table):
     assert set(table["torch_version"]) == {torch.__version__}
     assert set(table["threads"]) == {torch.get_num_threads()}
@@ -136,6 +142,7 @@ def test_provenance_columns(table):
     assert all(re.fullmatch(r"([0-9a-f]{40}(-dirty)?)?", commit) for commit in table["git_commit"])
 
 
+@pytest.mark.slow
 def test_run_draws_the_plots(tiny_run):
     for name in PLOTS:
         path = tiny_run[0] / name
@@ -143,6 +150,7 @@ def test_run_draws_the_plots(tiny_run):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_plot_redraws_from_the_saved_tables(tiny_run):
     run_dir = tiny_run[0]
     for name in PLOTS:
@@ -161,6 +169,7 @@ def test_plot_of_a_folder_without_a_run_is_one_line(tmp_path, cli):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_folder_is_refused(tiny_run, tmp_path):
     run_dir = tiny_run[0]
     before = (run_dir / "results.parquet").read_bytes(), (run_dir / "results.csv").read_bytes()
@@ -173,6 +182,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tiny_run, tmp_path):
     assert not (tmp_path / "other-cache").exists(), "refused before training"
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_accuracy(table, tmp_path):
     """A fresh cache: the model is retrained, and the whole pipeline must reproduce the table."""
     result = run_tiny(tmp_path, "again", "fresh-cache", "--no-plots")
@@ -185,6 +195,7 @@ def test_the_same_seed_gives_the_same_accuracy(table, tmp_path):
     assert not list((tmp_path / "again").glob("*.png")), "--no-plots"
 
 
+@pytest.mark.slow
 def test_a_broken_plugin_estimator_fails_its_cells_only(tmp_path):
     plugin = tmp_path / "bad_estimators.py"
     plugin.write_text(BAD_ESTIMATORS)
@@ -204,6 +215,7 @@ def test_a_broken_plugin_estimator_fails_its_cells_only(tmp_path):
     assert pd.isna(table.loc["nan-errors", "accuracy"])
 
 
+@pytest.mark.slow
 def test_timed_regions_never_include_training_or_plotting(tmp_path, monkeypatch):
     from diffbench import measurement, plots, timing, training
 

@@ -1,6 +1,7 @@
 """`diffbench env` and `--threads`."""
 
 import pandas as pd
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -15,6 +16,7 @@ def test_env_prints_the_provenance_block():
         assert key in keys
 
 
+@pytest.mark.slow
 def test_threads_option_sets_and_records_torch_threads(tmp_path):
     before = torch.get_num_threads()
     suite = tmp_path / "tiny.toml"

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from diffbench import plugins
@@ -11,6 +12,7 @@ from diffbench.cli import main
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+@pytest.mark.slow
 def test_readme_plugin_example_runs(tmp_path):
     text = README.read_text()
     code = re.search(r"```python\n(# even_t.py\n.*?)```", text, re.S).group(1)

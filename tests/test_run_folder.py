@@ -21,6 +21,7 @@ def offline_accuracy(folder) -> pd.DataFrame:
     return frame[ACCURACY].sort_values(["estimator_label", "trials"]).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_each_finished_cell_is_its_own_file_and_the_settings_are_recorded(cli, tmp_path):
     suite = write_suite(tmp_path / "tiny.toml", trials=[1, 2], max_time_s=0.2)
     result = cli("run", "--suite", suite, "--out", tmp_path / "run", "--cache", tmp_path / "c", "--no-plots")
@@ -33,6 +34,7 @@ def test_each_finished_cell_is_its_own_file_and_the_settings_are_recorded(cli, t
     assert settings["suite"]["trials"] == [1, 2] and settings["devices"] == ["cpu"]
 
 
+@pytest.mark.slow
 def test_resume_runs_only_the_missing_cells(cli, tmp_path):
     suite = write_suite(tmp_path / "tiny.toml", trials=[1, 2, 4], max_time_s=0.2)
     args = ["--cache", tmp_path / "c", "--no-plots"]
@@ -51,6 +53,7 @@ def test_resume_runs_only_the_missing_cells(cli, tmp_path):
     pd.testing.assert_frame_equal(offline_accuracy(folder), reference)
 
 
+@pytest.mark.slow
 def test_resume_reruns_a_damaged_cell_file_and_says_so(cli, tmp_path):
     suite = write_suite(tmp_path / "tiny.toml", trials=[1, 2], max_time_s=0.2)
     folder, args = tmp_path / "run", ["--cache", tmp_path / "c", "--no-plots"]
@@ -104,6 +107,7 @@ def test_a_folder_holding_a_run_is_refused_without_resume(cli, tmp_path):
     assert result.exit_code == 2 and f"--resume {folder}" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_sigkill_leaves_a_readable_table_and_resume_finishes_it(tmp_path):
     suite = write_suite(
@@ -130,6 +134,7 @@ def test_sigkill_leaves_a_readable_table_and_resume_finishes_it(tmp_path):
     pd.testing.assert_frame_equal(offline_accuracy(folder), offline_accuracy(tmp_path / "fresh"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_keeps_the_table(tmp_path):
     suite = write_suite(
         tmp_path / "tiny.toml", estimators=["shared-noise", "full-mc"], trials=[1, 2, 4, 8], max_time_s=0.3

@@ -192,6 +192,7 @@ def offline(folder: Path):
     return frame[frame["scenario"] == "offline"].sort_values("trials").reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_a_given_checkpoint_is_benchmarked_without_training(cli, tmp_path):
     suite = write_suite(tmp_path / "tiny.toml", max_time_s=0.2)
     assert (
