@@ -5,6 +5,8 @@ Layout of ``DIR``:
 - ``run.json``: the settings (suite, devices, checkpoint) that ``--resume`` must match;
 - ``cells/<id>.parquet``: one finished cell's rows (one per scenario), written atomically
   the moment it finishes; ``cells/<id>.bins.parquet``: its reliability bins;
+  ``cells/<id>.predictions.parquet``: its per-sample labels and predictions (the seeded pass);
+- ``skipped.json``: the lines that said why a pair or a dtype was skipped;
 - ``parts/<group>.<kind>.parquet``: figure data (samples, regions) per trained model;
 - ``results.parquet``/``results.csv`` and the figure tables: rebuilt from the above after
   every cell, atomically, so a run killed at any point leaves a readable table.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,8 @@ import pandas as pd
 from diffbench import results
 
 SETTINGS = "run.json"
+SKIPPED = "skipped.json"
+PREDICTIONS = "predictions.parquet"
 
 
 class ResumeError(ValueError):
@@ -61,6 +66,7 @@ class RunFolder:
         self.parts_dir = self.path / "parts"
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.bins: dict[str, list[dict[str, Any]]] = {}
+        self.predictions: dict[str, pd.DataFrame] = {}
 
     # settings ---------------------------------------------------------------------------
     def settings(self) -> dict[str, Any] | None:
@@ -100,7 +106,7 @@ class RunFolder:
         if not self.cells_dir.is_dir():
             return
         for path in sorted(self.cells_dir.glob("*.parquet")):
-            if path.name.endswith(".bins.parquet"):
+            if path.name.endswith((".bins.parquet", ".predictions.parquet")):
                 continue
             ident = path.name[: -len(".parquet")]
             bins = self.cells_dir / f"{ident}.bins.parquet"
@@ -114,16 +120,32 @@ class RunFolder:
                 log(f"cell {ident} in {self.cells_dir} is unreadable ({type(exc).__name__}: {exc}); it runs again")
                 continue
             self.rows[ident], self.bins[ident] = rows, cell_bins
+            predictions = self.cells_dir / f"{ident}.predictions.parquet"
+            if predictions.is_file():
+                try:
+                    self.predictions[ident] = pd.read_parquet(predictions)
+                except Exception:  # predictions are a bonus: a damaged file loses the paired test, not the cell
+                    predictions.replace(predictions.with_name(predictions.name + ".unreadable"))
 
     def finished(self) -> set[str]:
         """Ids of cells that finished with status ok (failed cells run again on resume)."""
         return {i for i, rows in self.rows.items() if rows and all(r.get("status") == "ok" for r in rows)}
 
-    def save_cell(self, ident: str, rows: list[dict[str, Any]], bins: list[dict[str, Any]]) -> None:
-        """Save one cell atomically: bins first, then rows (whose presence means finished)."""
+    def save_cell(
+        self,
+        ident: str,
+        rows: list[dict[str, Any]],
+        bins: list[dict[str, Any]],
+        predictions: dict[str, Any] | None = None,
+    ) -> None:
+        """Save one cell atomically: bins and predictions first, then rows (whose presence means finished)."""
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         if bins:
             results.write_atomic(pd.DataFrame(bins), self.cells_dir / f"{ident}.bins.parquet")
+        if predictions is not None:
+            frame = pd.DataFrame({"cell_id": ident, **predictions})
+            results.write_atomic(frame, self.cells_dir / f"{ident}.predictions.parquet")
+            self.predictions[ident] = frame
         results.write_atomic(pd.DataFrame(rows), self.cells_dir / f"{ident}.parquet")
         self.rows[ident], self.bins[ident] = rows, bins
 
@@ -145,9 +167,31 @@ class RunFolder:
         bins = [b for i in order for b in self.bins.get(i, [])]
         if bins:
             results.write_atomic(pd.DataFrame(bins), self.path / results.RELIABILITY)
+        predictions = [self.predictions[i] for i in order if i in self.predictions]
+        if predictions:
+            results.write_atomic(pd.concat(predictions, ignore_index=True), self.path / PREDICTIONS)
         for kind, name in (("samples", results.SAMPLES), ("regions", results.REGIONS)):
             parts = sorted(self.parts_dir.glob(f"*.{kind}.parquet")) if self.parts_dir.is_dir() else []
             if parts:
                 merged = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
                 results.write_atomic(merged, self.path / name)
         return frame
+
+    # skips ------------------------------------------------------------------------------
+    def note_skipped(self, line: str) -> None:
+        """Keep a line that said why something was skipped (once), in ``skipped.json``."""
+        path = self.path / SKIPPED
+        lines = json.loads(path.read_text()) if path.is_file() else []
+        if line not in lines:
+            text = json.dumps([*lines, line], indent=1)
+            results.replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+
+    def keeping_skips(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """``log`` that also keeps every 'skipping ...' line in the folder."""
+
+        def log_and_keep(message: str) -> None:
+            log(message)
+            if message.startswith("skipping "):
+                self.note_skipped(message)
+
+        return log_and_keep

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from diffbench import metrics, results, rundir
+from diffbench import metrics, paired, results, rundir
 from diffbench.acceleration import accelerate, unsupported
 from diffbench.contract import Plugin, Splits
 from diffbench.model import ConditionalModel
@@ -93,12 +93,14 @@ class CellData:
     heldout_y: torch.Tensor
 
 
-def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Suite) -> tuple[list[dict], list[dict]]:
-    """One cell's rows (one per scenario of the suite) and its reliability bins.
+def measure_cell(
+    cell: Cell, model: ConditionalModel, data: CellData, suite: Suite
+) -> tuple[list[dict], list[dict], dict]:
+    """One cell's rows (one per scenario of the suite), its reliability bins and its per-sample predictions.
 
     In order: ``fit`` on held-out data; accuracy from one pass seeded by the cell's seed;
-    a temperature fitted on the held-out data; the error-gap variance over independent
-    repeats on a subset of the test set; then the timed scenarios. Only the last are
+    a temperature fitted on the held-out data; the error-gap variance and the flip rate over
+    independent repeats on a subset of the test set; then the timed scenarios. Only the last are
     timed; NFE are read from the model's counter around each step.
     """
     device = model.device
@@ -123,6 +125,7 @@ def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Sui
         )
     err = errors[0].float().cpu()
     y_cpu = y.cpu()
+    predictions = {"sample": torch.arange(n).numpy(), "label": y_cpu.numpy(), "pred": err.argmin(1).numpy()}
     correct = int((err.argmin(1) == y_cpu).sum())
     low, high = wilson_interval(correct, n)
 
@@ -150,6 +153,7 @@ def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Sui
         "temperature": temperature,
         **metrics.calibration(err, y_cpu, temperature),
         "gap_variance": gap_var * nfe_mid,
+        "flip_rate": metrics.flip_rate(torch.stack(repeated).argmin(2)),
     }
     rows = []
     if "offline" in suite.scenarios:
@@ -185,7 +189,7 @@ def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Sui
                 "peak_memory_mb": peak_memory_mb(device),
             }
         )
-    return rows, metrics.reliability_bins(err, y_cpu, temperature)
+    return rows, metrics.reliability_bins(err, y_cpu, temperature), predictions
 
 
 def identity(cell: Cell, suite: Suite) -> dict[str, Any]:
@@ -389,6 +393,7 @@ class CellResult:
     bins: list[dict[str, Any]]
     messages: list[str]
     skipped: bool = False
+    predictions: dict[str, Any] | None = None  # the seeded pass's per-sample labels and predicted classes
 
 
 def cell_model(cell: Cell, suite: Suite, prepared: Prepared, cache_dir: Path | None) -> tuple[ConditionalModel, dict]:
@@ -443,6 +448,7 @@ def run_cell(
         "setup_s": prepared.setup_s,
     }
     messages: list[str] = []
+    predictions = None
     try:
         model, chunking = cell_model(cell, suite, prepared, cache_dir)
         data = CellData(
@@ -451,7 +457,8 @@ def run_cell(
             prepared.heldout_x.to(model.device, model.dtype),
             prepared.heldout_y.to(model.device),
         )
-        measured, bins = measure_cell(cell, model, data, suite)
+        measured, bins, predictions = measure_cell(cell, model, data, suite)
+        predictions["test_digest"] = paired.testset_digest(prepared.splits.test_x, prepared.splits.test_y)
         rows = [{**row, **chunking, **m, "status": "ok", "error": ""} for m in measured]
         bins = [{**ident, **b} for b in bins]
     except Unsupported as exc:
@@ -465,7 +472,7 @@ def run_cell(
     for r in rows:
         r.update(wall_s=time.perf_counter() - start, started_at=started, finished_at=finished, **base)
         r["host"] = base["hostname"]
-    return CellResult(ident["cell_id"], rows, bins, messages)
+    return CellResult(ident["cell_id"], rows, bins, messages, predictions=predictions)
 
 
 def failed_group(cells: list[Cell], suite: Suite, exc: BaseException) -> list[CellResult]:
@@ -514,6 +521,7 @@ def run(
 ) -> pd.DataFrame:
     """Measure every cell not yet finished in ``out``, saving each as it finishes; returns the table."""
     folder = rundir.RunFolder(out)
+    log = folder.keeping_skips(log)  # skip reasons go into the folder too, for the report
     settings = {"suite": suite.to_dict(), "devices": sorted({c.device for c in cells}), "checkpoint": checkpoint}
     folder.start(settings, resume, log)
     log(f"running {len(cells)} cells on {', '.join(settings['devices'])}; results go to {out}")
@@ -535,7 +543,7 @@ def run(
             said.add(message)
         if result.skipped:
             return
-        folder.save_cell(result.cell_id, result.rows, result.bins)
+        folder.save_cell(result.cell_id, result.rows, result.bins, result.predictions)
         if all(r["status"] == "ok" for r in result.rows):
             finished.add(result.cell_id)
         folder.write_tables(order)
