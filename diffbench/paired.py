@@ -162,7 +162,7 @@ def tests_used(table: pd.DataFrame, preds_a: pd.DataFrame, preds_b: pd.DataFrame
     if unpaired:
         missing = [name for name, preds in (("A", preds_a), ("B", preds_b)) if preds.empty]
         why = (
-            f"run {' and '.join(missing)} stored no per-sample predictions"
+            f"run{'s' if len(missing) > 1 else ''} {' and '.join(missing)} stored no per-sample predictions"
             if missing
             else "the runs did not classify the same test points"
         )

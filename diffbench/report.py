@@ -27,7 +27,7 @@ import pandas as pd
 
 import diffbench
 from diffbench import paired, results, rundir, standings
-from diffbench.compare import cell_names
+from diffbench.compare import SPEED_METRICS, cell_names
 
 ASSETS = Path(__file__).parent / "assets"
 REPORT = "report.html"
@@ -506,6 +506,7 @@ def run_intro(run: Run) -> str:
 
 # several runs ------------------------------------------------------------------------------
 def comparison_section(base: Run, other: Run) -> str:
+    """One run against another, cell by cell: a table per scenario with the speed metrics it measured."""
     from diffbench.compare import CompareError
 
     try:
@@ -514,24 +515,13 @@ def comparison_section(base: Run, other: Run) -> str:
         return f"<p>{esc(other.name)} against {esc(base.name)}: not comparable ({esc(exc)}).</p>"
     table = comparison.table
     varying = [c for c in comparison.key if c not in comparison.constant]
-    shown = pd.DataFrame({"cell": cell_names(table, varying)})
-    shown["accuracy A"] = table["accuracy_a"].map("{:.3f}".format)
-    shown["accuracy B"] = table["accuracy_b"].map("{:.3f}".format)
-    ci = [
-        "" if math.isnan(lo) else f" [{lo:+.3f}, {hi:+.3f}]"
-        for lo, hi in zip(table["accuracy_diff_ci_low"], table["accuracy_diff_ci_high"], strict=True)
-    ]
-    shown["B − A [95% CI]"] = [f"{d:+.3f}{c}" for d, c in zip(table["accuracy_diff"], ci, strict=True)]
-    shown["p"] = table["accuracy_p"].map(p_text)
-    shown["accuracy"] = table["accuracy_verdict"].map(verdict_tag)
-    raw = {"accuracy"}
-    for metric, _, short in (("samples_per_s", True, "samples/s"), ("latency_p50_ms", False, "latency p50 ms")):
-        verdicts = table.get(f"{metric}_verdict")
-        if verdicts is None or (verdicts == "n/a").all():
-            continue
-        shown[f"{short} B/A"] = table[f"{metric}_ratio"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}x")
-        shown[short] = verdicts.map(lambda v: verdict_tag(v) if v != "n/a" else "n/a")
-        raw.add(short)
+    by_scenario = "scenario" in varying
+    blocks = table.groupby("scenario", sort=False) if by_scenario else [(None, table)]
+    tables = []
+    for scenario, block in blocks:
+        if scenario is not None:
+            tables.append(f"<h4>scenario: {esc(scenario)}</h4>")
+        tables.append(comparison_table(block, [c for c in varying if c != "scenario"]))
     constant = ", ".join(f"{k}={v}" for k, v in comparison.constant.items())
     counts = table["accuracy_verdict"].value_counts()
     summary = ", ".join(f"{n} {v}" for v, n in counts.items())
@@ -540,17 +530,43 @@ def comparison_section(base: Run, other: Run) -> str:
         ("only in A", comparison.only_a),
         ("only in B", comparison.only_b),
         ("not ok in both", comparison.failed),
-    ):  # noqa: E501
+    ):
         if names:
             unmatched.append(f"{len(names)} {label}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
     return (
         f"<h3>B = {esc(other.name)} against A = {esc(base.name)}</h3>"
-        f"<p>{len(table)} cells compared (accuracy: {esc(summary)}). {esc(used)}."
+        f"<p>{len(table)} cells compared (accuracy: {esc(summary)}). {esc(used[0].upper() + used[1:])}."
         + (f" All cells: {esc(constant)}." if constant else "")
         + "</p>"
-        + html_table(shown, numeric={"accuracy A", "accuracy B", "B − A [95% CI]", "p"}, raw_html=raw)
+        + "".join(tables)
         + "".join(f"<p class='small'>{esc(u)}</p>" for u in unmatched)
     )
+
+
+def comparison_table(block: pd.DataFrame, columns: list[str]) -> str:
+    shown = pd.DataFrame({"cell": cell_names(block, columns)})
+    shown["accuracy A"] = block["accuracy_a"].map("{:.3f}".format).to_numpy()
+    shown["accuracy B"] = block["accuracy_b"].map("{:.3f}".format).to_numpy()
+    ci = [
+        "" if math.isnan(lo) else f" [{lo:+.3f}, {hi:+.3f}]"
+        for lo, hi in zip(block["accuracy_diff_ci_low"], block["accuracy_diff_ci_high"], strict=True)
+    ]
+    shown["B − A [95% CI]"] = [f"{d:+.3f}{c}" for d, c in zip(block["accuracy_diff"], ci, strict=True)]
+    shown["p"] = block["accuracy_p"].map(p_text).to_numpy()
+    shown["accuracy"] = block["accuracy_verdict"].map(verdict_tag).to_numpy()
+    raw = {"accuracy"}
+    for metric, _, short in SPEED_METRICS:
+        verdicts = block.get(f"{metric}_verdict")
+        if verdicts is None or (verdicts == "n/a").all():
+            continue
+        number = (lambda v: f"{v:,.0f}") if metric == "samples_per_s" else (lambda v: f"{v:.3g}")
+        shown[f"{short} A"] = block[f"{metric}_a"].map(lambda v, f=number: "" if pd.isna(v) else f(v)).to_numpy()
+        shown[f"{short} B"] = block[f"{metric}_b"].map(lambda v, f=number: "" if pd.isna(v) else f(v)).to_numpy()
+        shown[f"{short} B/A"] = block[f"{metric}_ratio"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}x").to_numpy()
+        shown[short] = verdicts.map(lambda v: verdict_tag(v) if v != "n/a" else "n/a").to_numpy()
+        raw.add(short)
+    numeric = set(shown.columns) - {"cell"} - raw
+    return html_table(shown, numeric=numeric, raw_html=raw)
 
 
 def runs_side_by_side(runs: list[Run]) -> bytes | None:
