@@ -142,3 +142,19 @@ def test_a_run_writes_its_report_predictions_and_flip_rate(cli, tmp_path):
     assert "paired (McNemar exact)" in text
     compared = cli("compare", out, out)
     assert "paired (McNemar exact) test on the same test points" in compared.stdout
+
+
+def test_skip_lines_are_kept_once_in_the_run_folder_and_shown(reference):
+    from diffbench.rundir import RunFolder
+
+    said = []
+    log = RunFolder(reference).keeping_skips(said.append)
+    for line in (
+        "skipping spirals x unet: unet takes images",
+        "trained in 3s",
+        "skipping spirals x unet: unet takes images",
+    ):
+        log(line)
+    assert len(said) == 3, "every line is still said"
+    assert json.loads((reference / "skipped.json").read_text()) == ["skipping spirals x unet: unet takes images"]
+    assert "<li>skipping spirals x unet: unet takes images</li>" in report.build_report([reference])
