@@ -142,10 +142,13 @@ class RunFolder:
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         if bins:
             results.write_atomic(pd.DataFrame(bins), self.cells_dir / f"{ident}.bins.parquet")
+        saved = self.cells_dir / f"{ident}.predictions.parquet"
         if predictions is not None:
             frame = pd.DataFrame({"cell_id": ident, **predictions})
-            results.write_atomic(frame, self.cells_dir / f"{ident}.predictions.parquet")
+            results.write_atomic(frame, saved)
             self.predictions[ident] = frame
+        elif self.predictions.pop(ident, None) is not None:  # a rerun that failed: no stale predictions
+            saved.unlink(missing_ok=True)
         results.write_atomic(pd.DataFrame(rows), self.cells_dir / f"{ident}.parquet")
         self.rows[ident], self.bins[ident] = rows, bins
 
