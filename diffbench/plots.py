@@ -141,29 +141,39 @@ def reliability(bins: pd.DataFrame, path: Path) -> Path:
 
 
 def flip_rates(frame: pd.DataFrame, path: Path) -> Path | None:
-    """How often answers change between independent repeats, against NFE, and as a ratio to full-mc at equal NFE."""
+    """How often answers change between independent repeats, against NFE, and as a ratio to full-mc at equal NFE.
+
+    The ratio panel is drawn only where the run has full-mc cells to compare with.
+    """
+    ratio = "flip_rate_vs_full_mc"
     if "flip_rate" not in frame or frame["flip_rate"].isna().all():
         return None
+    with_ratio = ratio in frame and frame[ratio].notna().any()
     keys = list(frame.groupby(PANEL, sort=False).groups)
-    fig, axes = plt.subplots(len(keys), 2, figsize=(12, 4.2 * len(keys)), squeeze=False)
+    columns = 2 if with_ratio else 1
+    fig, axes = plt.subplots(len(keys), columns, figsize=(6 * columns, 4.2 * len(keys)), squeeze=False)
     labels = list(dict.fromkeys(frame["estimator_label"]))
     palette = dict(zip(labels, sns.color_palette(PALETTE, len(labels)), strict=True))
-    for (left, right), key in zip(axes, keys, strict=True):
+    for row, key in zip(axes, keys, strict=True):
         panel = frame.set_index(PANEL).loc[[key]].reset_index()
         panel = panel[panel["device"] == panel["device"].iloc[0]]
-        for label, line in panel.groupby("estimator_label", sort=False):
-            line = line.sort_values("nfe_per_sample")
-            left.plot(line["nfe_per_sample"], line["flip_rate"], marker="o", color=palette[label], label=label)
-            if "flip_rate_vs_full_mc" in line:
-                right.plot(line["nfe_per_sample"], line["flip_rate_vs_full_mc"], marker="o", color=palette[label])
-        right.axhline(1.0, color="grey", lw=0.8, ls=":")
-        left.set(ylabel="flip rate (share of answers that change)", title=f"flip rate: {key[0]} x {key[1]}")
-        right.set(ylabel="flip rate / full-mc's at the same NFE", title="flip rate against full-mc (below 1: steadier)")
-        for ax in (left, right):
+        for ax, column in zip(row, ["flip_rate", ratio], strict=False):
+            if panel[column].isna().all():
+                ax.set_axis_off()
+                ax.set_title(f"{key[0]} x {key[1]}: no {column}")
+                continue
+            for label, line in panel.groupby("estimator_label", sort=False):
+                line = line.sort_values("nfe_per_sample").dropna(subset=[column])
+                ax.plot(line["nfe_per_sample"], line[column], marker="o", color=palette[label], label=label)
             ax.set_xscale("log", base=2)
             ax.set_xlabel("denoiser evaluations per sample (NFE)")
             ax.grid(alpha=0.3)
-        left.legend(fontsize=8)
+            if column == ratio:
+                ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+                ax.set(ylabel="flip rate / full-mc's at the same NFE", title="against full-mc (below 1: steadier)")
+            else:
+                ax.set(ylabel="flip rate (share of answers that change)", title=f"flip rate: {key[0]} x {key[1]}")
+                ax.legend(fontsize=8)
     return save(fig, path)
 
 

@@ -158,3 +158,19 @@ def test_skip_lines_are_kept_once_in_the_run_folder_and_shown(reference):
     assert len(said) == 3, "every line is still said"
     assert json.loads((reference / "skipped.json").read_text()) == ["skipping spirals x unet: unet takes images"]
     assert "<li>skipping spirals x unet: unet takes images</li>" in report.build_report([reference])
+
+
+def test_the_flip_rate_plot_needs_no_full_mc(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "dataset_label": "d",
+            "denoiser_label": "m",
+            "device": "cpu",
+            "estimator_label": "shared-noise",
+            "nfe_per_sample": [2.0, 4.0],
+            "flip_rate": [0.2, 0.1],
+            "flip_rate_vs_full_mc": [np.nan, np.nan],
+        }  # fmt: skip
+    )
+    assert plots.flip_rates(frame, tmp_path / "f.png").stat().st_size > 1000
+    assert plots.flip_rates(frame.assign(flip_rate=np.nan), tmp_path / "g.png") is None
