@@ -14,7 +14,7 @@ import torch
 from diffbench import plugins, provenance, results
 from diffbench.atomic import replace_atomically
 from diffbench.batch_size import parse_batch_size
-from diffbench.compare import CompareError, compare_runs, find_regressions, format_comparison
+from diffbench.compare import CompareError, find_regressions, format_comparison
 from diffbench.contract import ParamError
 from diffbench.rundir import ResumeError, RunFolder
 from diffbench.schedule import SCHEDULES
@@ -235,8 +235,9 @@ def show_progress(opts: dict) -> bool:
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the local dask cluster.")
 @click.option("--scheduler", metavar="ADDRESS", help="An existing dask scheduler, e.g. tcp://10.0.0.1:8786.")
 @click.option("--no-plots", is_flag=True, help="Write the table only.")
+@click.option("--no-report", is_flag=True, help="Do not write report.html into the run folder.")
 @click.pass_context
-def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no_plots, **opts) -> None:
+def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no_plots, no_report, **opts) -> None:
     """Run a benchmark grid (default: the built-in quick suite) and write table and plots."""
     from diffbench import runner
     from diffbench.executor import ExecutorError, LocalExecutor
@@ -299,6 +300,8 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
 
         for path in plots.plot_run(out):
             log(f"plot: {path}")
+    if not no_report:
+        write_run_report(out)
     click.echo(results.summary(frame))
     click.echo(f"\nresults: {out / results.TABLE} (and {results.CSV})")
     failed = frame[frame["status"] != "ok"].drop_duplicates("cell_id")
@@ -309,6 +312,35 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
             f"{len(failed)} of {frame['cell_id'].nunique()} cells failed (see the 'error' column); "
             f"after a fix, run them again with: diffbench run --resume {out}"
         )
+
+
+def write_run_report(folder: Path) -> None:
+    """The run's report.html; a report that cannot be made is said in one line (the results are saved)."""
+    from diffbench import report
+
+    try:
+        log(f"report: {report.write_report([folder], folder / report.REPORT, draw=False)}")
+    except Exception as exc:
+        log(f"report: not written ({type(exc).__name__}: {exc}); try: diffbench report {folder}")
+
+
+@main.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The HTML file (default: report.html in the run folder; with several folders, in the working directory).",
+)
+def report_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
+    """Write one self-contained HTML page (no network needed) of a run, or of several runs compared."""
+    from diffbench import report
+
+    out = out or (run_dirs[0] / report.REPORT if len(run_dirs) == 1 else Path(report.REPORT))
+    try:
+        path = report.write_report(list(run_dirs), out)
+    except (report.ReportError, CompareError) as exc:
+        raise InputError(str(exc)) from None
+    click.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def resumed_suite(folder: Path) -> Suite:
@@ -377,14 +409,18 @@ def plot(run_dir: Path) -> None:
 def compare_command(run_a: Path, run_b: Path, out: Path | None, regression_pct: float | None) -> None:
     """Compare two runs cell by cell: accuracy and speed, B against A, and whether each change is beyond noise.
 
-    Accuracy: two-proportion z-test at 95%. Speed: beyond noise when |B - A| exceeds the sum of both IQRs.
+    Accuracy: McNemar's exact test at 95% where both runs stored predictions of the same test points, else the
+    two-proportion z-test (the output says which). Speed: beyond noise when |B - A| exceeds the sum of both IQRs.
     """
+    from diffbench import paired
+
     try:
-        comparison = compare_runs(results.read_table(run_a), results.read_table(run_b))
+        comparison, tests_used = paired.compare_folders(run_a, run_b)
     except (FileNotFoundError, CompareError) as exc:
         raise InputError(str(exc)) from None
     click.echo(f"A = {run_a}, B = {run_b}")
     click.echo(format_comparison(comparison))
+    click.echo(tests_used)
     if out is not None:
         replace_atomically(out, lambda tmp: comparison.table.to_csv(tmp, index=False))
         click.echo(f"table: {out}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from diffbench import metrics
+from diffbench import metrics, paired
 from diffbench.acceleration import accelerate, unsupported
 from diffbench.batch_size import cached_batch_size
 from diffbench.cell import Cell
@@ -51,6 +51,7 @@ class CellResult:
     bins: list[dict[str, Any]]
     messages: list[str]
     skipped: bool = False
+    predictions: dict[str, Any] | None = None  # the seeded pass's per-sample labels and predicted classes
 
 
 def fitted(estimator: Estimator, model: ConditionalModel, x: torch.Tensor, y: torch.Tensor, generator) -> Estimator:
@@ -64,12 +65,14 @@ def fitted(estimator: Estimator, model: ConditionalModel, x: torch.Tensor, y: to
     return own
 
 
-def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Suite) -> tuple[list[dict], list[dict]]:
-    """One cell's rows (one per scenario of the suite) and its reliability bins.
+def measure_cell(
+    cell: Cell, model: ConditionalModel, data: CellData, suite: Suite
+) -> tuple[list[dict], list[dict], dict]:
+    """One cell's rows (one per scenario of the suite), its reliability bins and its per-sample predictions.
 
     In order: ``fit`` (a copy of the estimator) on held-out data; accuracy from one pass seeded
-    by the cell's seed; a temperature fitted on the held-out data; the error-gap variance over
-    independent repeats on a subset of the test set; then the timed scenarios. Only the last are
+    by the cell's seed; a temperature fitted on the held-out data; the error-gap variance and the
+    flip rate over independent repeats on a subset of the test set; then the timed scenarios. Only the last are
     timed; NFE are read from the model's counter around each step.
     """
     reset_peak_memory(model.device)
@@ -77,15 +80,19 @@ def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Sui
     model.reset_nfe()
     estimator = fitted(cell.estimator, model, data.heldout_x, data.heldout_y, generator)
     fit_nfe = model.reset_nfe()
-    common, first_s, bins = quality(cell, estimator, model, data, generator)
+    common, first_s, bins, predictions = quality(cell, estimator, model, data, generator)
     common["fit_nfe_per_sample"] = fit_nfe / max(1, data.heldout_x.shape[0])
-    return speed(cell, estimator, model, data.x, generator, suite, common, first_s), bins
+    return speed(cell, estimator, model, data.x, generator, suite, common, first_s), bins, predictions
 
 
 def quality(
     cell: Cell, estimator: Estimator, model: ConditionalModel, data: CellData, generator: torch.Generator
-) -> tuple[dict[str, Any], float, list[dict]]:
-    """Accuracy, calibration and noise of a fitted estimator: its columns, the first pass's seconds, the bins."""
+) -> tuple[dict[str, Any], float, list[dict], dict[str, Any]]:
+    """Accuracy, calibration and noise of a fitted estimator.
+
+    Returns its columns, the first pass's seconds, the reliability bins and the seeded pass's
+    per-sample labels and predictions (what paired comparisons need).
+    """
     x, y = data.x, data.y
     n, k = x.shape[0], model.num_classes
     name, trials = cell.estimator.name, cell.trials
@@ -102,6 +109,7 @@ def quality(
         )
     err = errors[0].float().cpu()
     y_cpu = y.cpu()
+    predictions = {"sample": torch.arange(n).numpy(), "label": y_cpu.numpy(), "pred": err.argmin(1).numpy()}
     correct = int((err.argmin(1) == y_cpu).sum())
     low, high = metrics.wilson_interval(correct, n)
 
@@ -127,8 +135,9 @@ def quality(
         "temperature": temperature,
         **metrics.calibration(err, y_cpu, temperature),
         "gap_variance": gap_var * nfe_mid,
+        "flip_rate": metrics.flip_rate(torch.stack(repeated).argmin(2)),
     }
-    return columns, first_s, metrics.reliability_bins(err, y_cpu, temperature)
+    return columns, first_s, metrics.reliability_bins(err, y_cpu, temperature), predictions
 
 
 def speed(
@@ -245,6 +254,7 @@ def run_cell(
         "setup_s": prepared.setup_s,
     }
     messages: list[str] = []
+    predictions = None
     try:
         model, batching = cell_model(cell, suite, prepared, cache_dir)
         data = CellData(
@@ -253,7 +263,8 @@ def run_cell(
             prepared.heldout_x.to(model.device, model.dtype),
             prepared.heldout_y.to(model.device),
         )
-        measured, bins = measure_cell(cell, model, data, suite)
+        measured, bins, predictions = measure_cell(cell, model, data, suite)
+        predictions["test_digest"] = paired.testset_digest(prepared.splits.test_x, prepared.splits.test_y)
         rows = [{**row, **batching, **m, "status": "ok", "error": ""} for m in measured]
         bins = [{**ident, **b} for b in bins]
     except Unsupported as exc:
@@ -265,7 +276,7 @@ def run_cell(
     for r in rows:
         r.update(provenance(run), wall_s=time.perf_counter() - start, started_at=started, finished_at=finished)
         r["cpu_allocator_tuned"] = tune_cpu_allocator()
-    return CellResult(cell.id, rows, bins, messages)
+    return CellResult(cell.id, rows, bins, messages, predictions=predictions)
 
 
 def failed_result(cell: Cell, suite: Suite, exc: BaseException, run: dict[str, str]) -> CellResult:

@@ -108,3 +108,17 @@ def gap_variance(repeated: torch.Tensor, labels: torch.Tensor) -> float:
     true_err = repeated.gather(2, labels[None, :, None].expand(repeated.shape[0], -1, 1))[..., 0]
     rival_err = repeated.gather(2, rival[None, :, None].expand(repeated.shape[0], -1, 1))[..., 0]
     return (true_err - rival_err).var(0).mean().item()
+
+
+def flip_rate(predictions: torch.Tensor) -> float:
+    """Share of samples whose predicted class differs between two independent repeats of the estimator.
+
+    ``predictions`` is ``[R, B]``: the predicted class of B samples in R repeats with independent
+    generators. Averaged over every pair of repeats, so it does not grow with R: it is the
+    chance that running the estimator again changes a sample's answer.
+    """
+    repeats = predictions.shape[0]
+    if repeats < 2 or predictions.shape[1] == 0:
+        return math.nan
+    pairs = [(i, j) for i in range(repeats) for j in range(i + 1, repeats)]
+    return sum((predictions[i] != predictions[j]).double().mean().item() for i, j in pairs) / len(pairs)

@@ -18,6 +18,8 @@ import seaborn as sns  # noqa: E402
 from diffbench import results  # noqa: E402
 
 PANEL = ["dataset_label", "denoiser_label"]
+PALETTE = "colorblind"  # seaborn's colour-blind-safe palette (after Okabe and Ito), for every categorical colour
+SPARSE_BIN = 10  # reliability bins with fewer samples are drawn hollow and grey, off the line: their accuracy is noise
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
@@ -34,7 +36,7 @@ def accuracy_vs_nfe(frame: pd.DataFrame, path: Path) -> Path:
     n = len(keys)
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.5), squeeze=False)
     labels = list(dict.fromkeys(frame["estimator_label"]))
-    palette = dict(zip(labels, sns.color_palette("tab10", len(labels)), strict=True))
+    palette = dict(zip(labels, sns.color_palette(PALETTE, len(labels)), strict=True))
     for ax, key in zip(axes[0], keys, strict=True):
         panel = frame.set_index(PANEL).loc[[key]].reset_index()
         for (label, device), line in panel.groupby(["estimator_label", "device"], sort=False):
@@ -87,30 +89,91 @@ def pareto_frontier(panel: pd.DataFrame) -> pd.DataFrame:
 
 
 def reliability(bins: pd.DataFrame, path: Path) -> Path:
-    """Reliability diagram of the calibrated probabilities: each estimator at its largest trials."""
+    """Reliability diagram of the calibrated probabilities: each estimator at its largest trials.
+
+    Marker area grows with a bin's sample count, and a histogram of the counts sits beneath;
+    bins with fewer than ``SPARSE_BIN`` samples are hollow grey points left off the line, so a
+    bin of one or two samples does not shout as loudly as a bin of hundreds.
+    """
     keys = list(bins.groupby(PANEL, sort=False).groups)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.5), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
+    fig, axes = plt.subplots(
+        2, len(keys), figsize=(5 * len(keys), 6), squeeze=False, sharex="col", gridspec_kw={"height_ratios": [3, 1]}
+    )
+    edges = 1 / max(int(bins["bin"].max()) + 1, 15)
+    for col, key in enumerate(keys):
+        ax, hist = axes[0][col], axes[1][col]
         panel = bins.set_index(PANEL).loc[[key]].reset_index()
         top = panel.groupby("estimator_label")["trials"].transform("max")
         panel = panel[(panel["trials"] == top) & (panel["device"] == panel["device"].iloc[0])]
+        labels = list(dict.fromkeys(panel["estimator_label"]))
+        colors = sns.color_palette(PALETTE, len(labels))
+        largest = max(int(panel["count"].max()), 1)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-        for label, line in panel.groupby("estimator_label", sort=False):
-            ax.plot(
-                line["confidence"],
-                line["bin_accuracy"],
-                marker="o",
+        width = edges / (len(labels) + 1)
+        for i, (label, color) in enumerate(zip(labels, colors, strict=True)):
+            line = panel[panel["estimator_label"] == label].sort_values("confidence")
+            full, sparse = line[line["count"] >= SPARSE_BIN], line[line["count"] < SPARSE_BIN]
+            size = 10 + 140 * np.sqrt(line["count"] / largest)
+            ax.plot(full["confidence"], full["bin_accuracy"], color=color, lw=1.2)
+            ax.scatter(
+                full["confidence"],
+                full["bin_accuracy"],
+                s=size[full.index],
+                color=color,
+                edgecolors="white",
+                linewidths=0.5,
+                zorder=3,
                 label=f"{label} ({int(line['trials'].iloc[0])} trials)",
             )
-        ax.set(
-            xlabel="confidence (temperature-calibrated)",
-            ylabel="accuracy",
-            xlim=(0, 1),
-            ylim=(0, 1),
-            title=f"reliability: {key[0]} x {key[1]}",
-        )
-        ax.legend(fontsize=7)
+            ax.scatter(
+                sparse["confidence"], sparse["bin_accuracy"], s=size[sparse.index], facecolors="none",
+                edgecolors="#bbbbbb", linewidths=0.8, zorder=2,
+            )  # fmt: skip
+            hist.bar(line["bin"] * edges + (i + 0.5) * width, line["count"], width=width, color=color, align="edge")
+        hist.axhline(SPARSE_BIN, color="grey", lw=0.8, ls=":")
+        hist.set(yscale="log", xlabel="confidence (temperature-calibrated)", ylabel="samples", xlim=(0, 1))
+        ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02), title=f"reliability: {key[0]} x {key[1]}")
+        ax.scatter([], [], s=30, facecolors="none", edgecolors="#bbbbbb", label=f"bin of < {SPARSE_BIN} samples")
+        ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
+        hist.grid(alpha=0.3)
+    return save(fig, path)
+
+
+def flip_rates(frame: pd.DataFrame, path: Path) -> Path | None:
+    """How often answers change between independent repeats, against NFE, and as a ratio to full-mc at equal NFE.
+
+    The ratio panel is drawn only where the run has full-mc cells to compare with.
+    """
+    ratio = "flip_rate_vs_full_mc"
+    if "flip_rate" not in frame or frame["flip_rate"].isna().all():
+        return None
+    with_ratio = ratio in frame and frame[ratio].notna().any()
+    keys = list(frame.groupby(PANEL, sort=False).groups)
+    columns = 2 if with_ratio else 1
+    fig, axes = plt.subplots(len(keys), columns, figsize=(6 * columns, 4.2 * len(keys)), squeeze=False)
+    labels = list(dict.fromkeys(frame["estimator_label"]))
+    palette = dict(zip(labels, sns.color_palette(PALETTE, len(labels)), strict=True))
+    for row, key in zip(axes, keys, strict=True):
+        panel = frame.set_index(PANEL).loc[[key]].reset_index()
+        panel = panel[panel["device"] == panel["device"].iloc[0]]
+        for ax, column in zip(row, ["flip_rate", ratio], strict=False):
+            if panel[column].isna().all():
+                ax.set_axis_off()
+                ax.set_title(f"{key[0]} x {key[1]}: no {column}")
+                continue
+            for label, line in panel.groupby("estimator_label", sort=False):
+                line = line.sort_values("nfe_per_sample").dropna(subset=[column])
+                ax.plot(line["nfe_per_sample"], line[column], marker="o", color=palette[label], label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("denoiser evaluations per sample (NFE)")
+            ax.grid(alpha=0.3)
+            if column == ratio:
+                ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+                ax.set(ylabel="flip rate / full-mc's at the same NFE", title="against full-mc (below 1: steadier)")
+            else:
+                ax.set(ylabel="flip rate (share of answers that change)", title=f"flip rate: {key[0]} x {key[1]}")
+                ax.legend(fontsize=8)
     return save(fig, path)
 
 
@@ -152,7 +215,10 @@ def throughput(frame: pd.DataFrame, path: Path) -> Path:
         frame = single
     fig, axes = plt.subplots(1, 3 if len(single) else 2, figsize=(18 if len(single) else 12, 4.5))
     data = frame.assign(where=frame["device"] + " · " + frame["dataset_label"] + " x " + frame["denoiser_label"])
-    sns.lineplot(data=data, x="trials", y="samples_per_s", hue="estimator_label", style="where", marker="o", ax=axes[0])
+    labels = list(dict.fromkeys([*data["estimator_label"], *single["estimator_label"]]))
+    hues = dict(zip(labels, sns.color_palette(PALETTE, len(labels)), strict=True))
+    kw = {"hue": "estimator_label", "style": "where", "marker": "o", "palette": hues}
+    sns.lineplot(data=data, x="trials", y="samples_per_s", **kw, ax=axes[0])
     for _, line in data.groupby(["estimator_label", "where"]):
         axes[0].errorbar(
             line["trials"],
@@ -163,23 +229,12 @@ def throughput(frame: pd.DataFrame, path: Path) -> Path:
             alpha=0.6,
         )
     axes[0].set(xscale="log", yscale="log", ylabel="samples / s (median, IQR bars)", title="classification throughput")
-    sns.lineplot(
-        data=data,
-        x="trials",
-        y="efficiency",
-        hue="estimator_label",
-        style="where",
-        marker="o",
-        ax=axes[1],
-        legend=False,
-    )
+    sns.lineplot(data=data, x="trials", y="efficiency", **kw, ax=axes[1], legend=False)
     axes[1].axhline(1.0, color="grey", lw=0.8, ls=":")
     axes[1].set(xscale="log", ylabel="evals/s ÷ bare forward rows/s", title="efficiency")
     if len(single):
         lat = single.assign(where=single["device"] + " · " + single["dataset_label"] + " x " + single["denoiser_label"])
-        sns.lineplot(
-            data=lat, x="trials", y="latency_p50_ms", hue="estimator_label", style="where", marker="o", ax=axes[2]
-        )
+        sns.lineplot(data=lat, x="trials", y="latency_p50_ms", **kw, ax=axes[2])
         axes[2].legend_.remove()
         axes[2].set(xscale="log", yscale="log", ylabel="ms per sample (p50)", title="single-sample latency")
     axes[0].legend(fontsize=7)
@@ -207,7 +262,7 @@ def decision_regions(regions: pd.DataFrame, points: pd.DataFrame, path: Path) ->
     labels = list(dict.fromkeys(regions["estimator_label"]))
     fig, axes = plt.subplots(len(pairs), len(labels), figsize=(4.2 * len(labels), 4.2 * len(pairs)), squeeze=False)
     classes = int(max(regions["pred"].max(), points["label"].max())) + 1
-    colors = sns.color_palette("tab10" if classes <= 10 else "husl", classes)
+    colors = sns.color_palette(PALETTE if classes <= 10 else "husl", classes)
     present = set(regions.groupby(PANEL + ["estimator_label"], sort=False).groups)
     for (row, pair), (col, label) in itertools.product(enumerate(pairs), enumerate(labels)):
         ax, key = axes[row][col], (*pair, label)
@@ -246,7 +301,7 @@ def model_samples(points: pd.DataFrame, path: Path) -> Path:
             part = panel[panel["source"] == source]
             ax.set_title(f"{title}: {key[0]} x {key[1]}")
             if shape == [2]:
-                sns.scatterplot(data=part, x="x0", y="x1", hue="label", palette="tab10", s=6, ax=ax, linewidth=0)
+                sns.scatterplot(data=part, x="x0", y="x1", hue="label", palette=PALETTE, s=6, ax=ax, linewidth=0)
                 ax.set(xlabel="", ylabel="")
                 ax.set_aspect("equal")
             else:
@@ -269,9 +324,10 @@ def image_grid(part: pd.DataFrame, shape: list[int]) -> np.ndarray:
     return grid
 
 
-def plot_run(run_dir: Path) -> list[Path]:
-    """Draw every plot of a run folder from its saved tables; returns the PNG paths."""
+def plot_run(run_dir: Path, out: Path | None = None) -> list[Path]:
+    """Draw every plot of a run folder from its saved tables (into ``out``, default the folder); returns the PNGs."""
     run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir
     frame = results.with_variant_labels(results.read_table(run_dir))
     every = frame[frame["status"] == "ok"]
     ok = results.offline(every)
@@ -279,17 +335,20 @@ def plot_run(run_dir: Path) -> list[Path]:
     if every.empty:
         return made
     if not ok.empty:
-        made.append(accuracy_vs_nfe(ok, run_dir / "accuracy_vs_nfe.png"))
-    made.append(throughput(every, run_dir / "throughput.png"))
-    windows = truncation_windows(ok, run_dir / "truncation_windows.png")
+        made.append(accuracy_vs_nfe(ok, out / "accuracy_vs_nfe.png"))
+    made.append(throughput(every, out / "throughput.png"))
+    flips = flip_rates(ok, out / "flip_rate.png")
+    if flips is not None:
+        made.append(flips)
+    windows = truncation_windows(ok, out / "truncation_windows.png")
     if windows is not None:
         made.append(windows)
     if (run_dir / results.RELIABILITY).is_file():
-        made.append(reliability(pd.read_parquet(run_dir / results.RELIABILITY), run_dir / "reliability.png"))
+        made.append(reliability(pd.read_parquet(run_dir / results.RELIABILITY), out / "reliability.png"))
     if (run_dir / results.SAMPLES).is_file():
         points = pd.read_parquet(run_dir / results.SAMPLES)
         if (run_dir / results.REGIONS).is_file():
             regions = pd.read_parquet(run_dir / results.REGIONS)
-            made.append(decision_regions(regions, points, run_dir / "decision_regions.png"))
-        made.append(model_samples(points, run_dir / "model_samples.png"))
+            made.append(decision_regions(regions, points, out / "decision_regions.png"))
+        made.append(model_samples(points, out / "model_samples.png"))
     return made

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from diffbench.cell import PEER_KEY
+from diffbench.noise import with_flip_rate_ratio
 
 TABLE = "results.parquet"
 CSV = "results.csv"
@@ -62,10 +63,10 @@ def with_concurrency(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The results table from saved rows: with the concurrency marks and variance reduction."""
+    """The results table from saved rows: with the concurrency marks, variance reduction and flip-rate ratio."""
     if not rows:
         return pd.DataFrame(columns=["status"])
-    return with_variance_reduction(with_concurrency(pd.DataFrame(rows)))
+    return with_flip_rate_ratio(with_variance_reduction(with_concurrency(pd.DataFrame(rows))))
 
 
 def with_variant_labels(frame: pd.DataFrame) -> pd.DataFrame:

@@ -6,6 +6,8 @@ Layout of ``DIR``:
 - ``suite.json``: the suite that ran;
 - ``cells/<id>.parquet``: one finished cell's rows (one per scenario), written atomically
   the moment it finishes; ``cells/<id>.bins.parquet``: its reliability bins;
+  ``cells/<id>.predictions.parquet``: its per-sample labels and predictions (the seeded pass);
+- ``skipped.json``: the lines that said why a pair or a dtype was skipped;
 - ``parts/<group>.<kind>.parquet``: figure data (samples, regions) per trained model;
 - ``results.parquet``/``results.csv`` and the figure tables: rebuilt from the above after
   every cell, atomically, so a run killed at any point leaves a readable table.
@@ -14,6 +16,7 @@ Layout of ``DIR``:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ from diffbench.atomic import replace_atomically, write_atomic
 
 SETTINGS = "run.json"
 SUITE = "suite.json"
+SKIPPED = "skipped.json"
+PREDICTIONS = "predictions.parquet"
 
 
 class ResumeError(ValueError):
@@ -51,6 +56,7 @@ class RunFolder:
         self.parts_dir = self.path / "parts"
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.bins: dict[str, list[dict[str, Any]]] = {}
+        self.predictions: dict[str, pd.DataFrame] = {}
 
     # settings ---------------------------------------------------------------------------
     def holds_run(self) -> bool:
@@ -95,7 +101,7 @@ class RunFolder:
         if not self.cells_dir.is_dir():
             return
         for path in sorted(self.cells_dir.glob("*.parquet")):
-            if path.name.endswith(".bins.parquet"):
+            if path.name.endswith((".bins.parquet", ".predictions.parquet")):
                 continue
             ident = path.name[: -len(".parquet")]
             bins = self.cells_dir / f"{ident}.bins.parquet"
@@ -109,16 +115,35 @@ class RunFolder:
                 log(f"cell {ident} in {self.cells_dir} is unreadable ({type(exc).__name__}: {exc}); it runs again")
                 continue
             self.rows[ident], self.bins[ident] = rows, cell_bins
+            predictions = self.cells_dir / f"{ident}.predictions.parquet"
+            if predictions.is_file():
+                try:
+                    self.predictions[ident] = pd.read_parquet(predictions)
+                except Exception:  # predictions are a bonus: a damaged file loses the paired test, not the cell
+                    predictions.replace(predictions.with_name(predictions.name + ".unreadable"))
 
     def finished(self) -> set[str]:
         """Ids of cells that finished with status ok (failed cells run again on resume)."""
         return {i for i, rows in self.rows.items() if rows and all(r.get("status") == "ok" for r in rows)}
 
-    def save_cell(self, ident: str, rows: list[dict[str, Any]], bins: list[dict[str, Any]]) -> None:
-        """Save one cell atomically: bins first, then rows (whose presence means finished)."""
+    def save_cell(
+        self,
+        ident: str,
+        rows: list[dict[str, Any]],
+        bins: list[dict[str, Any]],
+        predictions: dict[str, Any] | None = None,
+    ) -> None:
+        """Save one cell atomically: bins and predictions first, then rows (whose presence means finished)."""
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         if bins:
             write_atomic(pd.DataFrame(bins), self.cells_dir / f"{ident}.bins.parquet")
+        saved = self.cells_dir / f"{ident}.predictions.parquet"
+        if predictions is not None:
+            frame = pd.DataFrame({"cell_id": ident, **predictions})
+            write_atomic(frame, saved)
+            self.predictions[ident] = frame
+        elif self.predictions.pop(ident, None) is not None:  # a rerun that failed: no stale predictions
+            saved.unlink(missing_ok=True)
         write_atomic(pd.DataFrame(rows), self.cells_dir / f"{ident}.parquet")
         self.rows[ident], self.bins[ident] = rows, bins
 
@@ -140,9 +165,31 @@ class RunFolder:
         bins = [b for i in order for b in self.bins.get(i, [])]
         if bins:
             write_atomic(pd.DataFrame(bins), self.path / results.RELIABILITY)
+        predictions = [self.predictions[i] for i in order if i in self.predictions]
+        if predictions:
+            write_atomic(pd.concat(predictions, ignore_index=True), self.path / PREDICTIONS)
         for kind, name in (("samples", results.SAMPLES), ("regions", results.REGIONS)):
             parts = sorted(self.parts_dir.glob(f"*.{kind}.parquet")) if self.parts_dir.is_dir() else []
             if parts:
                 merged = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
                 write_atomic(merged, self.path / name)
         return frame
+
+    # skips ------------------------------------------------------------------------------
+    def note_skipped(self, line: str) -> None:
+        """Keep a line that said why something was skipped (once), in ``skipped.json``."""
+        path = self.path / SKIPPED
+        lines = json.loads(path.read_text()) if path.is_file() else []
+        if line not in lines:
+            text = json.dumps([*lines, line], indent=1)
+            replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+
+    def keeping_skips(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """``log`` that also keeps every 'skipping ...' line in the folder."""
+
+        def log_and_keep(message: str) -> None:
+            log(message)
+            if message.startswith("skipping "):
+                self.note_skipped(message)
+
+        return log_and_keep

@@ -117,7 +117,7 @@ class Recorder:
             self.say(message, once=result.skipped)  # a skip is said once, not once per cell
         if result.skipped:
             return
-        self.folder.save_cell(result.cell_id, result.rows, result.bins)
+        self.folder.save_cell(result.cell_id, result.rows, result.bins, result.predictions)
         self.folder.write_tables(self.order)
 
     def record_figures(self, group: list[Cell], outcome: Outcome) -> None:
@@ -147,6 +147,7 @@ def run(
     if dropped:
         log(f"{dropped} cell(s) selected more than once run once (same dataset, denoiser, estimator and settings)")
     folder = RunFolder(out)
+    log = folder.keeping_skips(log)  # skip reasons go into the folder too, for the report
     settings = {"suite": suite.to_dict(), "devices": sorted({c.device for c in grid}), "checkpoint": checkpoint}
     folder.start(settings, resume, log)
     log(f"running {len(grid)} cells on {', '.join(settings['devices'])}; results go to {out}")
