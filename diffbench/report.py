@@ -27,6 +27,7 @@ import pandas as pd
 
 import diffbench
 from diffbench import paired, results, rundir, standings
+from diffbench.atomic import replace_atomically
 from diffbench.compare import SPEED_METRICS, cell_names
 
 ASSETS = Path(__file__).parent / "assets"
@@ -729,5 +730,5 @@ def build_report(run_dirs: list[Path], draw: bool = True) -> str:
 def write_report(run_dirs: list[Path], out: Path, draw: bool = True) -> Path:
     """Write the report atomically to ``out``."""
     text = build_report([Path(p) for p in run_dirs], draw)
-    results.replace_atomically(Path(out), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    replace_atomically(Path(out), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return Path(out)

@@ -25,13 +25,18 @@ def test_flip_rate_is_the_mean_disagreement_over_pairs_of_repeats():
 def cells(rows):
     base = {"dataset_label": "d", "denoiser_label": "m", "device": "cpu", "seed": 0, "scenario": "offline",
             "dtype": "float32", "compile": False, "status": "ok"}  # fmt: skip
-    return pd.DataFrame([{**base, "estimator": e, "nfe_per_sample": n, "flip_rate": f} for e, n, f in rows])
+    return pd.DataFrame(
+        [
+            {**base, "estimator": e, "variance_baseline": e == "full-mc", "nfe_per_sample": n, "flip_rate": f}
+            for e, n, f in rows
+        ]
+    )
 
 
 def test_the_ratio_compares_with_full_mc_at_the_same_nfe_interpolated_in_log_nfe():
     frame = cells([("full-mc", 2, 0.4), ("full-mc", 8, 0.1), ("shared-noise", 4, 0.05), ("shared-noise", 8, 0.05),
                    ("adaptive", 1, 0.3), ("adaptive", 16, 0.01)])  # fmt: skip
-    ratio = with_flip_rate_ratio(frame, "full-mc")[RATIO].tolist()
+    ratio = with_flip_rate_ratio(frame)[RATIO].tolist()
     assert ratio[:2] == [1.0, 1.0]
     assert ratio[2] == pytest.approx(0.05 / 0.25)  # full-mc at 4 NFE: halfway in log2 between 0.4 and 0.1
     assert ratio[3] == pytest.approx(0.5)
@@ -40,7 +45,7 @@ def test_the_ratio_compares_with_full_mc_at_the_same_nfe_interpolated_in_log_nfe
 
 def test_no_ratio_without_a_baseline_in_the_same_group_or_when_the_baseline_never_flips():
     frame = cells([("full-mc", 2, 0.0), ("shared-noise", 2, 0.1)])
-    assert with_flip_rate_ratio(frame, "full-mc")[RATIO].isna().all()
+    assert with_flip_rate_ratio(frame)[RATIO].isna().all()
     other = cells([("full-mc", 2, 0.2), ("shared-noise", 2, 0.1)]).assign(device=["cpu", "cuda"])
-    assert with_flip_rate_ratio(other, "full-mc")[RATIO].tolist()[0] == 1.0
-    assert np.isnan(with_flip_rate_ratio(other, "full-mc")[RATIO].tolist()[1])
+    assert with_flip_rate_ratio(other)[RATIO].tolist()[0] == 1.0
+    assert np.isnan(with_flip_rate_ratio(other)[RATIO].tolist()[1])

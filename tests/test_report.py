@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_suite
 
 from diffbench import plots, report
+from tests.helpers import write_suite
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
 
