@@ -1,6 +1,6 @@
 """diffbench: benchmark diffusion classifiers — which estimator buys the most accuracy per compute."""
 
-from diffbench.contract import Dataset, Denoiser, Estimator, ParamError, Splits
+from diffbench.contract import DataError, Dataset, Denoiser, Estimator, ParamError, Splits
 from diffbench.hookspecs import hookimpl
 from diffbench.model import ConditionalModel
 
@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConditionalModel",
+    "DataError",
     "Dataset",
     "Denoiser",
     "Estimator",

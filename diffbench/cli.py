@@ -13,7 +13,7 @@ import torch
 
 from diffbench import plugins, results
 from diffbench.compare import CompareError, compare_runs, find_regressions, format_comparison
-from diffbench.contract import ParamError
+from diffbench.contract import DataError, ParamError
 from diffbench.rundir import ResumeError, RunFolder
 from diffbench.schedule import SCHEDULES
 from diffbench.selectors import SelectorError, parse_int_list
@@ -29,7 +29,7 @@ from diffbench.suite import (
 )
 from diffbench.training import CheckpointError, default_cache_dir, read_state_dict
 
-INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError, ResumeError)
+INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError, ResumeError, DataError)
 
 
 class InputError(click.ClickException):
@@ -204,6 +204,8 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
         cells = expand(suite, devices)
         for denoiser in {repr(c.denoiser): c.denoiser for c in cells}.values():
             suite.train_settings(denoiser)
+        for dataset in {repr(c.dataset): c.dataset for c in cells}.values():
+            dataset.check()  # missing or incomplete files: one line before anything trains
     except INPUT_ERRORS as exc:
         raise InputError(str(exc)) from None
     except (TypeError, ValueError) as exc:  # a denoiser's own `train` defaults are malformed

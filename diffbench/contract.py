@@ -13,12 +13,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from diffbench import subsets
+from diffbench.subsets import SUBSET_PARAMS
+
 if TYPE_CHECKING:
     from diffbench.model import ConditionalModel
 
 
 class ParamError(ValueError):
     """A plugin was given a parameter it does not have, or a value of the wrong type."""
+
+
+class DataError(ValueError):
+    """A dataset's files are missing, incomplete or unreadable; the message says which and how to mend it."""
 
 
 def _type_name(value: Any) -> str:
@@ -78,7 +85,10 @@ class Plugin:
 
 @dataclass
 class Splits:
-    """A dataset's train and test split: x float ``[N, *shape]``, y long ``[N]``."""
+    """A dataset's train and test split: x float ``[N, *shape]``, y long ``[N]``.
+
+    The training split may be empty (``[0, *shape]``) for data used only zero-shot, with a trained model.
+    """
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -92,11 +102,56 @@ class Splits:
 
     @property
     def data_shape(self) -> tuple[int, ...]:
-        return tuple(self.train_x.shape[1:])
+        return tuple(self.test_x.shape[1:])
 
 
 class Dataset(Plugin):
+    """Base of datasets. Every dataset has the params ``per_class`` and ``n_test`` (0 = no limit).
+
+    They choose a fixed stratified subset of the test split (see ``diffbench.subsets``), applied by the
+    core after ``load``; a dataset may declare either itself with its own default and meaning (the 2-D
+    toys draw ``n_test`` points), and then the core's cut of the same size keeps them all.
+    """
+
     kind = "dataset"
+    params: dict[str, Any] = dict(SUBSET_PARAMS)
+    #: The keys of ``params`` the class itself declared (the rest came from ``SUBSET_PARAMS``).
+    declared_params: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("params")
+        if isinstance(own, dict):  # anything else is refused, with a message, when registered
+            cls.declared_params = frozenset(own)
+            cls.params = {**own, **{k: v for k, v in SUBSET_PARAMS.items() if k not in own}}
+
+    def __init__(self, **overrides: Any) -> None:
+        super().__init__(**overrides)
+        problem = subsets.check_params(self.name, self.params)
+        if problem:
+            raise ParamError(problem)
+
+    def check(self) -> None:
+        """Raise DataError, in one line, when the dataset's files are missing or incomplete.
+
+        Called for every dataset of a grid before anything trains; keep it cheap (look, don't read).
+        The default checks nothing.
+        """
+
+    def test_subset(self, test_y: torch.Tensor) -> torch.Tensor:
+        """Indices into the full test split of the fixed subset that ``per_class``/``n_test`` choose.
+
+        The core applies the subset itself after ``load``; a dataset that decodes files lazily calls
+        this on its test labels first and decodes only the chosen samples.
+        """
+        return subsets.choose(test_y, self.params["per_class"], self.params["n_test"])
+
+    def training_params(self) -> dict[str, Any]:
+        """The params that can change the training data (the cache key of trained weights).
+
+        The core's subset params only cut the test split, so they are left out unless declared.
+        """
+        return {k: v for k, v in self.params.items() if k not in SUBSET_PARAMS or k in self.declared_params}
 
     def load(self, seed: int) -> Splits:
         raise NotImplementedError

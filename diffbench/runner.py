@@ -11,9 +11,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from diffbench import metrics, results, rundir
+from diffbench import metrics, results, rundir, subsets
 from diffbench.acceleration import accelerate, unsupported
-from diffbench.contract import Plugin, Splits
+from diffbench.contract import DataError, Plugin, Splits
 from diffbench.model import ConditionalModel
 from diffbench.results import param_columns, wilson_interval
 from diffbench.schedule import NoiseSchedule, sample
@@ -63,8 +63,8 @@ def check_splits(splits: Any, name: str) -> Splits:
     names = splits.class_names
     if not (isinstance(names, (list, tuple)) and names and all(isinstance(c, str) for c in names)):
         raise PluginOutputError(f"{where}: class_names must be a non-empty list of str, got {names!r}")
-    if len(splits.train_x) == 0 or len(splits.test_x) == 0:
-        raise PluginOutputError(f"{where}: the train and test splits must not be empty")
+    if len(splits.test_x) == 0:
+        raise PluginOutputError(f"{where}: the test split must not be empty")
     if splits.train_x.shape[1:] != splits.test_x.shape[1:]:
         raise PluginOutputError(f"{where}: train_x and test_x have different sample shapes")
     return splits
@@ -215,7 +215,7 @@ def identity(cell: Cell, suite: Suite) -> dict[str, Any]:
 
 
 def failure(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, PluginOutputError) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, (PluginOutputError, DataError)) else f"{type(exc).__name__}: {exc}"
 
 
 def regions_data(cells: list[Cell], model: ConditionalModel, splits: Splits, seed: int, ids: dict) -> pd.DataFrame:
@@ -270,12 +270,18 @@ def samples_data(model: ConditionalModel, splits: Splits, seed: int, ids: dict) 
     return pd.concat(frames, ignore_index=True)
 
 
-def hold_out(splits: Splits, seed: int) -> tuple[Splits, torch.Tensor, torch.Tensor]:
+def hold_out(
+    splits: Splits, seed: int, spare: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[Splits, torch.Tensor, torch.Tensor]:
     """Set aside a seeded random part of the training data that the model never trains on.
 
-    Estimators may ``fit`` on it (and calibration uses it); the test set stays untouched.
+    Estimators may ``fit`` on it (and calibration uses it); the test set stays untouched. A dataset
+    without a training split lends ``spare``, its labelled test samples outside the fixed subset.
     """
     n = splits.train_x.shape[0]
+    if n == 0 and spare is not None:
+        order = torch.randperm(spare[1].shape[0], generator=torch.Generator().manual_seed(seed))[:HOLDOUT_MAX]
+        return splits, spare[0][order], spare[1][order]
     size = min(HOLDOUT_MAX, int(n * HOLDOUT_FRACTION))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     held, kept = order[:size], order[size:]
@@ -326,7 +332,15 @@ def prepare(
     start = time.perf_counter()
     schedule = NoiseSchedule(suite.schedule, suite.timesteps)
     splits = check_splits(first.dataset.load(first.seed), first.dataset.name)
-    splits, heldout_x, heldout_y = hold_out(splits, first.seed)
+    p = first.dataset.params
+    splits, spare_x, spare_y = subsets.apply(p["per_class"], p["n_test"], splits)
+    splits, heldout_x, heldout_y = hold_out(splits, first.seed, (spare_x, spare_y))
+    heldout = {
+        "test_subset": subsets.describe(p["per_class"], p["n_test"]),
+        "test_digest": subsets.digest(splits.test_x, splits.test_y),
+        "heldout_n": heldout_y.shape[0],
+        "heldout_from": heldout_source(splits, heldout_y),
+    }
     pair = f"{first.dataset!r} x {first.denoiser!r}"
     if not first.denoiser.supports(splits.data_shape):
         log(
@@ -338,9 +352,14 @@ def prepare(
     if checkpoint is not None:
         module = load_checkpoint(build_module(first.denoiser, splits, first.seed), checkpoint, pair)
         log(f"{pair}: loaded weights from {checkpoint}")
-        info = {"cache_hit": False, "train_s": 0.0, "checkpoint": str(checkpoint)}
+        info = {"cache_hit": False, "train_s": 0.0, "checkpoint": str(checkpoint), **heldout}
         setup_s = time.perf_counter() - start
         return Prepared(splits, heldout_x, heldout_y, module.to(device).eval(), info, bayes, setup_s)
+    if splits.train_x.shape[0] == 0:
+        raise DataError(
+            f"dataset {first.dataset!r} has no training split to train {first.denoiser!r} on: "
+            "give trained weights with --checkpoint, or a pretrained denoiser"
+        )
     train_started = time.time()
     module, info = load_or_train(
         first.dataset,
@@ -359,7 +378,17 @@ def prepare(
     else:
         log(f"{pair}: trained in {info['train_s']:.1f}s")
         info.update(train_started_at=train_started, train_finished_at=time.time())
+    info.update(heldout)
     return Prepared(splits, heldout_x, heldout_y, module, info, bayes, time.perf_counter() - start)
+
+
+def heldout_source(splits: Splits, heldout_y: torch.Tensor) -> str:
+    """Where fit and calibration data came from, or why there was none (a column of the table)."""
+    if splits.train_x.shape[0] > 0:
+        return "train"
+    if heldout_y.shape[0] >= 2:
+        return "test samples outside the subset (no training split)"
+    return "none: no training split and no test sample outside the subset, so fit and calibration were skipped"
 
 
 def train_only(suite: Suite, cells: list[Cell], cache_dir: Path | None, progress: bool = True, log=print) -> int:
@@ -441,6 +470,7 @@ def run_cell(
         "train_started_at": info.get("train_started_at", math.nan),
         "train_finished_at": info.get("train_finished_at", math.nan),
         "setup_s": prepared.setup_s,
+        **{k: info[k] for k in ("test_subset", "test_digest", "heldout_n", "heldout_from") if k in info},
     }
     messages: list[str] = []
     try:
