@@ -191,9 +191,10 @@ class ImageFolder(DiskImages):
             raise diffbench.DataError("image-folder needs root=DIR, a folder with one subfolder of images per class")
         for key in ("root", "test_root"):
             folder = Path(self.params[key]).expanduser()
-            if self.params[key] and not folder.is_dir():
+            if self.params[key] and not (folder.is_dir() and any(entry.is_dir() for entry in folder.iterdir())):
+                what = "holds no class subfolder" if folder.is_dir() else "is not a folder"
                 raise diffbench.DataError(
-                    f"image-folder {key} '{folder}' is not a folder; give a folder with one subfolder of images "
+                    f"image-folder {key} '{folder}' {what}; give a folder with one subfolder of images "
                     f"per class (e.g. {folder}/cat/0001.png), as torchvision's ImageFolder reads"
                 )
 

@@ -144,6 +144,16 @@ def test_image_folder_of_pngs_and_jpegs_with_resize_and_channels(tmp_path):
     assert torch.bincount(grey.test_y).tolist() == [2, 2], "a stratified split"
 
 
+def test_an_image_folder_without_class_folders_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "0001.png").write_bytes(b"")
+    with pytest.raises(diffbench.DataError, match="holds no class subfolder"):
+        dataset("image-folder", root=str(tmp_path / "flat")).check()
+    (tmp_path / "flat" / "cat").mkdir()
+    with pytest.raises(diffbench.DataError, match="test_root .*nowhere' is not a folder"):
+        dataset("image-folder", root=str(tmp_path / "flat"), test_root=str(tmp_path / "nowhere")).check()
+
+
 def test_only_the_chosen_images_are_decoded(tmp_path):
     x, y = images(5, 2, 8, 3)
     paths = write_folder(tmp_path, x, y, ["a", "b"])
