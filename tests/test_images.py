@@ -23,6 +23,7 @@ from image_data import (
 
 import diffbench
 from diffbench import plugins, runner, subsets
+from diffbench.schedule import NoiseSchedule
 from diffbench.testing import check_dataset
 from diffbench.training import build_module
 
@@ -312,3 +313,39 @@ def test_check_dataset_passes_the_image_datasets(tmp_path):
     write_stl10(tmp_path)
     check_dataset(dataset("stl10", root=str(tmp_path), size=16))
     check_dataset(dataset("stl10", root=str(tmp_path), size=16, train=False, per_class=1))
+
+
+def write_digits_as_pngs(root) -> diffbench.Splits:
+    """digits' own train and test split as root/{train,test}/<digit>/<position>.png (8-bit grey)."""
+    from PIL import Image
+
+    digits = dataset("digits").load(0)
+    for part in ("train", "test"):
+        levels = ((getattr(digits, f"{part}_x") + 1) / 2 * 16).round()  # digits' 0..16 ink levels
+        for i, (image, label) in enumerate(zip(levels, getattr(digits, f"{part}_y"), strict=True)):
+            path = root / part / str(int(label)) / f"{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((image[0] * 255 / 16).round().numpy().astype(np.uint8)).save(path)
+    return digits
+
+
+@pytest.mark.slow
+def test_digits_written_as_pngs_read_back_as_digits(tmp_path):
+    digits = write_digits_as_pngs(tmp_path)
+    folder = dataset("image-folder", root=str(tmp_path / "train"), test_root=str(tmp_path / "test"), size=8, channels=1)
+    splits = folder.load(0)
+    _, paths, _ = image_files.scan_folder(tmp_path / "test")
+    order = torch.tensor([int(p[-8:-4]) for p in paths]).argsort()  # back into digits' order
+    x, y = splits.test_x[order], splits.test_y[order]
+    assert splits.class_names == digits.class_names and torch.equal(y, digits.test_y)
+    assert (x - digits.test_x).abs().max() <= 1 / 255 + 1e-6, "only 8-bit rounding of 17 ink levels"
+    assert len(splits.train_y) == len(digits.train_y)
+    denoiser = plugins.registry()["denoiser"]["unet"].cls(channels=8)
+    model = diffbench.ConditionalModel(
+        build_module(denoiser, digits, 0).eval(), NoiseSchedule("linear", 1000), 10, (1, 8, 8)
+    )
+    estimator = plugins.registry()["estimator"]["shared-noise"].cls()
+    with torch.no_grad():
+        a = estimator.errors(model, digits.test_x, 4, torch.Generator().manual_seed(0)).argmin(1)
+        b = estimator.errors(model, x, 4, torch.Generator().manual_seed(0)).argmin(1)
+    assert (a == b).float().mean() >= 0.99, "the same model and noise decide (almost) every image alike"
