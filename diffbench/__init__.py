@@ -1,7 +1,7 @@
 """diffbench: benchmark diffusion classifiers — which estimator buys the most accuracy per compute."""
 
 from diffbench import montecarlo
-from diffbench.contract import Choice, Dataset, Denoiser, Estimator, ParamError, Splits
+from diffbench.contract import Choice, DataError, Dataset, Denoiser, Estimator, ParamError, Splits
 from diffbench.hookspecs import hookimpl
 from diffbench.model import ConditionalModel
 
@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Choice",
     "ConditionalModel",
+    "DataError",
     "Dataset",
     "Denoiser",
     "Estimator",

@@ -15,7 +15,7 @@ from diffbench import plugins, provenance, results
 from diffbench.atomic import replace_atomically
 from diffbench.batch_size import parse_batch_size
 from diffbench.compare import CompareError, find_regressions, format_comparison
-from diffbench.contract import ParamError
+from diffbench.contract import DataError, ParamError
 from diffbench.rundir import ResumeError, RunFolder
 from diffbench.schedule import SCHEDULES
 from diffbench.selectors import SelectorError, parse_int_list
@@ -31,7 +31,7 @@ from diffbench.suite import (
 )
 from diffbench.training import CheckpointError, default_cache_dir, read_state_dict
 
-INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError, ResumeError)
+INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError, ResumeError, DataError)
 
 
 class InputError(click.ClickException):
@@ -200,6 +200,10 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
         cells = expand(suite, devices)
         for denoiser in {repr(c.denoiser): c.denoiser for c in cells}.values():
             suite.train_settings(denoiser)
+        for dataset in {repr(c.dataset): c.dataset for c in cells}.values():
+            dataset.check()  # missing or incomplete files: one line before anything trains
+        for dataset in {repr(c.dataset): c.dataset for c in cells}.values():
+            dataset.check()  # missing or incomplete files: one line before anything trains
     except INPUT_ERRORS as exc:
         raise InputError(str(exc)) from None
     except (TypeError, ValueError) as exc:  # a denoiser's own `train` defaults are malformed

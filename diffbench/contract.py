@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from diffbench import subsets
+from diffbench.subsets import SUBSET_PARAMS
+
 if TYPE_CHECKING:
     from diffbench.model import ConditionalModel
 
@@ -68,6 +71,10 @@ class Choice(str):
         raise ParamError(
             f"{kind} '{plugin}' param '{key}' must be one of {', '.join(self.choices)}, got {value!r}{hint}"
         )
+
+
+class DataError(ValueError):
+    """A dataset's files are missing, incomplete or unreadable; the message says which and how to mend it."""
 
 
 def _type_name(value: Any) -> str:
@@ -134,7 +141,10 @@ class Plugin:
 
 @dataclass
 class Splits:
-    """A dataset's train and test split: x float ``[N, *shape]``, y long ``[N]``."""
+    """A dataset's train and test split: x float ``[N, *shape]``, y long ``[N]``.
+
+    The training split may be empty (``[0, *shape]``) for data used only zero-shot, with a trained model.
+    """
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -148,11 +158,56 @@ class Splits:
 
     @property
     def data_shape(self) -> tuple[int, ...]:
-        return tuple(self.train_x.shape[1:])
+        return tuple(self.test_x.shape[1:])
 
 
 class Dataset(Plugin):
+    """Base of datasets. Every dataset has the params ``per_class`` and ``n_test`` (0 = no limit).
+
+    They choose a fixed stratified subset of the test split (see ``diffbench.subsets``), applied by the
+    core after ``load``; a dataset may declare either itself with its own default and meaning (the 2-D
+    toys draw ``n_test`` points), and then the core's cut of the same size keeps them all.
+    """
+
     kind = "dataset"
+    params: dict[str, Any] = dict(SUBSET_PARAMS)
+    #: The keys of ``params`` the class itself declared (the rest came from ``SUBSET_PARAMS``).
+    declared_params: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("params")
+        if isinstance(own, dict):  # anything else is refused, with a message, when registered
+            cls.declared_params = frozenset(own)
+            cls.params = {**own, **{k: v for k, v in SUBSET_PARAMS.items() if k not in own}}
+
+    def __init__(self, **overrides: Any) -> None:
+        super().__init__(**overrides)
+        problem = subsets.check_params(self.name, self.params)
+        if problem:
+            raise ParamError(problem)
+
+    def check(self) -> None:
+        """Raise DataError, in one line, when the dataset's files are missing or incomplete.
+
+        Called for every dataset of a grid before anything trains; keep it cheap (look, don't read).
+        The default checks nothing.
+        """
+
+    def test_subset(self, test_y: torch.Tensor) -> torch.Tensor:
+        """Indices into the full test split of the fixed subset that ``per_class``/``n_test`` choose.
+
+        The core applies the subset itself after ``load``; a dataset that decodes files lazily calls
+        this on its test labels first and decodes only the chosen samples.
+        """
+        return subsets.choose(test_y, self.params["per_class"], self.params["n_test"])
+
+    def training_params(self) -> dict[str, Any]:
+        """The params that can change the training data (the cache key of trained weights).
+
+        The core's subset params only cut the test split, so they are left out unless declared.
+        """
+        return {k: v for k, v in self.params.items() if k not in SUBSET_PARAMS or k in self.declared_params}
 
     #: Where the dataset knows its true distribution, a method ``bayes_log_posterior(x [N, *shape]) ->
     #: [N, K]`` giving log p(c | x) (up to a per-row constant); the results table then reports the
@@ -257,8 +312,8 @@ def check_splits(splits: Any, name: str) -> Splits:
     names = splits.class_names
     if not (isinstance(names, (list, tuple)) and names and all(isinstance(c, str) for c in names)):
         raise PluginOutputError(f"{where}: class_names must be a non-empty list of str, got {names!r}")
-    if len(splits.train_x) == 0 or len(splits.test_x) == 0:
-        raise PluginOutputError(f"{where}: the train and test splits must not be empty")
+    if len(splits.test_x) == 0:
+        raise PluginOutputError(f"{where}: the test split must not be empty")
     if splits.train_x.shape[1:] != splits.test_x.shape[1:]:
         raise PluginOutputError(f"{where}: train_x and test_x have different sample shapes")
     return splits

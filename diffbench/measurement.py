@@ -14,7 +14,7 @@ from diffbench import metrics, paired
 from diffbench.acceleration import accelerate, unsupported
 from diffbench.batch_size import cached_batch_size
 from diffbench.cell import Cell
-from diffbench.contract import Estimator, PluginOutputError, check_errors
+from diffbench.contract import DataError, Estimator, PluginOutputError, check_errors
 from diffbench.memory import peak_memory_mb, reset_peak_memory, tune_cpu_allocator
 from diffbench.model import ConditionalModel
 from diffbench.preparation import Prepared
@@ -198,7 +198,7 @@ def identity(cell: Cell, suite: Suite) -> dict[str, Any]:
 
 def failure(exc: BaseException) -> str:
     """A failure as the table's ``error`` column and log lines say it."""
-    return str(exc) if isinstance(exc, PluginOutputError) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, (PluginOutputError, DataError)) else f"{type(exc).__name__}: {exc}"
 
 
 def cell_model(cell: Cell, suite: Suite, prepared: Prepared, cache_dir: Path | None) -> tuple[ConditionalModel, dict]:
@@ -252,6 +252,7 @@ def run_cell(
         "train_started_at": info.get("train_started_at", float("nan")),
         "train_finished_at": info.get("train_finished_at", float("nan")),
         "setup_s": prepared.setup_s,
+        **{k: info[k] for k in ("test_subset", "test_digest", "heldout_n", "heldout_from") if k in info},
     }
     messages: list[str] = []
     predictions = None

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
+from diffbench import subsets
 from diffbench.cell import Cell
-from diffbench.contract import Dataset, Splits, check_log_posterior, check_splits
+from diffbench.contract import DataError, Dataset, Splits, check_log_posterior, check_splits
 from diffbench.schedule import NoiseSchedule
 from diffbench.suite import Suite
 from diffbench.training import build_module, load_checkpoint, load_or_train
@@ -32,12 +33,18 @@ class Prepared:
     setup_s: float
 
 
-def hold_out(splits: Splits, seed: int) -> tuple[Splits, torch.Tensor, torch.Tensor]:
+def hold_out(
+    splits: Splits, seed: int, spare: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[Splits, torch.Tensor, torch.Tensor]:
     """Set aside a seeded random part of the training data that the model never trains on.
 
-    Estimators may ``fit`` on it (and calibration uses it); the test set stays untouched.
+    Estimators may ``fit`` on it (and calibration uses it); the test set stays untouched. A dataset
+    without a training split lends ``spare``, its labelled test samples outside the fixed subset.
     """
     n = splits.train_x.shape[0]
+    if n == 0 and spare is not None:
+        order = torch.randperm(spare[1].shape[0], generator=torch.Generator().manual_seed(seed))[:HOLDOUT_MAX]
+        return splits, spare[0][order], spare[1][order]
     size = min(HOLDOUT_MAX, int(n * HOLDOUT_FRACTION))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     held, kept = order[:size], order[size:]
@@ -72,7 +79,15 @@ def prepare(
     start = time.perf_counter()
     schedule = NoiseSchedule(suite.schedule, suite.timesteps)
     splits = check_splits(first.dataset.load(first.seed), first.dataset.name)
-    splits, heldout_x, heldout_y = hold_out(splits, first.seed)
+    p = first.dataset.params
+    splits, spare_x, spare_y = subsets.apply(p["per_class"], p["n_test"], splits)
+    splits, heldout_x, heldout_y = hold_out(splits, first.seed, (spare_x, spare_y))
+    heldout = {
+        "test_subset": subsets.describe(p["per_class"], p["n_test"]),
+        "test_digest": subsets.digest(splits.test_x, splits.test_y),
+        "heldout_n": heldout_y.shape[0],
+        "heldout_from": heldout_source(splits, heldout_y),
+    }
     pair = f"{first.dataset!r} x {first.denoiser!r}"
     if not first.denoiser.supports(splits.data_shape):
         log(
@@ -84,9 +99,14 @@ def prepare(
     if checkpoint is not None:
         module = load_checkpoint(build_module(first.denoiser, splits, first.seed), checkpoint, pair)
         log(f"{pair}: loaded weights from {checkpoint}")
-        info = {"cache_hit": False, "train_s": 0.0, "checkpoint": str(checkpoint)}
+        info = {"cache_hit": False, "train_s": 0.0, "checkpoint": str(checkpoint), **heldout}
         setup_s = time.perf_counter() - start
         return Prepared(splits, heldout_x, heldout_y, module.to(device).eval(), info, bayes, setup_s)
+    if splits.train_x.shape[0] == 0:
+        raise DataError(
+            f"dataset {first.dataset!r} has no training split to train {first.denoiser!r} on: "
+            "give trained weights with --checkpoint, or a pretrained denoiser"
+        )
     train_started = time.time()
     module, info = load_or_train(
         first.dataset,
@@ -105,7 +125,17 @@ def prepare(
     else:
         log(f"{pair}: trained in {info['train_s']:.1f}s")
         info.update(train_started_at=train_started, train_finished_at=time.time())
+    info.update(heldout)
     return Prepared(splits, heldout_x, heldout_y, module, info, bayes, time.perf_counter() - start)
+
+
+def heldout_source(splits: Splits, heldout_y: torch.Tensor) -> str:
+    """Where fit and calibration data came from, or why there was none (a column of the table)."""
+    if splits.train_x.shape[0] > 0:
+        return "train"
+    if heldout_y.shape[0] >= 2:
+        return "test samples outside the subset (no training split)"
+    return "none: no training split and no test sample outside the subset, so fit and calibration were skipped"
 
 
 def prepare_quietly(

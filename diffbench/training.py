@@ -57,7 +57,7 @@ def cache_key(
     """A hash of everything that determines the trained weights."""
     ident: dict[str, Any] = {
         "format": CACHE_FORMAT,
-        "dataset": [dataset.name, dataset.params],
+        "dataset": [dataset.name, dataset.training_params()],
         "denoiser": [denoiser.name, denoiser.params],
         "schedule": schedule.describe(),
         "train": asdict(settings),

@@ -1,0 +1,99 @@
+"""Fixed test subsets: ``per_class`` and ``n_test`` on every dataset, chosen in one place.
+
+Expensive models classify a few images per class (Li et al. score ImageNet on 4 per class), and
+every run and every estimator must classify the same ones. So the subset is a function of the
+dataset's own test labels and of ``per_class``/``n_test`` alone: one fixed shuffle drawn from
+``SUBSET_SEED`` (never from ``--seed``), the first ``per_class`` of each class in it, then, if
+``n_test`` is smaller than what is left, a stratified ``n_test`` of those (each class in proportion,
+largest remainders first). The chosen indices keep the split's order.
+
+The runner applies it to every dataset's Splits after ``load``. A dataset that reads its files
+lazily calls ``choose`` on its labels first (through ``Dataset.test_subset``) and decodes only the
+chosen images; the runner's pass is then a no-op, because choosing from a chosen subset keeps it
+whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from diffbench.contract import Splits
+
+#: The params every dataset has (0 = no limit); a dataset may declare one itself with its own default.
+SUBSET_PARAMS: dict[str, int] = {"per_class": 0, "n_test": 0}
+#: Seed of the subset's shuffle: fixed, so that every --seed and every estimator sees the same images.
+SUBSET_SEED = 0
+
+
+def check_params(kind_name: str, params: dict[str, Any]) -> str | None:
+    """The one-line complaint about a dataset's subset params, or None when they are fine."""
+    for key in SUBSET_PARAMS:
+        if params.get(key, 0) < 0:
+            return f"dataset '{kind_name}' param '{key}' must be >= 0 (0 = no limit), got {params[key]}"
+    return None
+
+
+def choose(labels: torch.Tensor, per_class: int = 0, n_test: int = 0) -> torch.Tensor:
+    """Sorted long indices into ``labels`` of the fixed subset (every index when nothing needs dropping)."""
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    n = labels.numel()
+    keep = torch.ones(n, dtype=torch.bool)
+    if per_class <= 0 and (n_test <= 0 or n <= n_test):
+        return torch.arange(n)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SUBSET_SEED))
+    shuffled = labels[order]
+    # rank[i]: how many samples of the same class come before position i in the shuffle
+    by_class, where = torch.sort(shuffled, stable=True)
+    rank = torch.empty(n, dtype=torch.long)
+    rank[where] = torch.arange(n) - torch.searchsorted(by_class, by_class)
+    if per_class > 0:
+        keep &= rank < per_class
+    if 0 < n_test < int(keep.sum()):
+        classes, counts = shuffled[keep].unique(return_counts=True)
+        share = counts.double() * n_test / counts.sum()
+        quota = share.floor().long()
+        left = n_test - int(quota.sum())
+        by_remainder = sorted(range(len(classes)), key=lambda i: (-(share[i] - quota[i]).item(), i))
+        for i in by_remainder[:left]:
+            quota[i] += 1
+        limit = torch.zeros(int(shuffled.max()) + 1, dtype=torch.long)
+        limit[classes] = quota
+        keep &= rank < limit[shuffled]
+    return order[keep].sort().values
+
+
+def describe(per_class: int, n_test: int) -> str:
+    """The subset rule in words, for the table's ``test_subset`` column."""
+    parts = [f"per_class={per_class}"] * (per_class > 0) + [f"n_test={n_test}"] * (n_test > 0)
+    return f"{', '.join(parts)} (subset seed {SUBSET_SEED})" if parts else "all"
+
+
+def digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    """A short hash of exactly which test samples (pixels and labels) a cell classified."""
+    h = hashlib.sha256()
+    h.update(str(list(x.shape)).encode())
+    h.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    h.update(y.detach().to("cpu", torch.long).contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def apply(per_class: int, n_test: int, splits: Splits) -> tuple[Splits, torch.Tensor, torch.Tensor]:
+    """``splits`` with its test part cut to the subset, and the labelled test samples left out of it.
+
+    The samples left out are never classified, so a dataset without a training split can lend them
+    to ``fit`` and calibration.
+    """
+    from diffbench.contract import Splits
+
+    chosen = choose(splits.test_y, per_class, n_test)
+    if chosen.numel() == splits.test_y.numel():
+        empty = splits.test_x[:0]
+        return splits, empty, splits.test_y[:0]
+    rest = torch.ones(splits.test_y.numel(), dtype=torch.bool)
+    rest[chosen] = False
+    cut = Splits(splits.train_x, splits.train_y, splits.test_x[chosen], splits.test_y[chosen], splits.class_names)
+    return cut, splits.test_x[rest], splits.test_y[rest]
