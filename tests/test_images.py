@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 import torch
 from diffbench_plugins import image_files
-from image_data import (
+
+import diffbench
+from diffbench import plugins, preparation, subsets
+from diffbench.schedule import NoiseSchedule
+from diffbench.testing import check_dataset
+from diffbench.training import build_module
+from tests.helpers import error_lines, write_suite
+from tests.image_data import (
     images,
     write_cifar,
     write_folder,
@@ -19,13 +26,6 @@ from image_data import (
     write_mnist,
     write_stl10,
 )
-
-import diffbench
-from diffbench import plugins, runner, subsets
-from diffbench.schedule import NoiseSchedule
-from diffbench.testing import check_dataset
-from diffbench.training import build_module
-from tests.helpers import error_lines, write_suite
 
 TINY_UNET = "unet[channels=8]"
 
@@ -290,10 +290,10 @@ def test_without_a_training_split_the_test_samples_outside_the_subset_are_held_o
     splits = diffbench.Splits(x[:0], y[:0], x, y, ["a", "b", "c", "d"])
     cut, spare_x, spare_y = subsets.apply(2, 0, splits)
     assert len(cut.test_y) == 8 and len(spare_y) == 12
-    kept, held_x, held_y = runner.hold_out(cut, 0, (spare_x, spare_y))
+    kept, held_x, held_y = preparation.hold_out(cut, 0, (spare_x, spare_y))
     assert sorted(held_y.tolist()) == sorted(spare_y.tolist()) and kept.test_x.shape == (8, 3)
     assert not any((held_x == row).all(1).any() for row in cut.test_x), "no classified sample is held out"
-    assert runner.heldout_source(cut, held_y).startswith("test samples outside the subset")
+    assert preparation.heldout_source(cut, held_y).startswith("test samples outside the subset")
 
 
 @pytest.mark.slow
