@@ -1,6 +1,6 @@
 """diffbench: benchmark diffusion classifiers — which estimator buys the most accuracy per compute."""
 
-from diffbench.contract import Dataset, Denoiser, Estimator, ParamError, Splits
+from diffbench.contract import Dataset, Denoiser, Estimator, ParamError, Pretrained, Splits
 from diffbench.hookspecs import hookimpl
 from diffbench.model import ConditionalModel
 
@@ -12,6 +12,7 @@ __all__ = [
     "Denoiser",
     "Estimator",
     "ParamError",
+    "Pretrained",
     "Splits",
     "__version__",
     "hookimpl",

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import torch
 
-from diffbench import plugins, results
+from diffbench import plugins, pretrained, results
 from diffbench.compare import CompareError, compare_runs, find_regressions, format_comparison
 from diffbench.contract import ParamError
 from diffbench.rundir import ResumeError, RunFolder
@@ -204,6 +204,7 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
         cells = expand(suite, devices)
         for denoiser in {repr(c.denoiser): c.denoiser for c in cells}.values():
             suite.train_settings(denoiser)
+        pretrained.check_pairs(cells)  # a pretrained model that cannot serve its dataset: before anything runs
     except INPUT_ERRORS as exc:
         raise InputError(str(exc)) from None
     except (TypeError, ValueError) as exc:  # a denoiser's own `train` defaults are malformed

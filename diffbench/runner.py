@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from diffbench import metrics, results, rundir
+from diffbench import metrics, pretrained, results, rundir
 from diffbench.acceleration import accelerate, unsupported
 from diffbench.contract import Plugin, Splits
 from diffbench.model import ConditionalModel
@@ -311,6 +311,7 @@ class Prepared:
     info: dict[str, Any]
     bayes_accuracy: float
     setup_s: float
+    pretrained: pretrained.PretrainedSetup | None = None  # set when the denoiser arrived trained
 
 
 def prepare(
@@ -335,6 +336,9 @@ def prepare(
         )
         return None
     bayes = bayes_accuracy(first.dataset, splits)
+    loaded = prepare_pretrained(first, splits, heldout_x, heldout_y, bayes, start, device, log)
+    if loaded is not None:
+        return loaded
     if checkpoint is not None:
         module = load_checkpoint(build_module(first.denoiser, splits, first.seed), checkpoint, pair)
         log(f"{pair}: loaded weights from {checkpoint}")
@@ -360,6 +364,34 @@ def prepare(
         log(f"{pair}: trained in {info['train_s']:.1f}s")
         info.update(train_started_at=train_started, train_finished_at=time.time())
     return Prepared(splits, heldout_x, heldout_y, module, info, bayes, time.perf_counter() - start)
+
+
+def prepare_pretrained(
+    first: Cell,
+    splits: Splits,
+    heldout_x: torch.Tensor,
+    heldout_y: torch.Tensor,
+    bayes: float,
+    start: float,
+    device: torch.device,
+    log,
+) -> Prepared | None:
+    """A denoiser that arrived trained (``Denoiser.pretrained``): nothing trained or cached; None for the others."""
+    pair = f"{first.dataset!r} x {first.denoiser!r}"
+    got = pretrained.load(first.denoiser, splits, heldout_x, heldout_y, device, first.seed, log, pair)
+    if got is None:
+        return None
+    setup_s = time.perf_counter() - start
+    return Prepared(got.splits, got.heldout_x, heldout_y, got.module, got.info, bayes, setup_s, got.setup)
+
+
+def model_of(prepared: Prepared, module: torch.nn.Module, suite: Suite, device: torch.device) -> ConditionalModel:
+    """``module`` wrapped with the schedule and output type it runs under: the suite's, or a pretrained model's own."""
+    setup = prepared.pretrained
+    schedule = setup.schedule if setup else NoiseSchedule(suite.schedule, suite.timesteps)
+    options = setup.model_options() if setup else {}
+    splits = prepared.splits
+    return ConditionalModel(module, schedule, splits.num_classes, splits.data_shape, device, **options)
 
 
 def train_only(suite: Suite, cells: list[Cell], cache_dir: Path | None, progress: bool = True, log=print) -> int:
@@ -403,9 +435,8 @@ def cell_model(cell: Cell, suite: Suite, prepared: Prepared, cache_dir: Path | N
     if reason:
         what = f"{cell.dtype}{' compiled' if cell.compile else ''} on {cell.device}"
         raise Unsupported(f"skipping {what} for {cell.denoiser!r}: {reason}")
-    schedule = NoiseSchedule(suite.schedule, suite.timesteps)
     running = accelerate(module, device, cell.dtype, cell.compile)
-    model = ConditionalModel(running, schedule, splits.num_classes, splits.data_shape, device)
+    model = model_of(prepared, running, suite, device)
     tuned = suite.batch_size == "auto"
     if tuned:
         key = "|".join(
@@ -441,6 +472,7 @@ def run_cell(
         "train_started_at": info.get("train_started_at", math.nan),
         "train_finished_at": info.get("train_finished_at", math.nan),
         "setup_s": prepared.setup_s,
+        **(prepared.pretrained.columns if prepared.pretrained else {}),
     }
     messages: list[str] = []
     try:
@@ -453,6 +485,8 @@ def run_cell(
         )
         measured, bins = measure_cell(cell, model, data, suite)
         rows = [{**row, **chunking, **m, "status": "ok", "error": ""} for m in measured]
+        if prepared.pretrained:
+            pretrained.add_end_to_end(rows, prepared.pretrained.columns)
         bins = [{**ident, **b} for b in bins]
     except Unsupported as exc:
         return CellResult(ident["cell_id"], [], [], [str(exc)], skipped=True)
@@ -482,7 +516,7 @@ def failed_group(cells: list[Cell], suite: Suite, exc: BaseException) -> list[Ce
 
 def figures_data(cells: list[Cell], suite: Suite, prepared: Prepared | None) -> dict[str, pd.DataFrame]:
     """The figure tables of one trained model: its samples and (2-D data) the decision regions."""
-    if prepared is None or not cells:
+    if prepared is None or not cells or prepared.pretrained:  # T steps of sampling a big model cost too much
         return {}
     first = cells[0]
     ids = group_ids(first)
