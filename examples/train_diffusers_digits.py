@@ -15,8 +15,8 @@ import argparse
 import time
 
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffbench_plugins.digits import Digits
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 
 def make_unet(num_classes: int) -> UNet2DModel:

@@ -160,7 +160,7 @@ def read_layout(path: str, revision: str = "") -> Layout:
     scheduler_path = find_scheduler(root)
     if scheduler_path is None:
         raise diffbench.ParamError(
-            f"path '{path}' has no scheduler/scheduler_config.json: diffbench needs the schedule the model was trained with"
+            f"path '{path}' has no scheduler/scheduler_config.json: diffbench needs the model's training schedule"
         )
     scheduler = read_json(scheduler_path)
     name = scheduler.get("_class_name", "")
@@ -372,7 +372,7 @@ class Diffusers(diffbench.Denoiser):
             want, where = layout.in_channels, "it takes"
         if len(data_shape) != 3 or data_shape[0] != want:
             raise diffbench.ParamError(
-                f"the model cannot read the dataset's samples of shape {list(data_shape)}: {where} images [{want}, H, W]"
+                f"the model cannot read the dataset's samples, shape {list(data_shape)}: {where} images [{want}, H, W]"
             )
 
     def build(self, data_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
