@@ -125,7 +125,9 @@ def resolve(path: str, revision: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        folder = snapshot_download(path, revision=revision or None, allow_patterns=["*.json", "*.txt"])
+        folder = snapshot_download(
+            path, revision=revision or None, allow_patterns=["*.json", "*.txt"], local_files_only=offline_mode()
+        )
     except Exception as exc:
         offline = (
             " (HF_HUB_OFFLINE is set: only the local cache is looked at)" if os.environ.get("HF_HUB_OFFLINE") else ""
@@ -133,6 +135,11 @@ def resolve(path: str, revision: str) -> Path:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise diffbench.ParamError(f"path '{path}' is no folder and no reachable hub model{offline}: {first}") from None
     return Path(folder)
+
+
+def offline_mode() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def read_layout(path: str, revision: str = "") -> Layout:
@@ -250,6 +257,23 @@ def by_name(layout: Layout, name: str) -> int:
         hint = "the model has no id2label" if not layout.id2label else "no such name in the model's id2label"
         raise diffbench.ParamError(f"classes: '{name}' is not a label id and {hint}")
     return found
+
+
+def fetch_weights(layout: Layout, revision: str) -> None:
+    """A hub model's weights for the folders diffbench loads (safetensors where there are any); no-op for a folder."""
+    if Path(layout.source).expanduser().is_dir():
+        return
+    from huggingface_hub import snapshot_download
+
+    folders = [layout.model_folder or "."] + ["vae"] * layout.vae + ["text_encoder"] * layout.text
+    for folder in folders:
+        for pattern in ("*.safetensors", "*.bin"):
+            where = f"{folder}/{pattern}" if folder != "." else pattern
+            snapshot_download(
+                layout.source, revision=revision or None, allow_patterns=[where], local_files_only=offline_mode()
+            )
+            if any((layout.root / folder).glob(pattern)):
+                break
 
 
 def content_hash(root: Path) -> str:
@@ -384,6 +408,7 @@ class Diffusers(diffbench.Denoiser):
         quiet_diffusers()
         self.check_dataset(data_shape, class_names)
         layout = self.layout
+        fetch_weights(layout, self.params["revision"])
         load = {"subfolder": layout.model_folder} if layout.model_folder else {}
         if layout.kind == CLASS_UNET:
             module: nn.Module = ClassUNet(

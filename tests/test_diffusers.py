@@ -39,8 +39,9 @@ RUN = [
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
+def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty hub cache: nothing is found, or fetched
     diffusers.utils.logging.set_verbosity_error()
 
 
@@ -315,6 +316,7 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "not ddpm": (f"diffusers[path={odd}]", "not of the DDPM family"),
         "no text encoder": (f"diffusers[path={text_less}]", "without text_encoder/"),
         "no path": ("diffusers", "needs path=FOLDER"),
+        "hub id offline": ("diffusers[path=nobody/no-such-model]", "HF_HUB_OFFLINE is set"),
     }
 
 
