@@ -1,7 +1,7 @@
 """diffbench: benchmark diffusion classifiers — which estimator buys the most accuracy per compute."""
 
 from diffbench import montecarlo
-from diffbench.contract import Choice, DataError, Dataset, Denoiser, Estimator, ParamError, Splits
+from diffbench.contract import Choice, DataError, Dataset, Denoiser, Estimator, ParamError, Pretrained, Splits
 from diffbench.hookspecs import hookimpl
 from diffbench.model import ConditionalModel
 
@@ -15,6 +15,7 @@ __all__ = [
     "Denoiser",
     "Estimator",
     "ParamError",
+    "Pretrained",
     "Splits",
     "__version__",
     "hookimpl",

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import torch
 
-from diffbench import plugins, provenance, results
+from diffbench import plugins, pretrained, provenance, results
 from diffbench.atomic import replace_atomically
 from diffbench.batch_size import parse_batch_size
 from diffbench.compare import CompareError, find_regressions, format_comparison
@@ -202,8 +202,7 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
             suite.train_settings(denoiser)
         for dataset in {repr(c.dataset): c.dataset for c in cells}.values():
             dataset.check()  # missing or incomplete files: one line before anything trains
-        for dataset in {repr(c.dataset): c.dataset for c in cells}.values():
-            dataset.check()  # missing or incomplete files: one line before anything trains
+        pretrained.check_pairs(cells)  # a pretrained model that cannot serve its dataset: before anything runs
     except INPUT_ERRORS as exc:
         raise InputError(str(exc)) from None
     except (TypeError, ValueError) as exc:  # a denoiser's own `train` defaults are malformed

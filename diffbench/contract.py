@@ -161,6 +161,32 @@ class Splits:
         return tuple(self.test_x.shape[1:])
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass
+class Pretrained:
+    """A denoiser that arrives trained, with the schedule and output parameterisation it was trained for.
+
+    ``module.forward(x_t, t, c)`` returns the raw prediction under ``prediction_type``: the noise
+    (``epsilon``), the velocity sqrt(abar) eps - sqrt(1 - abar) x0 (``v_prediction``) or x0 (``sample``);
+    with ``learned_variance`` the output has twice the data's channels and the second half is dropped.
+    The core converts every prediction to epsilon, so estimators never know the difference.
+    ``encode`` (latent models) maps a batch of dataset samples to the latents the module denoises; each
+    image is encoded once. ``schedule`` names the noise schedule in the table; ``source`` and ``revision``
+    (a content hash or hub revision) say where the weights came from.
+    """
+
+    module: torch.nn.Module
+    alphas_cumprod: torch.Tensor
+    prediction_type: str = "epsilon"
+    learned_variance: bool = False
+    schedule: str = "custom"
+    source: str = ""
+    revision: str = ""
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
 class Dataset(Plugin):
     """Base of datasets. Every dataset has the params ``per_class`` and ``n_test`` (0 = no limit).
 
@@ -233,6 +259,16 @@ class Denoiser(Plugin):
     def build(self, data_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
         """Return a module ``forward(x_t [N,*shape], t [N] long, c [N] long) -> eps_hat``."""
         raise NotImplementedError
+
+    def pretrained(self, data_shape: tuple[int, ...], num_classes: int, class_names: list[str]) -> Pretrained | None:
+        """A model that arrives trained (the runner then trains and caches nothing); default None: train ``build``."""
+        return None
+
+    def check_dataset(self, data_shape: tuple[int, ...], class_names: list[str]) -> None:
+        """Raise ParamError when this denoiser cannot serve the dataset; called before anything runs.
+
+        The default accepts every dataset; a pretrained denoiser checks its class count and input shape here.
+        """
 
 
 class Estimator(Plugin):

@@ -81,7 +81,7 @@ def samples_data(model: ConditionalModel, splits: Splits, seed: int, ids: dict) 
 
 def figures_data(cells: list[Cell], suite: Suite, prepared: Prepared | None) -> dict[str, pd.DataFrame]:
     """The figure tables of one trained model: its samples and (2-D data) the decision regions of ``cells``."""
-    if prepared is None or not cells:
+    if prepared is None or not cells or prepared.pretrained:  # T steps of sampling a big model cost too much
         return {}
     first = cells[0]
     ids = first.group_labels()

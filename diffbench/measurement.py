@@ -10,17 +10,16 @@ from typing import Any
 
 import torch
 
-from diffbench import metrics, paired
+from diffbench import metrics, paired, pretrained
 from diffbench.acceleration import accelerate, unsupported
 from diffbench.batch_size import cached_batch_size
 from diffbench.cell import Cell
 from diffbench.contract import DataError, Estimator, PluginOutputError, check_errors
 from diffbench.memory import peak_memory_mb, reset_peak_memory, tune_cpu_allocator
 from diffbench.model import ConditionalModel
-from diffbench.preparation import Prepared
+from diffbench.preparation import Prepared, model_of
 from diffbench.provenance import device_name, provenance
 from diffbench.results import param_columns
-from diffbench.schedule import NoiseSchedule
 from diffbench.suite import Suite
 from diffbench.timing import measure, measure_latency, median_iqr, timed
 
@@ -213,9 +212,8 @@ def cell_model(cell: Cell, suite: Suite, prepared: Prepared, cache_dir: Path | N
     if reason:
         what = f"{cell.dtype}{' compiled' if cell.compile else ''} on {cell.device}"
         raise Unsupported(f"skipping {what} for {cell.denoiser!r}: {reason}")
-    schedule = NoiseSchedule(suite.schedule, suite.timesteps)
     running = accelerate(module, device, cell.dtype, cell.compile)
-    model = ConditionalModel(running, schedule, splits.num_classes, splits.data_shape, device)
+    model = model_of(prepared, running, suite, device)
     tuned = suite.batch_size == "auto"
     if tuned:
         key = "|".join(
@@ -253,6 +251,7 @@ def run_cell(
         "train_finished_at": info.get("train_finished_at", float("nan")),
         "setup_s": prepared.setup_s,
         **{k: info[k] for k in ("test_subset", "test_digest", "heldout_n", "heldout_from") if k in info},
+        **(prepared.pretrained.columns if prepared.pretrained else {}),
     }
     messages: list[str] = []
     predictions = None
@@ -267,6 +266,8 @@ def run_cell(
         measured, bins, predictions = measure_cell(cell, model, data, suite)
         predictions["test_digest"] = paired.testset_digest(prepared.splits.test_x, prepared.splits.test_y)
         rows = [{**row, **batching, **m, "status": "ok", "error": ""} for m in measured]
+        if prepared.pretrained:
+            pretrained.add_end_to_end(rows, prepared.pretrained.columns)
         bins = [{**ident, **b} for b in bins]
     except Unsupported as exc:
         return CellResult(cell.id, [], [], [str(exc)], skipped=True)

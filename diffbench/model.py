@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from diffbench.parameterisation import ToEpsilon, needs_conversion
 from diffbench.schedule import NoiseSchedule
 
 DEFAULT_MAX_BATCH = 8192
@@ -56,6 +57,8 @@ class ConditionalModel:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         max_batch: int = DEFAULT_MAX_BATCH,
+        prediction_type: str = "epsilon",
+        learned_variance: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
@@ -71,6 +74,16 @@ class ConditionalModel:
         self.max_batch = max_batch
         self.nfe = 0
         self._sqrt_tables: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # A pretrained module may predict v or x0 (or add a variance half): `_predict` converts it to epsilon.
+        self.prediction_type = prediction_type
+        self._to_eps = None
+        if needs_conversion(prediction_type, learned_variance):
+            self._to_eps = ToEpsilon(prediction_type, learned_variance, schedule.alphas_cumprod, self.device, dtype)
+
+    def _predict(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The module's prediction of the noise (its raw output converted to epsilon where needed)."""
+        out = self.module(x_t, t, c)
+        return out if self._to_eps is None else self._to_eps(out, x_t, t)
 
     def sqrt_tables(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``sqrt(abar) [T]`` and ``sqrt(1 - abar) [T]`` on the model's device in ``dtype`` (default: the model's).
@@ -118,11 +131,11 @@ class ConditionalModel:
         n = self._check_rows(x_t, t, c)
         self.nfe += n
         if n <= self.max_batch:
-            return self.module(x_t, t, c)
+            return self._predict(x_t, t, c)
         out = None
         for start in range(0, n, self.max_batch):
             stop = start + self.max_batch
-            chunk = self.module(x_t[start:stop], t[start:stop], c[start:stop])
+            chunk = self._predict(x_t[start:stop], t[start:stop], c[start:stop])
             if out is None:
                 out = torch.empty((n, *chunk.shape[1:]), device=chunk.device, dtype=chunk.dtype)
             out[start:stop] = chunk
@@ -149,14 +162,14 @@ class ConditionalModel:
         size = math.prod(self.data_shape)
         if n <= self.max_batch:
             with torch.inference_mode():
-                elementwise = loss(self.module(x_t, t, c), target)
+                elementwise = loss(self._predict(x_t, t, c), target)
             return _row_mean(elementwise.reshape(n, size))  # made outside inference mode: an ordinary tensor
         out: torch.Tensor | None = None
         outs: tuple[torch.Tensor, ...] = ()
         chunks = zip(*(rows.split(self.max_batch) for rows in (x_t, t, c, target)), strict=True)
         with torch.inference_mode():
             for i, (x_i, t_i, c_i, target_i) in enumerate(chunks):
-                elementwise = loss(self.module(x_i, t_i, c_i), target_i).reshape(x_i.shape[0], size)
+                elementwise = loss(self._predict(x_i, t_i, c_i), target_i).reshape(x_i.shape[0], size)
                 if out is None:
                     with torch.inference_mode(False):  # callers get an ordinary tensor
                         out = torch.empty(n, device=elementwise.device, dtype=elementwise.dtype)

@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
-from diffbench import subsets
+from diffbench import pretrained, subsets
 from diffbench.cell import Cell
 from diffbench.contract import DataError, Dataset, Splits, check_log_posterior, check_splits
+from diffbench.model import ConditionalModel
 from diffbench.schedule import NoiseSchedule
 from diffbench.suite import Suite
 from diffbench.training import build_module, load_checkpoint, load_or_train
@@ -31,6 +32,7 @@ class Prepared:
     info: dict[str, Any]
     bayes_accuracy: float
     setup_s: float
+    pretrained: pretrained.PretrainedSetup | None = None  # set when the denoiser arrived trained
 
 
 def hold_out(
@@ -96,6 +98,10 @@ def prepare(
         )
         return None
     bayes = bayes_accuracy(first.dataset, splits)
+    loaded = prepare_pretrained(first, splits, heldout_x, heldout_y, bayes, start, device, log)
+    if loaded is not None:
+        loaded.info.update(heldout)
+        return loaded
     if checkpoint is not None:
         module = load_checkpoint(build_module(first.denoiser, splits, first.seed), checkpoint, pair)
         log(f"{pair}: loaded weights from {checkpoint}")
@@ -127,6 +133,34 @@ def prepare(
         info.update(train_started_at=train_started, train_finished_at=time.time())
     info.update(heldout)
     return Prepared(splits, heldout_x, heldout_y, module, info, bayes, time.perf_counter() - start)
+
+
+def prepare_pretrained(
+    first: Cell,
+    splits: Splits,
+    heldout_x: torch.Tensor,
+    heldout_y: torch.Tensor,
+    bayes: float,
+    start: float,
+    device: torch.device,
+    log,
+) -> Prepared | None:
+    """A denoiser that arrived trained (``Denoiser.pretrained``): nothing trained or cached; None for the others."""
+    pair = f"{first.dataset!r} x {first.denoiser!r}"
+    got = pretrained.load(first.denoiser, splits, heldout_x, heldout_y, device, first.seed, log, pair)
+    if got is None:
+        return None
+    setup_s = time.perf_counter() - start
+    return Prepared(got.splits, got.heldout_x, heldout_y, got.module, got.info, bayes, setup_s, got.setup)
+
+
+def model_of(prepared: Prepared, module: torch.nn.Module, suite: Suite, device: torch.device) -> ConditionalModel:
+    """``module`` wrapped with the schedule and output type it runs under: the suite's, or a pretrained model's own."""
+    setup = prepared.pretrained
+    schedule = setup.schedule if setup else NoiseSchedule(suite.schedule, suite.timesteps)
+    options = setup.model_options() if setup else {}
+    splits = prepared.splits
+    return ConditionalModel(module, schedule, splits.num_classes, splits.data_shape, device, **options)
 
 
 def heldout_source(splits: Splits, heldout_y: torch.Tensor) -> str:

@@ -34,6 +34,21 @@ class NoiseSchedule:
         self.betas = make_betas(kind, num_timesteps)
         self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)
 
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor, kind: str = "custom") -> NoiseSchedule:
+        """The schedule a pretrained model brought, from its ``alphas_cumprod [T]`` (named ``kind`` in the table)."""
+        abar = torch.as_tensor(alphas_cumprod).detach().double().cpu()
+        if abar.dim() != 1 or abar.numel() < 2:
+            raise ValueError(f"alphas_cumprod must be a [T] tensor with T >= 2, got shape {list(abar.shape)}")
+        if not (torch.all(abar >= 0) and torch.all(abar < 1) and torch.all(abar[1:] <= abar[:-1])):
+            raise ValueError("alphas_cumprod must decrease from below 1 towards 0, within [0, 1)")
+        schedule = cls.__new__(cls)
+        schedule.kind = kind
+        schedule.num_timesteps = abar.numel()
+        schedule.alphas_cumprod = abar
+        schedule.betas = 1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
+        return schedule
+
     def describe(self) -> dict[str, object]:
         return {"schedule": self.kind, "num_timesteps": self.num_timesteps}
 

@@ -1,0 +1,241 @@
+"""Denoisers that arrive trained: the checks on what they hand over, their encoded data, and the model self-check.
+
+A ``Denoiser`` whose ``pretrained()`` returns a ``diffbench.Pretrained`` is not trained and not cached:
+its module runs under the schedule and parameterisation it brought (``ConditionalModel`` converts
+its output to epsilon), a latent model classifies the latents of each image (encoded once, timed
+apart from the estimator), and ``model_check`` says whether the declared parameterisation fits and
+whether the output depends on the class before anyone trusts the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diffbench.contract import PREDICTION_TYPES, Denoiser, ParamError, Pretrained, Splits
+from diffbench.schedule import NoiseSchedule, q_sample
+
+ENCODE_BATCH = 64  # images per encode call
+CHECK_SAMPLES = 32  # held-out samples behind model_check
+CHECK_BATCH = 16
+CHECK_T = (0.25, 0.75)  # the mid-range of t (fractions of T) that model_check looks at
+CHECK_RATIO = 0.8  # the declared type's relative error must be below this fraction of every other type's
+CHECK_CLASS_EFFECT = 1e-6  # the smallest relative change of the output under another class that counts
+
+
+class PretrainedError(RuntimeError):
+    """A denoiser's ``pretrained()`` handed over something that breaks the contract."""
+
+
+@dataclass
+class PretrainedSetup:
+    """What the runner keeps of a pretrained model besides its module: schedule, output type, row columns."""
+
+    schedule: NoiseSchedule
+    prediction_type: str
+    learned_variance: bool
+    columns: dict[str, Any]
+
+    def model_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``ConditionalModel`` that make it convert this model's output to epsilon."""
+        return {"prediction_type": self.prediction_type, "learned_variance": self.learned_variance}
+
+
+@dataclass
+class Loaded:
+    """A pretrained group's data (latents for a latent model), module and setup."""
+
+    splits: Splits
+    heldout_x: torch.Tensor
+    module: torch.nn.Module
+    setup: PretrainedSetup
+    info: dict[str, Any]
+
+
+def check_pretrained(made: Any, name: str) -> Pretrained:
+    where = f"denoiser '{name}' pretrained()"
+    if not isinstance(made, Pretrained):
+        raise PretrainedError(f"{where} returned {type(made).__name__}, not diffbench.Pretrained or None")
+    if not isinstance(made.module, torch.nn.Module):
+        raise PretrainedError(f"{where}: module must be a torch.nn.Module, got {type(made.module).__name__}")
+    if made.prediction_type not in PREDICTION_TYPES:
+        raise PretrainedError(
+            f"{where}: prediction_type '{made.prediction_type}' is none of {', '.join(PREDICTION_TYPES)}"
+        )
+    if made.encode is not None and not callable(made.encode):
+        raise PretrainedError(f"{where}: encode must be a function of a batch of samples, or None")
+    try:
+        NoiseSchedule.from_alphas_cumprod(made.alphas_cumprod, made.schedule)
+    except (TypeError, ValueError) as exc:
+        raise PretrainedError(f"{where}: {exc}") from None
+    return made
+
+
+@torch.inference_mode()
+def encode_all(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Each sample of ``x`` encoded once, in batches on ``device``; float32 latents on the CPU."""
+    parts = [encode(x[i : i + ENCODE_BATCH].to(device)).float().cpu() for i in range(0, x.shape[0], ENCODE_BATCH)]
+    return torch.cat(parts)
+
+
+def relative_errors(raw: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> dict[str, float]:
+    """Each prediction type's ``mean (raw - target)^2 / mean target^2``: 1 for a model that predicts zeros."""
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    a, s = abar.sqrt().reshape(shape), (1 - abar).sqrt().reshape(shape)
+    targets = {"epsilon": eps, "v_prediction": a * eps - s * x0, "sample": x0}
+    return {k: float(((raw - v) ** 2).mean() / (v**2).mean().clamp_min(1e-12)) for k, v in targets.items()}
+
+
+@torch.inference_mode()
+def model_check(
+    module: torch.nn.Module,
+    schedule: NoiseSchedule,
+    prediction_type: str,
+    learned_variance: bool,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    seed: int = 0,
+) -> str:
+    """'ok', or why the model's declared parameterisation or its class conditioning looks wrong.
+
+    On held-out samples noised at mid-range t: the raw output's error against the declared
+    type's target must be clearly lower than against the other types' (relative errors, so
+    scale does not matter), and the output must change when the class does (some diffusers
+    versions silently ignored ``class_labels``; such a model classifies at chance).
+    """
+    if x0.shape[0] == 0:
+        return "not checked: no held-out samples"
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    generator = torch.Generator().manual_seed(seed)
+    x0, y = x0[:CHECK_SAMPLES].float(), y[:CHECK_SAMPLES]
+    n, big_t = x0.shape[0], schedule.num_timesteps
+    low, high = int(CHECK_T[0] * big_t), max(int(CHECK_T[0] * big_t) + 1, int(CHECK_T[1] * big_t))
+    t = torch.randint(low, high, (n,), generator=generator)
+    eps = torch.randn(x0.shape, generator=generator)
+    abar = schedule.alphas_cumprod.float()[t]
+    x_t = q_sample(schedule.alphas_cumprod.float(), x0, t, eps)
+    other = (y + 1) % num_classes
+    raw, raw_other = [], []
+    for i in range(0, n, CHECK_BATCH):
+        rows = slice(i, i + CHECK_BATCH)
+        args = (x_t[rows].to(device), t[rows].to(device))
+        raw.append(module(*args, y[rows].to(device)).float().cpu())
+        raw_other.append(module(*args, other[rows].to(device)).float().cpu())
+    out, out_other = torch.cat(raw), torch.cat(raw_other)
+    if learned_variance:
+        out, out_other = out[:, : x0.shape[1]], out_other[:, : x0.shape[1]]
+    if out.shape != x0.shape:
+        return f"the output has shape {list(out.shape[1:])}, the data {list(x0.shape[1:])}"
+    if not torch.isfinite(out).all():
+        return "the output holds NaN or inf"
+    errors = relative_errors(out, x0, eps, abar)
+    declared = errors[prediction_type]
+    best_other = min((k for k in errors if k != prediction_type), key=errors.__getitem__)
+    if not declared < CHECK_RATIO * errors[best_other]:
+        return (
+            f"prediction_type '{prediction_type}' does not fit: relative error {declared:.3f} under it, "
+            f"{errors[best_other]:.3f} under '{best_other}' at mid-range t"
+        )
+    effect = float(((out - out_other) ** 2).mean() / (out**2).mean().clamp_min(1e-12))
+    if num_classes > 1 and effect < CHECK_CLASS_EFFECT:
+        return "the output does not depend on the class: the labels do not reach the model, it classifies at chance"
+    return "ok"
+
+
+def load(
+    denoiser: Denoiser,
+    splits: Splits,
+    heldout_x: torch.Tensor,
+    heldout_y: torch.Tensor,
+    device: torch.device,
+    seed: int,
+    log: Callable[[str], None],
+    pair: str,
+) -> Loaded | None:
+    """The denoiser's pretrained model ready to run, or None when it is one the core trains."""
+    made = denoiser.pretrained(splits.data_shape, splits.num_classes, list(splits.class_names))
+    if made is None:
+        return None
+    made = check_pretrained(made, denoiser.name)
+    module = made.module.to(device).eval()
+    encode_s, per_image = 0.0, math.nan
+    if made.encode is not None:
+        start = time.perf_counter()
+        test_z = encode_all(made.encode, splits.test_x, device)
+        heldout_z = encode_all(made.encode, heldout_x, device)
+        encode_s = time.perf_counter() - start
+        per_image = encode_s / (splits.test_x.shape[0] + heldout_x.shape[0])
+        log(f"{pair}: encoded {test_z.shape[0] + heldout_z.shape[0]} images to latents {list(test_z.shape[1:])}")
+        splits = Splits(heldout_z, heldout_y, test_z, splits.test_y, splits.class_names)
+        heldout_x = heldout_z
+    schedule = NoiseSchedule.from_alphas_cumprod(made.alphas_cumprod, made.schedule)
+    check = model_check(
+        module, schedule, made.prediction_type, made.learned_variance, heldout_x, heldout_y, splits.num_classes, seed
+    )
+    if check != "ok":
+        log(f"{pair}: model_check: {check}")
+    columns = {
+        "schedule": made.schedule,
+        "num_timesteps": schedule.num_timesteps,
+        "train_steps": 0,
+        "prediction_type": made.prediction_type,
+        "learned_variance": made.learned_variance,
+        "model_source": made.source,
+        "model_revision": made.revision,
+        "model_check": check,
+        "latent": made.encode is not None,
+        "encode_s": encode_s,
+        "encode_s_per_image": per_image,
+    }
+    setup = PretrainedSetup(schedule, made.prediction_type, made.learned_variance, columns)
+    info = {"cache_hit": False, "train_s": 0.0, "pretrained": made.source}
+    log(f"{pair}: pretrained model from {made.source or 'the plugin'}, nothing trained")
+    return Loaded(splits, heldout_x, module, setup, info)
+
+
+def add_end_to_end(rows: list[dict[str, Any]], columns: dict[str, Any]) -> None:
+    """``end_to_end_samples_per_s``: the estimator's samples/s with each image's encode time added."""
+    per_image = columns.get("encode_s_per_image", math.nan)
+    for row in rows:
+        rate = row.get("samples_per_s")
+        if rate is not None and rate > 0:
+            extra = per_image if per_image == per_image else 0.0
+            row["end_to_end_samples_per_s"] = 1.0 / (1.0 / rate + extra)
+
+
+def overrides_check(denoiser: Denoiser) -> bool:
+    return type(denoiser).check_dataset is not Denoiser.check_dataset
+
+
+def check_pairs(cells: Iterable[Any]) -> None:
+    """Each pretrained denoiser's ``check_dataset`` on its datasets, before anything runs (raises ParamError).
+
+    Only denoisers that override ``check_dataset`` cost a dataset load; a dataset that fails to
+    load is left for the run to report.
+    """
+    seen: set[tuple[str, str, int]] = set()
+    loaded: dict[tuple[str, int], Splits | None] = {}
+    for cell in cells:
+        key = (repr(cell.dataset), repr(cell.denoiser), cell.seed)
+        if key in seen or not overrides_check(cell.denoiser):
+            continue
+        seen.add(key)
+        data_key = (repr(cell.dataset), cell.seed)
+        if data_key not in loaded:
+            try:
+                loaded[data_key] = cell.dataset.load(cell.seed)
+            except Exception:
+                loaded[data_key] = None
+        splits = loaded[data_key]
+        if splits is None:
+            continue
+        try:
+            cell.denoiser.check_dataset(tuple(splits.train_x.shape[1:]), list(splits.class_names))
+        except ParamError as exc:
+            raise ParamError(f"{cell.denoiser!r} on {cell.dataset!r}: {exc}") from None
