@@ -161,9 +161,6 @@ class Splits:
         return tuple(self.test_x.shape[1:])
 
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
-
 @dataclass
 class Pretrained:
     """A denoiser that arrives trained, with the schedule and output parameterisation it was trained for.

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from diffbench.contract import PREDICTION_TYPES
+#: What a denoiser's output may be: diffusers' ``scheduler.config.prediction_type`` values.
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 class ToEpsilon:

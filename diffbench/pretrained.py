@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from diffbench.contract import PREDICTION_TYPES, Denoiser, ParamError, Pretrained, Splits
+from diffbench.contract import Denoiser, ParamError, Pretrained, Splits
+from diffbench.parameterisation import PREDICTION_TYPES
 from diffbench.schedule import NoiseSchedule, q_sample
 
 ENCODE_BATCH = 64  # images per encode call

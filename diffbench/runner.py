@@ -212,6 +212,7 @@ class CellProgress:
             self.show(self.pending[0] if self.pending else None, "now")
         else:
             self.show(task, "last")
+        self.bar.refresh()  # tqdm skips redraws within its minimum interval: every cell shows
 
 
 def train_only(

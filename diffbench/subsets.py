@@ -15,13 +15,14 @@ whole.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-if TYPE_CHECKING:
-    from diffbench.contract import Splits
+if TYPE_CHECKING:  # what ``apply`` takes and gives: diffbench.contract.Splits, which imports this module
+    from typing import Any as Splits
 
 #: The params every dataset has (0 = no limit); a dataset may declare one itself with its own default.
 SUBSET_PARAMS: dict[str, int] = {"per_class": 0, "n_test": 0}
@@ -87,13 +88,11 @@ def apply(per_class: int, n_test: int, splits: Splits) -> tuple[Splits, torch.Te
     The samples left out are never classified, so a dataset without a training split can lend them
     to ``fit`` and calibration.
     """
-    from diffbench.contract import Splits
-
     chosen = choose(splits.test_y, per_class, n_test)
     if chosen.numel() == splits.test_y.numel():
         empty = splits.test_x[:0]
         return splits, empty, splits.test_y[:0]
     rest = torch.ones(splits.test_y.numel(), dtype=torch.bool)
     rest[chosen] = False
-    cut = Splits(splits.train_x, splits.train_y, splits.test_x[chosen], splits.test_y[chosen], splits.class_names)
+    cut = dataclasses.replace(splits, test_x=splits.test_x[chosen], test_y=splits.test_y[chosen])
     return cut, splits.test_x[rest], splits.test_y[rest]

@@ -374,8 +374,8 @@ class Diffusers(diffbench.Denoiser):
             raise diffbench.ParamError(
                 "denoiser 'diffusers' needs path=FOLDER (or a hub id), e.g. diffusers[path=./ddpm-digits]"
             )
-        if p["prediction_type"] and p["prediction_type"] not in diffbench.contract.PREDICTION_TYPES:
-            known = ", ".join(diffbench.contract.PREDICTION_TYPES)
+        if p["prediction_type"] and p["prediction_type"] not in diffbench.parameterisation.PREDICTION_TYPES:
+            known = ", ".join(diffbench.parameterisation.PREDICTION_TYPES)
             raise diffbench.ParamError(
                 f"diffusers prediction_type must be one of {known}, got '{p['prediction_type']}'"
             )
