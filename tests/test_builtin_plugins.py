@@ -42,9 +42,13 @@ def builtins(kind):
 ON_DISK = {"image-folder", "mnist", "fashion-mnist", "cifar10", "cifar100", "stl10", "imagenet"}
 
 
+#: Built-in denoisers of diffusers' models: tests/test_diffusers.py covers them (with the diffusers extra).
+DIFFUSERS = {"diffusers", "diffusers-unet"}
+
+
 def test_every_builtin_is_covered_here():
     assert builtins("dataset") == set(DATASETS) | ON_DISK
-    assert builtins("denoiser") == set(TINY_DENOISERS)
+    assert builtins("denoiser") == set(TINY_DENOISERS) | DIFFUSERS
 
 
 @pytest.mark.parametrize("name", DATASETS)

@@ -15,8 +15,11 @@ BUILTINS = [
     (kind, r.cls)
     for kind, entries in plugins.registry().items()
     for r in entries.values()
-    if r.cls.__module__.startswith("diffbench_plugins.") and r.cls.__module__ != "diffbench_plugins.images"
-]  # the datasets read from disk need files: tests/test_images.py checks each on tiny ones
+    if r.cls.__module__.startswith("diffbench_plugins.")
+    and r.cls.__module__ != "diffbench_plugins.images"
+    and (kind, r.name) != ("denoiser", "diffusers")
+]  # the datasets read from disk need files (tests/test_images.py checks each on tiny ones), and the diffusers
+# denoiser a saved model (tests/test_diffusers.py loads tiny ones)
 IMAGE_SHAPE = (1, 8, 8)
 
 
