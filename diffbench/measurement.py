@@ -82,9 +82,12 @@ def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Sui
     model.reset_nfe()
     estimator = fitted(cell.estimator, model, data.heldout_x, data.heldout_y, generator)
     fit_nfe = model.reset_nfe()
+    model.check_finite(f"while estimator '{name}' fitted")
 
     def classify(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return check_errors(estimator.errors(model, inputs, trials, generator), inputs.shape[0], k, name)
+        errors = estimator.errors(model, inputs, trials, generator)
+        model.check_finite(f"during a pass of estimator '{name}'")  # blame the module, not the estimator
+        return check_errors(errors, inputs.shape[0], k, name)
 
     errors: list[torch.Tensor] = []
     first_s = timed(lambda: errors.append(classify(x, generator)), device)
@@ -143,6 +146,7 @@ def measure_cell(cell: Cell, model: ConditionalModel, data: CellData, suite: Sui
             max_time_s=suite.max_time_s,
         )
         rows.append({"scenario": "single", **common, **vars(latency), "peak_memory_mb": peak_memory_mb(device)})
+    model.check_finite("while timed")
     return rows, metrics.reliability_bins(err, y_cpu, temperature)
 
 
@@ -180,13 +184,14 @@ def cell_model(cell: Cell, suite: Suite, prepared: Prepared, cache_dir: Path | N
     device = torch.device(cell.device)
     splits = prepared.splits
     module = prepared.module.to(device).eval()
-    reason = unsupported(module, device, cell.dtype, cell.compile, splits.data_shape, splits.num_classes)
+    name = f"denoiser '{cell.denoiser!r}'"
+    reason = unsupported(module, device, cell.dtype, cell.compile, splits.data_shape, splits.num_classes, name=name)
     if reason:
         what = f"{cell.dtype}{' compiled' if cell.compile else ''} on {cell.device}"
         raise Unsupported(f"skipping {what} for {cell.denoiser!r}: {reason}")
     schedule = NoiseSchedule(suite.schedule, suite.timesteps)
     running = accelerate(module, device, cell.dtype, cell.compile)
-    model = ConditionalModel(running, schedule, splits.num_classes, splits.data_shape, device)
+    model = ConditionalModel(running, schedule, splits.num_classes, splits.data_shape, device, name=name)
     tuned = suite.batch_size == "auto"
     if tuned:
         key = "|".join(

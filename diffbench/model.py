@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from diffbench.contract import check_module_output, non_finite_output
 from diffbench.schedule import NoiseSchedule
 
 DEFAULT_MAX_BATCH = 8192
@@ -44,6 +45,10 @@ class ConditionalModel:
     classes at once without exhausting memory. The runner reads cost from ``nfe``.
     ``eps_error`` does the same and reduces each chunk to per-row errors against a target
     as it goes, so the predictions are never gathered into one big tensor.
+
+    Every module call's output is checked for shape and dtype (``check_module_output``) and
+    folded into a finiteness flag kept on the device (no synchronisation per call);
+    ``check_finite()`` reads and clears it, and the runner calls it after every pass.
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class ConditionalModel:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         max_batch: int = DEFAULT_MAX_BATCH,
+        name: str = "the denoiser",
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
@@ -69,6 +75,21 @@ class ConditionalModel:
         self.alphas_cumprod = schedule.alphas_cumprod.to(self.device, dtype)
         self.max_batch = max_batch
         self.nfe = 0
+        self.name = name  # how errors name the module: "denoiser 'mlp[width=16]'"
+        self._finite: torch.Tensor | None = None  # all outputs since the last check_finite() were finite
+
+    def _forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """One module call, its output checked against the contract (shape, dtype; finiteness noted)."""
+        out = check_module_output(self.module(x_t, t, c), x_t, self.name)
+        finite = torch.isfinite(out).all()
+        self._finite = finite if self._finite is None else self._finite.logical_and_(finite)
+        return out
+
+    def check_finite(self, during: str = "") -> None:
+        """Raise PluginOutputError if any module output since the last check held NaN or inf; clear the flag."""
+        finite, self._finite = self._finite, None
+        if finite is not None and not bool(finite):
+            raise non_finite_output(self.name, during)
 
     def _check_rows(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> int:
         n = x_t.shape[0]
@@ -86,11 +107,11 @@ class ConditionalModel:
         n = self._check_rows(x_t, t, c)
         self.nfe += n
         if n <= self.max_batch:
-            return self.module(x_t, t, c)
+            return self._forward(x_t, t, c)
         out = None
         for start in range(0, n, self.max_batch):
             stop = start + self.max_batch
-            chunk = self.module(x_t[start:stop], t[start:stop], c[start:stop])
+            chunk = self._forward(x_t[start:stop], t[start:stop], c[start:stop])
             if out is None:
                 out = torch.empty((n, *chunk.shape[1:]), device=chunk.device, dtype=chunk.dtype)
             out[start:stop] = chunk
@@ -117,14 +138,14 @@ class ConditionalModel:
         size = math.prod(self.data_shape)
         if n <= self.max_batch:
             with torch.inference_mode():
-                elementwise = loss(self.module(x_t, t, c), target)
+                elementwise = loss(self._forward(x_t, t, c), target)
             return _row_mean(elementwise.reshape(n, size))  # made outside inference mode: an ordinary tensor
         out: torch.Tensor | None = None
         outs: tuple[torch.Tensor, ...] = ()
         chunks = zip(*(rows.split(self.max_batch) for rows in (x_t, t, c, target)), strict=True)
         with torch.inference_mode():
             for i, (x_i, t_i, c_i, target_i) in enumerate(chunks):
-                elementwise = loss(self.module(x_i, t_i, c_i), target_i).reshape(x_i.shape[0], size)
+                elementwise = loss(self._forward(x_i, t_i, c_i), target_i).reshape(x_i.shape[0], size)
                 if out is None:
                     with torch.inference_mode(False):  # callers get an ordinary tensor
                         out = torch.empty(n, device=elementwise.device, dtype=elementwise.dtype)

@@ -17,6 +17,7 @@ import pandas as pd
 from diffbench.cell import Cell, groups, unique
 from diffbench.executor import Executor, Outcome, Result, Task
 from diffbench.figures import figures_data
+from diffbench.interrupts import watch_ctrl_c
 from diffbench.measurement import CellResult, failed_result, failure, run_cell
 from diffbench.memory import tune_cpu_allocator
 from diffbench.preparation import Prepared, prepare_quietly, train_device
@@ -158,8 +159,9 @@ def run(
     tasks = build_tasks(todo, grid, suite, finished, cache_dir, checkpoint, progress and executor.in_process, info)
     recorder = Recorder(folder, order, suite, info, log)
     try:
-        for outcome in executor.execute(tasks):
-            recorder.record(outcome)
+        with watch_ctrl_c():  # the user's Ctrl-C stops the run; a plugin's KeyboardInterrupt fails its cell
+            for outcome in executor.execute(tasks):
+                recorder.record(outcome)
     except KeyboardInterrupt:
         folder.write_tables(order)  # the table holds every cell finished before the interrupt
         raise
@@ -172,4 +174,5 @@ def train_only(
     """Train (or confirm cached) every model a grid needs; returns how many failed."""
     device = train_device(grid).type
     tasks = [train_task(g, suite, device, cache_dir, None, progress and executor.in_process) for g in groups(grid)]
-    return sum(say_training(o.task.about, o, log) for o in executor.execute(tasks))
+    with watch_ctrl_c():
+        return sum(say_training(o.task.about, o, log) for o in executor.execute(tasks))
