@@ -317,7 +317,9 @@ def check_module_output(out: Any, x_t: torch.Tensor, name: str) -> torch.Tensor:
     """
     where = f"{name} forward()"
     if not isinstance(out, torch.Tensor):
-        raise PluginOutputError(f"{where} returned {type(out).__name__}, not a tensor shaped like x_t {list(x_t.shape)}")
+        raise PluginOutputError(
+            f"{where} returned {type(out).__name__}, not a tensor shaped like x_t {list(x_t.shape)}"
+        )
     if out.shape != x_t.shape:
         raise PluginOutputError(
             f"{where} returned shape {list(out.shape)} for x_t of shape {list(x_t.shape)}; "
@@ -330,7 +332,9 @@ def check_module_output(out: Any, x_t: torch.Tensor, name: str) -> torch.Tensor:
 
 def non_finite_output(name: str, during: str) -> PluginOutputError:
     """The error for a denoiser module whose outputs hold NaN or inf."""
-    return PluginOutputError(f"{name} forward() returned NaN or inf {during}: the model is broken (diverged or bad weights)")
+    return PluginOutputError(
+        f"{name} forward() returned NaN or inf {during}: the model is broken (diverged or bad weights)"
+    )
 
 
 def check_log_posterior(log_posterior: Any, rows: int, classes: int, name: str) -> torch.Tensor:

@@ -285,11 +285,11 @@ def plot_run(run_dir: Path) -> list[Path]:
     if windows is not None:
         made.append(windows)
     if (run_dir / results.RELIABILITY).is_file():
-        made.append(reliability(pd.read_parquet(run_dir / results.RELIABILITY), run_dir / "reliability.png"))
+        made.append(reliability(results.read_parquet_file(run_dir / results.RELIABILITY), run_dir / "reliability.png"))
     if (run_dir / results.SAMPLES).is_file():
-        points = pd.read_parquet(run_dir / results.SAMPLES)
+        points = results.read_parquet_file(run_dir / results.SAMPLES)
         if (run_dir / results.REGIONS).is_file():
-            regions = pd.read_parquet(run_dir / results.REGIONS)
+            regions = results.read_parquet_file(run_dir / results.REGIONS)
             made.append(decision_regions(regions, points, run_dir / "decision_regions.png"))
         made.append(model_samples(points, run_dir / "model_samples.png"))
     return made

@@ -22,7 +22,7 @@ from diffbench.measurement import CellResult, failed_result, failure, run_cell
 from diffbench.memory import tune_cpu_allocator
 from diffbench.preparation import Prepared, prepare_quietly, train_device
 from diffbench.provenance import run_info
-from diffbench.rundir import RunFolder
+from diffbench.rundir import RunFolder, TableWriteError
 from diffbench.suite import Suite
 
 Log = Callable[[str], None]
@@ -116,8 +116,17 @@ class Recorder:
             self.say(message, once=result.skipped)  # a skip is said once, not once per cell
         if result.skipped:
             return
-        self.folder.save_cell(result.cell_id, result.rows, result.bins)
-        self.folder.write_tables(self.order)
+        note = self.folder.save_cell(result.cell_id, result.rows, result.bins)
+        if note:
+            self.say(note)
+        self.write_tables()
+
+    def write_tables(self) -> None:
+        """Rebuild the tables; a failure is said (once) and the run goes on: the cells' files are kept."""
+        try:
+            self.folder.write_tables(self.order)
+        except TableWriteError as exc:
+            self.say(str(exc), once=True)
 
     def record_figures(self, group: list[Cell], outcome: Outcome) -> None:
         if outcome.error is not None:
@@ -127,7 +136,7 @@ class Recorder:
             return
         for kind, frame in outcome.result.items():
             self.folder.save_part(group[0].group_id, kind, frame)
-        self.folder.write_tables(self.order)
+        self.write_tables()
 
 
 def run(
@@ -163,7 +172,7 @@ def run(
             for outcome in executor.execute(tasks):
                 recorder.record(outcome)
     except KeyboardInterrupt:
-        folder.write_tables(order)  # the table holds every cell finished before the interrupt
+        recorder.write_tables()  # the table holds every cell finished before the interrupt
         raise
     return folder.write_tables(order)
 

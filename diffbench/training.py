@@ -19,12 +19,14 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from diffbench.atomic import replace_atomically
-from diffbench.contract import Dataset, Denoiser, PluginOutputError, Splits, check_module_output
+from diffbench.contract import Dataset, Denoiser, PluginOutputError, Splits, check_module_output, short_repr
 from diffbench.schedule import NoiseSchedule, q_sample
 
 CACHE_ENV = "DIFFBENCH_CACHE"
 CACHE_FORMAT = 2  # bump when training code changes what a key's weights would be
 HASH_SUFFIX = ".sha256"
+MAX_TRAIN_STEPS = 10**9  # larger values are typos (and overflow the table's int64 column)
+MAX_TRAIN_BATCH = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,18 @@ class TrainSettings:
     def __post_init__(self) -> None:
         ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.steps, self.batch_size))
         number = isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
-        if not (ints and number and self.steps >= 1 and self.batch_size >= 1 and self.lr > 0):
-            raise ValueError(f"training needs integer steps >= 1 and batch_size >= 1 and lr > 0, got {self}")
+        if not (
+            ints
+            and number
+            and 1 <= self.steps <= MAX_TRAIN_STEPS
+            and 1 <= self.batch_size <= MAX_TRAIN_BATCH
+            and 0 < self.lr < math.inf
+        ):
+            raise ValueError(
+                f"training needs integer steps from 1 to {MAX_TRAIN_STEPS}, batch_size from 1 to {MAX_TRAIN_BATCH} "
+                f"and a finite lr > 0, got steps={short_repr(self.steps)}, batch_size={short_repr(self.batch_size)}, "
+                f"lr={short_repr(self.lr)}"
+            )
 
 
 def default_cache_dir() -> Path:
