@@ -28,4 +28,6 @@ def range_error(what: str, low: float, high: float, value: Any) -> str:
     """``seed must be from 0 to 4611686018427387904, got 1e+20`` (the value shortened)."""
     from diffbench.contract import short_repr
 
-    return f"{what} must be from {low:g} to {high:g}, got {short_repr(value)}"
+    if isinstance(low, int) and isinstance(high, int):
+        return f"{what} must be an integer from {low} to {high}, got {short_repr(value)}"
+    return f"{what} must be a number from {low:g} to {high:g}, got {short_repr(value)}"

@@ -272,7 +272,7 @@ def image_grid(part: pd.DataFrame, shape: list[int]) -> np.ndarray:
 def plot_run(run_dir: Path) -> list[Path]:
     """Draw every plot of a run folder from its saved tables; returns the PNG paths."""
     run_dir = Path(run_dir)
-    frame = results.with_variant_labels(results.read_table(run_dir))
+    frame = results.with_variant_labels(results.read_table(run_dir, results.PLOTTED))
     every = frame[frame["status"] == "ok"]
     ok = results.offline(every)
     made: list[Path] = []

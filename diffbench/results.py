@@ -82,9 +82,10 @@ def offline(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 #: Columns every results table has had; a parquet without them is not a diffbench table.
-REQUIRED = ("cell_id", "status", "dataset_label", "denoiser_label", "estimator_label", "trials", "device", "seed")
-#: Columns the rows of finished cells need (what plots and comparisons read).
-REQUIRED_OK = ("accuracy", "n_test", "nfe_per_sample", "samples_per_s")
+REQUIRED = ("status", "dataset_label", "denoiser_label", "estimator_label", "trials", "device", "seed")
+#: Columns a table with finished cells needs for comparisons; plots also read ``PLOTTED``.
+REQUIRED_OK = ("accuracy", "n_test", "samples_per_s")
+PLOTTED = (*REQUIRED_OK, "nfe_per_sample")
 
 
 class TableError(ValueError):
@@ -104,16 +105,19 @@ def read_parquet_file(path: Path, required: tuple[str, ...] = ()) -> pd.DataFram
     return frame
 
 
-def read_table(run_dir: Path) -> pd.DataFrame:
-    """A run folder's results table; FileNotFoundError or TableError (one line) when it cannot be used."""
+def read_table(run_dir: Path, required_ok: tuple[str, ...] = REQUIRED_OK) -> pd.DataFrame:
+    """A run folder's results table; FileNotFoundError or TableError (one line) when it cannot be used.
+
+    A table whose cells finished must have the ``required_ok`` columns, numeric.
+    """
     path = Path(run_dir) / TABLE
     if not path.is_file():
         raise FileNotFoundError(f"'{run_dir}' holds no {TABLE}; give the folder a `diffbench run` wrote")
     frame = read_parquet_file(path, REQUIRED)
-    missing = [c for c in REQUIRED_OK if c not in frame.columns]
+    missing = [c for c in required_ok if c not in frame.columns]
     if missing and (frame["status"] == "ok").any():
         raise TableError(f"'{path}' has finished cells without the column(s) {', '.join(missing)}: it is damaged")
-    for column in ("accuracy", "nfe_per_sample", "samples_per_s"):
+    for column in required_ok:
         if column in frame and not pd.api.types.is_numeric_dtype(frame[column]):
             raise TableError(f"'{path}': column {column} is not numeric ({frame[column].dtype}): it is damaged")
     return frame

@@ -156,7 +156,8 @@ def parse_int_list(text: str, what: str = "trials", most: int = MAX_TRIALS) -> l
         # int() refuses some isdigit() text ('²'); a number too long to be one is refused before int() reads it
         if not (part.isascii() and part.isdigit()) or len(part) > 30 or not 1 <= int(part) <= most:
             raise SelectorError(
-                f"{what} must be integers from 1 to {most} separated by commas, e.g. 1,2,4,8; got '{text[:60]}'"
+                f"{what} must be positive integers (at most {most}) separated by commas, e.g. 1,2,4,8; "
+                f"got '{text[:60]}'"
             )
         values.append(int(part))
     return values

@@ -152,7 +152,9 @@ def check_train_table(table: Any, where: str) -> dict[str, Any]:
 def check_suite(suite: Suite, where: str = "suite") -> None:
     """Check values that need no plugin: trials, devices, schedule, counts."""
     if not all(limits.in_range(t, 1, limits.MAX_TRIALS) for t in suite.trials):
-        raise SuiteError(f"{where}: trials must be integers from 1 to {limits.MAX_TRIALS}, got {suite.trials}"[:300])
+        raise SuiteError(
+            f"{where}: trials must be positive integers (at most {limits.MAX_TRIALS}), got {suite.trials}"[:300]
+        )
     for device in suite.devices:
         if device not in DEVICES:
             raise SuiteError(f"{where}: unknown device '{device}'; choose from {', '.join(DEVICES)}")
