@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-if TYPE_CHECKING:
-    from diffbench.model import ConditionalModel
+if TYPE_CHECKING:  # through the package: model.py imports this module (check_module_output)
+    import diffbench
 
 
 #: The largest integer a results table (parquet int64) and ``torch.Generator.manual_seed`` both take.
@@ -204,7 +204,9 @@ class Estimator(Plugin):
     #: ``gap_variance`` every other one's ``variance_reduction`` is measured against in the same run.
     variance_baseline: ClassVar[bool] = False
 
-    def fit(self, model: ConditionalModel, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> None:
+    def fit(
+        self, model: diffbench.ConditionalModel, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> None:
         """Optionally tune the estimator on held-out labelled training data before it classifies.
 
         The runner calls this once per cell with samples the test set never sees; its NFE
@@ -213,7 +215,7 @@ class Estimator(Plugin):
 
     def errors(
         self,
-        model: ConditionalModel,
+        model: diffbench.ConditionalModel,
         x: torch.Tensor,
         trials: int,
         generator: torch.Generator,
