@@ -397,6 +397,8 @@ def plot(run_dir: Path) -> None:
         made = plots.plot_run(run_dir)
     except (FileNotFoundError, results.TableError) as exc:
         raise InputError(str(exc)) from None
+    except OSError as exc:  # the folder is read-only, the disk full...
+        raise InputError(f"cannot write the plots into '{run_dir}' ({exc.strerror or exc})") from None
     for path in made:
         click.echo(f"plot: {path}")
     if not made:
@@ -428,7 +430,12 @@ def compare_command(run_a: Path, run_b: Path, out: Path | None, regression_pct: 
     click.echo(f"A = {run_a}, B = {run_b}")
     click.echo(format_comparison(comparison))
     if out is not None:
-        replace_atomically(out, lambda tmp: comparison.table.to_csv(tmp, index=False))
+        try:
+            replace_atomically(out, lambda tmp: comparison.table.to_csv(tmp, index=False))
+        except OSError as exc:
+            raise InputError(
+                f"--out '{out}' cannot be written ({exc.strerror or exc}); give a file you can write"
+            ) from None
         click.echo(f"table: {out}")
     if regression_pct is not None:
         regressed = find_regressions(comparison, regression_pct)
