@@ -508,3 +508,19 @@ def test_an_unknown_train_table_is_said(cli, tmp_path):
     result = cli("run", "--suite", suite, "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert "[train.mpl] names no denoiser; did you mean 'mlp'?" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import sys\nsys.exit(5)\n",
+        "import sys, diffbench\n@diffbench.hookimpl\ndef register_estimators(register):\n    sys.exit(9)\n",
+    ],
+)
+def test_a_plugin_calling_sys_exit_while_loading_is_one_line_exit_2(cli, tmp_path, source):
+    path = tmp_path / "exits.py"
+    path.write_text(source)
+    result = cli("--plugin", path, "list")
+    assert result.exit_code == 2
+    lines = error_lines(result)
+    assert len(lines) == 1 and "SystemExit" in lines[0] and "exits.py" in lines[0], lines
