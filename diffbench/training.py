@@ -120,7 +120,7 @@ def train(
         losses.append(loss.item())
         if not math.isfinite(losses[-1]):
             raise TrainingError(
-                f"{name} trained to a {losses[-1]} loss at step {len(losses)} of {settings.steps}; "
+                f"{name} trained to a loss of {losses[-1]} at step {len(losses)} of {settings.steps}; "
                 f"lower the learning rate (lr={settings.lr}) or mend the module"
             )
         if len(losses) % 100 == 0:

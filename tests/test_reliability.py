@@ -169,7 +169,7 @@ def test_training_refuses_a_wrong_shape_and_a_loss_that_is_not_finite():
         def forward(self, x, t, c):
             return self.lin(x) * float("nan")
 
-    with pytest.raises(TrainingError, match="trained to a nan loss at step 1 of 3"):
+    with pytest.raises(TrainingError, match="trained to a loss of nan at step 1 of 3"):
         train(Diverges(), splits, schedule, settings, 0, torch.device("cpu"), progress=False)
 
 
