@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import replace
 from datetime import datetime
@@ -11,25 +12,26 @@ from pathlib import Path
 import click
 import torch
 
-from diffbench import plugins, pretrained, provenance, results
+from diffbench import limits, plugins, pretrained, provenance, results
 from diffbench.atomic import replace_atomically
 from diffbench.batch_size import parse_batch_size
 from diffbench.compare import CompareError, find_regressions, format_comparison
 from diffbench.contract import DataError, ParamError
-from diffbench.rundir import ResumeError, RunFolder
+from diffbench.rundir import FolderError, ResumeError, RunFolder, TableWriteError, check_writable_folder
 from diffbench.schedule import SCHEDULES
 from diffbench.selectors import SelectorError, parse_int_list
 from diffbench.suite import (
     DEVICES,
     Suite,
     SuiteError,
+    check_grid,
     check_suite,
     expand,
     load_suite,
     resolve_devices,
     suite_from_dict,
 )
-from diffbench.training import CheckpointError, default_cache_dir, read_state_dict
+from diffbench.training import CheckpointError, default_cache_dir, non_finite_weights, read_state_dict
 
 INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError, ResumeError, DataError)
 
@@ -91,7 +93,7 @@ def list_plugins(as_json: bool) -> None:
         for h in plugins.held_back
     ]
     if as_json:
-        click.echo(json.dumps({**listing, "held_back": held_back}, indent=2, default=str))
+        click.echo(json.dumps(json_safe({**listing, "held_back": held_back}), indent=2, default=str, allow_nan=False))
         return
     for kind, entries in listing.items():
         click.secho(f"{kind}:", bold=True)
@@ -105,6 +107,17 @@ def list_plugins(as_json: bool) -> None:
         click.secho(f"held back by {plugins.ALLOW_ENV_VAR}:", bold=True)
         for held in held_back:
             click.echo(f"  {held['name']:<16} {held['distribution']} {held['version']} ({held['value']})")
+
+
+def json_safe(value):
+    """``value`` with every float JSON cannot hold (inf, -inf, nan) as the string Python writes for it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def grid_options(command):
@@ -126,9 +139,15 @@ def grid_options(command):
         ),
         click.option("--trials", metavar="LIST", help="Trials per class, comma-separated, e.g. 1,2,4,8."),
         click.option("--device", type=click.Choice(DEVICES), help="cpu, cuda, or auto (every device present)."),
-        click.option("--seed", type=click.IntRange(min=0), help="Seed for data, training and estimator noise."),
-        click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads for this run (recorded)."),
-        click.option("--repeats", type=click.IntRange(min=1), help="Timed repeats per cell (median and IQR)."),
+        click.option(
+            "--seed", type=click.IntRange(0, limits.MAX_SEED), help="Seed for data, training and estimator noise."
+        ),
+        click.option(
+            "--threads", type=click.IntRange(1, limits.MAX_THREADS), help="torch CPU threads for this run (recorded)."
+        ),
+        click.option(
+            "--repeats", type=click.IntRange(1, limits.MAX_REPEATS), help="Timed repeats per cell (median and IQR)."
+        ),
         click.option("--schedule", type=click.Choice(SCHEDULES), help="Noise schedule."),
         click.option(
             "--batch-size",
@@ -141,7 +160,10 @@ def grid_options(command):
         click.option("--compile", "compiled", is_flag=True, default=None, help="Run the denoiser under torch.compile."),
         click.option("--scenario", "scenarios", metavar="LIST", help="offline, single or offline,single (default)."),
         click.option(
-            "--max-time", "max_time_s", type=click.FloatRange(min=0, min_open=True), help="Timing seconds per cell cap."
+            "--max-time",
+            "max_time_s",
+            type=click.FloatRange(0, limits.MAX_TIME_S, min_open=True),
+            help="Timing seconds per cell cap.",
         ),
         click.option(
             "--suite",
@@ -203,6 +225,7 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
         for dataset in {repr(c.dataset): c.dataset for c in cells}.values():
             dataset.check()  # missing or incomplete files: one line before anything trains
         pretrained.check_pairs(cells)  # a pretrained model that cannot serve its dataset: before anything runs
+        check_grid(suite, cells)
     except INPUT_ERRORS as exc:
         raise InputError(str(exc)) from None
     except (TypeError, ValueError) as exc:  # a denoiser's own `train` defaults are malformed
@@ -210,6 +233,17 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
     if not cells:
         raise InputError("the grid is empty: no device is available for the devices asked for")
     return suite, devices, cells
+
+
+def check_folders(out: RunFolder | None, cache: Path | None) -> None:
+    """InputError (one line, exit 2) unless the run folder and the cache can be written: before anything trains."""
+    try:
+        if out is not None:
+            out.check_writable()
+        if cache is not None:
+            check_writable_folder(cache, "--cache")
+    except FolderError as exc:
+        raise InputError(str(exc)) from None
 
 
 def cache_folder(opts: dict, no_cache: bool = False) -> Path | None:
@@ -235,7 +269,9 @@ def show_progress(opts: dict) -> bool:
     help="Your own trained weights (a state dict for the selected denoiser and params): skips training.",
 )
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local", help="Where cells run.")
-@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the local dask cluster.")
+@click.option(
+    "--workers", type=click.IntRange(1, limits.MAX_WORKERS), help="Worker processes of the local dask cluster."
+)
 @click.option("--scheduler", metavar="ADDRESS", help="An existing dask scheduler, e.g. tcp://10.0.0.1:8786.")
 @click.option("--no-plots", is_flag=True, help="Write the table only.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html into the run folder.")
@@ -261,9 +297,13 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
         if len({repr(c.denoiser) for c in cells}) != 1:
             raise InputError("--checkpoint holds one model: select exactly one denoiser (-m NAME[params])")
         try:  # missing or unreadable: one line before anything runs (whether it fits is checked once built)
-            read_state_dict(checkpoint)
+            broken = non_finite_weights(read_state_dict(checkpoint), set())  # NaN anywhere; inf once built
         except CheckpointError as exc:
             raise InputError(str(exc)) from None
+        if broken:
+            raise InputError(
+                f"checkpoint '{checkpoint}' holds NaN in {', '.join(broken[:3])}: these weights are broken"
+            )
     if executor == "dask":
         from diffbench import dask_executor
 
@@ -279,6 +319,7 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
         raise InputError(f"--out '{out}' is a file, not a folder; give a folder for the run's results")
     if resume is None and RunFolder(out).holds_run():
         raise InputError(f"'{out}' already holds a run; choose another --out, or finish it with --resume {out}")
+    check_folders(RunFolder(out), cache_folder(opts, no_cache))
     try:
         frame = runner.run(
             suite,
@@ -293,6 +334,8 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
         )
     except (ResumeError, ExecutorError) as exc:
         raise InputError(str(exc)) from None
+    except TableWriteError as exc:
+        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         log(f"interrupted: every finished cell is saved in {out}; finish the run with: diffbench run --resume {out}")
         sys.exit(130)
@@ -368,6 +411,7 @@ def train(**opts) -> None:
     from diffbench.executor import LocalExecutor
 
     suite, _, cells = build_grid(opts)
+    check_folders(None, cache_folder(opts))
     failed = runner.train_only(suite, cells, LocalExecutor(), cache_folder(opts), progress=show_progress(opts), log=log)
     if failed:
         raise click.ClickException(f"{failed} model(s) failed to train (see above)")
@@ -388,8 +432,10 @@ def plot(run_dir: Path) -> None:
 
     try:
         made = plots.plot_run(run_dir)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, results.TableError) as exc:
         raise InputError(str(exc)) from None
+    except OSError as exc:  # the folder is read-only, the disk full...
+        raise InputError(f"cannot write the plots into '{run_dir}' ({exc.strerror or exc})") from None
     for path in made:
         click.echo(f"plot: {path}")
     if not made:
@@ -419,13 +465,18 @@ def compare_command(run_a: Path, run_b: Path, out: Path | None, regression_pct: 
 
     try:
         comparison, tests_used = paired.compare_folders(run_a, run_b)
-    except (FileNotFoundError, CompareError) as exc:
+    except (FileNotFoundError, CompareError, results.TableError) as exc:
         raise InputError(str(exc)) from None
     click.echo(f"A = {run_a}, B = {run_b}")
     click.echo(format_comparison(comparison))
     click.echo(tests_used)
     if out is not None:
-        replace_atomically(out, lambda tmp: comparison.table.to_csv(tmp, index=False))
+        try:
+            replace_atomically(out, lambda tmp: comparison.table.to_csv(tmp, index=False))
+        except OSError as exc:
+            raise InputError(
+                f"--out '{out}' cannot be written ({exc.strerror or exc}); give a file you can write"
+            ) from None
         click.echo(f"table: {out}")
     if regression_pct is not None:
         regressed = find_regressions(comparison, regression_pct)

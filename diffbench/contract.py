@@ -19,8 +19,12 @@ import torch
 from diffbench import subsets
 from diffbench.subsets import SUBSET_PARAMS
 
-if TYPE_CHECKING:
-    from diffbench.model import ConditionalModel
+if TYPE_CHECKING:  # through the package: model.py imports this module (check_module_output)
+    import diffbench
+
+
+#: The largest integer a results table (parquet int64) and ``torch.Generator.manual_seed`` both take.
+INT64_MAX = 2**63 - 1
 
 
 class ParamError(ValueError):
@@ -77,6 +81,14 @@ class DataError(ValueError):
     """A dataset's files are missing, incomplete or unreadable; the message says which and how to mend it."""
 
 
+def short_repr(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters for one-line errors (a 400-digit number, say)."""
+    if isinstance(value, int) and value.bit_length() > 128:  # repr of a huge int is slow, or refused past 4300 digits
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _type_name(value: Any) -> str:
     return type(value).__name__
 
@@ -92,8 +104,14 @@ def _coerce(kind: str, plugin: str, key: str, default: Any, value: Any) -> Any:
         if isinstance(value, bool):
             return value
     elif isinstance(default, int):
-        if is_number and float(value).is_integer():
-            return int(value)
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if is_number and whole:
+            if abs(int(value)) <= INT64_MAX:
+                return int(value)
+            raise ParamError(
+                f"{kind} '{plugin}' param '{key}' must be an integer of at most {INT64_MAX} in size, "
+                f"got {short_repr(value)}"
+            )
     elif isinstance(default, float):
         if is_number:
             return float(value)
@@ -274,7 +292,9 @@ class Estimator(Plugin):
     #: ``gap_variance`` every other one's ``variance_reduction`` is measured against in the same run.
     variance_baseline: ClassVar[bool] = False
 
-    def fit(self, model: ConditionalModel, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> None:
+    def fit(
+        self, model: diffbench.ConditionalModel, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> None:
         """Optionally tune the estimator on held-out labelled training data before it classifies.
 
         The runner calls this once per cell with samples the test set never sees; its NFE
@@ -283,13 +303,21 @@ class Estimator(Plugin):
 
     def errors(
         self,
-        model: ConditionalModel,
+        model: diffbench.ConditionalModel,
         x: torch.Tensor,
         trials: int,
         generator: torch.Generator,
     ) -> torch.Tensor:
         """Return ``[B, K]`` denoising-error estimates for ``x [B, *shape]``; lower = more likely."""
         raise NotImplementedError
+
+    def check_schedule(self, num_timesteps: int) -> None:
+        """Raise ParamError if these params cannot run on a schedule of ``num_timesteps`` steps.
+
+        Called when the grid is built, before anything trains, so a cell that could never run
+        (``truncated[t_max=5000]`` on T = 1000) is a one-line input error rather than a failed
+        row after training. The default accepts every schedule.
+        """
 
 
 KINDS: dict[str, type[Plugin]] = {"dataset": Dataset, "denoiser": Denoiser, "estimator": Estimator}
@@ -345,6 +373,11 @@ def check_splits(splits: Any, name: str) -> Splits:
     names = splits.class_names
     if not (isinstance(names, (list, tuple)) and names and all(isinstance(c, str) for c in names)):
         raise PluginOutputError(f"{where}: class_names must be a non-empty list of str, got {names!r}")
+    if len(names) < 2 or (len(splits.train_y) and splits.train_y.unique().numel() < 2):
+        raise PluginOutputError(
+            f"{where}: a classifier needs at least two classes, got class_names {list(names)} and "
+            f"training labels {splits.train_y.unique().tolist()[:5]}; give the dataset two or more classes"
+        )
     if len(splits.test_x) == 0:
         raise PluginOutputError(f"{where}: the test split must not be empty")
     if splits.train_x.shape[1:] != splits.test_x.shape[1:]:
@@ -364,6 +397,34 @@ def check_errors(errors: Any, batch: int, classes: int, name: str) -> torch.Tens
     if not torch.isfinite(errors).all():
         raise PluginOutputError(f"{where} returned NaN or inf")
     return errors
+
+
+def check_module_output(out: Any, x_t: torch.Tensor, name: str) -> torch.Tensor:
+    """Return a denoiser module's ``forward`` output if it is a floating tensor shaped like ``x_t``, else raise.
+
+    Cheap (no pass over the values): the core calls it on every module call. Without it an
+    ``[N, 1]`` output would broadcast against ``[N, D]`` noise and give wrong numbers silently.
+    """
+    where = f"{name} forward()"
+    if not isinstance(out, torch.Tensor):
+        raise PluginOutputError(
+            f"{where} returned {type(out).__name__}, not a tensor shaped like x_t {list(x_t.shape)}"
+        )
+    if out.shape != x_t.shape:
+        raise PluginOutputError(
+            f"{where} returned shape {list(out.shape)} for x_t of shape {list(x_t.shape)}; "
+            "eps_hat must have the shape of x_t"
+        )
+    if not out.is_floating_point():
+        raise PluginOutputError(f"{where} returned dtype {out.dtype}, expected a floating dtype")
+    return out
+
+
+def non_finite_output(name: str, during: str) -> PluginOutputError:
+    """The error for a denoiser module whose outputs hold NaN or inf."""
+    return PluginOutputError(
+        f"{name} forward() returned NaN or inf {during}: the model is broken (diverged or bad weights)"
+    )
 
 
 def check_log_posterior(log_posterior: Any, rows: int, classes: int, name: str) -> torch.Tensor:

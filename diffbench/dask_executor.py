@@ -18,6 +18,7 @@ import torch
 
 from diffbench import plugins
 from diffbench.executor import ExecutorError, Outcome, Task, resolve
+from diffbench.interrupts import contained
 
 INSTALL_HINT = "pip install 'diffbench[dask]'"
 
@@ -113,7 +114,8 @@ class DaskExecutor:
             for task in tasks:
                 args = resolve(task.args, futures)  # a placeholder becomes the future of its task
                 fn, args = (on_gpu_alone, (task.fn, *args)) if task.gpu else (task.fn, args)
-                future = client.submit(fn, *args, pure=False, resources=gpu if task.gpu else None)
+                resources = gpu if task.gpu else None  # `contained`: a plugin's sys.exit() fails only its task
+                future = client.submit(contained, fn, *args, pure=False, resources=resources)
                 futures[task.key], by_key[future.key] = future, task
             for future in as_completed(list(futures.values())):
                 task = by_key[future.key]

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from diffbench.interrupts import contained
+
 
 class ExecutorError(RuntimeError):
     """The executor cannot start (an unreachable dask scheduler, say)."""
@@ -94,8 +96,8 @@ class LocalExecutor:
                 errors[task.key] = failed[0]
                 yield Outcome(task, error=failed[0], upstream=True)
                 continue
-            try:
-                results[task.key] = task.fn(*resolve(task.args, results))
+            try:  # a plugin's sys.exit() or stray KeyboardInterrupt fails this task; the user's Ctrl-C stops all
+                results[task.key] = contained(task.fn, *resolve(task.args, results))
             except Exception as exc:
                 errors[task.key] = exc
                 yield Outcome(task, error=exc)

@@ -88,7 +88,9 @@ def figures_data(cells: list[Cell], suite: Suite, prepared: Prepared | None) -> 
     splits = prepared.splits
     schedule = NoiseSchedule(suite.schedule, suite.timesteps)
     device = torch.device(first.device)
-    model = ConditionalModel(prepared.module.to(device).eval(), schedule, splits.num_classes, splits.data_shape, device)
+    module = prepared.module.to(device).eval()
+    name = f"denoiser '{first.denoiser!r}'"
+    model = ConditionalModel(module, schedule, splits.num_classes, splits.data_shape, device, name=name)
     out = {"samples": samples_data(model, splits, first.seed, ids)}
     plain = [c for c in cells if c.dtype == "float32" and not c.compile and c.device == first.device]
     if splits.data_shape == (2,) and plain:

@@ -79,6 +79,7 @@ def measure_cell(
     model.reset_nfe()
     estimator = fitted(cell.estimator, model, data.heldout_x, data.heldout_y, generator)
     fit_nfe = model.reset_nfe()
+    model.check_finite(f"while estimator '{cell.estimator.name}' fitted")
     common, first_s, bins, predictions = quality(cell, estimator, model, data, generator)
     common["fit_nfe_per_sample"] = fit_nfe / max(1, data.heldout_x.shape[0])
     return speed(cell, estimator, model, data.x, generator, suite, common, first_s), bins, predictions
@@ -97,7 +98,9 @@ def quality(
     name, trials = cell.estimator.name, cell.trials
 
     def classify(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return check_errors(estimator.errors(model, inputs, trials, generator), inputs.shape[0], k, name)
+        errors = estimator.errors(model, inputs, trials, generator)
+        model.check_finite(f"during a pass of estimator '{name}'")  # blame the module, not the estimator
+        return check_errors(errors, inputs.shape[0], k, name)
 
     errors: list[torch.Tensor] = []
     first_s = timed(lambda: errors.append(classify(x, generator)), model.device)
@@ -115,6 +118,7 @@ def quality(
     temperature = 1.0
     if data.heldout_x.shape[0] >= 2:
         temperature = metrics.fit_temperature(classify(data.heldout_x, generator).cpu(), data.heldout_y.cpu())
+    model.check_values = False  # fit and the full passes above checked the outputs' values; the rest repeats them
     model.reset_nfe()
     subset = slice(0, min(n, GAP_SAMPLES))
     repeated = []
@@ -208,12 +212,16 @@ def cell_model(cell: Cell, suite: Suite, prepared: Prepared, cache_dir: Path | N
     device = torch.device(cell.device)
     splits = prepared.splits
     module = prepared.module.to(device).eval()
-    reason = unsupported(module, device, cell.dtype, cell.compile, splits.data_shape, splits.num_classes)
+    name = f"denoiser '{cell.denoiser!r}'"
+    learned = bool(prepared.pretrained and prepared.pretrained.learned_variance)
+    reason = unsupported(
+        module, device, cell.dtype, cell.compile, splits.data_shape, splits.num_classes, name, learned_variance=learned
+    )
     if reason:
         what = f"{cell.dtype}{' compiled' if cell.compile else ''} on {cell.device}"
         raise Unsupported(f"skipping {what} for {cell.denoiser!r}: {reason}")
     running = accelerate(module, device, cell.dtype, cell.compile)
-    model = model_of(prepared, running, suite, device)
+    model = model_of(prepared, running, suite, device, name)
     tuned = suite.batch_size == "auto"
     if tuned:
         key = "|".join(

@@ -328,7 +328,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> list[Path]:
     """Draw every plot of a run folder from its saved tables (into ``out``, default the folder); returns the PNGs."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir
-    frame = results.with_variant_labels(results.read_table(run_dir))
+    frame = results.with_variant_labels(results.read_table(run_dir, results.PLOTTED))
     every = frame[frame["status"] == "ok"]
     ok = results.offline(every)
     made: list[Path] = []
@@ -344,11 +344,11 @@ def plot_run(run_dir: Path, out: Path | None = None) -> list[Path]:
     if windows is not None:
         made.append(windows)
     if (run_dir / results.RELIABILITY).is_file():
-        made.append(reliability(pd.read_parquet(run_dir / results.RELIABILITY), out / "reliability.png"))
+        made.append(reliability(results.read_parquet_file(run_dir / results.RELIABILITY), out / "reliability.png"))
     if (run_dir / results.SAMPLES).is_file():
-        points = pd.read_parquet(run_dir / results.SAMPLES)
+        points = results.read_parquet_file(run_dir / results.SAMPLES)
         if (run_dir / results.REGIONS).is_file():
-            regions = pd.read_parquet(run_dir / results.REGIONS)
+            regions = results.read_parquet_file(run_dir / results.REGIONS)
             made.append(decision_regions(regions, points, out / "decision_regions.png"))
         made.append(model_samples(points, out / "model_samples.png"))
     return made

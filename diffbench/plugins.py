@@ -127,7 +127,7 @@ class PluginSet:
             source = f"{distribution} {version} ({ep.value})"
             try:
                 plugin = ep.load()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() at import is its error
                 raise PluginError(
                     f"plugin {source} failed to import: {type(exc).__name__}: {exc}; "
                     f"mend or uninstall it, or leave it out with {ALLOW_ENV_VAR}"
@@ -261,7 +261,7 @@ def load_plugin(spec: str) -> ModuleType:
         sys.modules[name] = module
         try:
             module_spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             del sys.modules[name]
             raise PluginError(f"plugin file '{spec}' failed to import: {type(exc).__name__}: {exc}") from None
     else:
@@ -272,7 +272,7 @@ def load_plugin(spec: str) -> ModuleType:
                 f"plugin module '{spec}' cannot be imported ({exc}); "
                 "give a file path ending in .py or an importable module name"
             ) from None
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise PluginError(f"plugin module '{spec}' failed to import: {type(exc).__name__}: {exc}") from None
     return register_module(module, getattr(module, "__diffbench_source__", f"module {spec}"))
 
@@ -322,7 +322,7 @@ def registry() -> dict[str, dict[str, Registered]]:
                 impl.function(register=register)
             except PluginError:
                 raise
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise PluginError(f"plugin {source} raised in register_{kind}s: {type(exc).__name__}: {exc}") from None
     return found
 

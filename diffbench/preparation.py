@@ -154,13 +154,15 @@ def prepare_pretrained(
     return Prepared(got.splits, got.heldout_x, heldout_y, got.module, got.info, bayes, setup_s, got.setup)
 
 
-def model_of(prepared: Prepared, module: torch.nn.Module, suite: Suite, device: torch.device) -> ConditionalModel:
+def model_of(
+    prepared: Prepared, module: torch.nn.Module, suite: Suite, device: torch.device, name: str = "the denoiser"
+) -> ConditionalModel:
     """``module`` wrapped with the schedule and output type it runs under: the suite's, or a pretrained model's own."""
     setup = prepared.pretrained
     schedule = setup.schedule if setup else NoiseSchedule(suite.schedule, suite.timesteps)
     options = setup.model_options() if setup else {}
     splits = prepared.splits
-    return ConditionalModel(module, schedule, splits.num_classes, splits.data_shape, device, **options)
+    return ConditionalModel(module, schedule, splits.num_classes, splits.data_shape, device, name=name, **options)
 
 
 def heldout_source(splits: Splits, heldout_y: torch.Tensor) -> str:

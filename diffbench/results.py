@@ -82,11 +82,46 @@ def offline(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["scenario"] == "offline"] if "scenario" in frame else frame
 
 
-def read_table(run_dir: Path) -> pd.DataFrame:
+#: Columns every results table has had; a parquet without them is not a diffbench table.
+REQUIRED = ("status", "dataset_label", "denoiser_label", "estimator_label", "trials", "device", "seed")
+#: Columns a table with finished cells needs for comparisons; plots also read ``PLOTTED``.
+REQUIRED_OK = ("accuracy", "n_test", "samples_per_s")
+PLOTTED = (*REQUIRED_OK, "nfe_per_sample")
+
+
+class TableError(ValueError):
+    """A saved table is damaged or not diffbench's (one line naming the file and what is wrong)."""
+
+
+def read_parquet_file(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A parquet file of a run folder, or TableError saying why it cannot be used."""
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises its own types for damaged files
+        detail = " ".join(str(exc).split())[:160]
+        raise TableError(f"'{path}' is not a readable parquet table ({type(exc).__name__}: {detail})") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise TableError(f"'{path}' lacks the column(s) {', '.join(missing)}: it is not a table `diffbench run` wrote")
+    return frame
+
+
+def read_table(run_dir: Path, required_ok: tuple[str, ...] = REQUIRED_OK) -> pd.DataFrame:
+    """A run folder's results table; FileNotFoundError or TableError (one line) when it cannot be used.
+
+    A table whose cells finished must have the ``required_ok`` columns, numeric.
+    """
     path = Path(run_dir) / TABLE
     if not path.is_file():
         raise FileNotFoundError(f"'{run_dir}' holds no {TABLE}; give the folder a `diffbench run` wrote")
-    return pd.read_parquet(path)
+    frame = read_parquet_file(path, REQUIRED)
+    missing = [c for c in required_ok if c not in frame.columns]
+    if missing and (frame["status"] == "ok").any():
+        raise TableError(f"'{path}' has finished cells without the column(s) {', '.join(missing)}: it is damaged")
+    for column in required_ok:
+        if column in frame and not pd.api.types.is_numeric_dtype(frame[column]):
+            raise TableError(f"'{path}': column {column} is not numeric ({frame[column].dtype}): it is damaged")
+    return frame
 
 
 def summary(frame: pd.DataFrame) -> str:

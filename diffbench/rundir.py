@@ -16,6 +16,7 @@ Layout of ``DIR``:
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,55 @@ class ResumeError(ValueError):
     """A run folder cannot be resumed with the settings given."""
 
 
+class FolderError(ValueError):
+    """A folder the run must write into cannot be written (under a file, read-only, on /proc...)."""
+
+
+class TableWriteError(RuntimeError):
+    """The results table could not be written; the finished cells' own files are kept."""
+
+
+def check_writable_folder(path: Path, what: str) -> None:
+    """Create ``path`` if needed and write (then delete) a file in it; else FolderError in one line.
+
+    Run before anything trains, so an unusable ``--out`` or ``--cache`` costs nothing.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FolderError(f"{what} '{path}' is a file, not a folder; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".diffbench-write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise FolderError(f"{what} '{path}' cannot be written ({reason}); give a folder you can write to") from None
+
+
+def storable(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` with every column parquet cannot hold as it is (mixed types, ints past int64) as text.
+
+    Returns the columns converted; a finished cell is saved with them rather than lost.
+    """
+    converted = []
+    for column in frame.columns:
+        if frame[column].dtype != object:
+            continue
+        try:
+            pa_array(frame[column])
+        except Exception:  # pyarrow's own error types for mixed or out-of-range values
+            converted.append(column)
+    if converted:
+        frame = frame.assign(**{c: frame[c].map(lambda v: v if v is None else str(v)) for c in converted})
+    return frame, converted
+
+
+def pa_array(column: pd.Series) -> None:
+    import pyarrow as pa
+
+    pa.array(column, from_pandas=True)
+
+
 def describe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
     """``trials: [1] then, [1, 2] now; ...`` for every key (nested keys dotted) whose value differs."""
     parts = []
@@ -45,6 +95,13 @@ def describe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str =
         else:
             parts.append(f"{prefix}{key}: {a!r} then, {b!r} now")
     return "; ".join(parts)
+
+
+def cell_identity(rows: list[dict[str, Any]], file_ident: str) -> str:
+    """The cell a saved file holds: the ``cell_id`` inside its rows (the file name only for old files)."""
+    ids = {r.get("cell_id") for r in rows}
+    only = ids.pop() if len(ids) == 1 else None
+    return only if isinstance(only, str) and only else file_ident
 
 
 class RunFolder:
@@ -91,6 +148,10 @@ class RunFolder:
                 text = json.dumps(data, indent=2)
                 replace_atomically(self.path / name, lambda tmp, text=text: Path(tmp).write_text(text))
 
+    def check_writable(self) -> None:
+        """FolderError (one line) unless this run's folder can be created and written."""
+        check_writable_folder(self.path, "--out")
+
     # cells ------------------------------------------------------------------------------
     def load(self, log=print) -> None:
         """Read every finished cell saved so far (a file is there only once complete).
@@ -114,6 +175,10 @@ class RunFolder:
                         damaged.replace(damaged.with_name(damaged.name + ".unreadable"))
                 log(f"cell {ident} in {self.cells_dir} is unreadable ({type(exc).__name__}: {exc}); it runs again")
                 continue
+            ident = cell_identity(rows, ident)  # a renamed or copied file holds the same cell: one entry
+            if ident in self.rows:
+                log(f"{path} holds cell {ident} again (a copy?); its rows are counted once")
+                continue
             self.rows[ident], self.bins[ident] = rows, cell_bins
             predictions = self.cells_dir / f"{ident}.predictions.parquet"
             if predictions.is_file():
@@ -132,11 +197,15 @@ class RunFolder:
         rows: list[dict[str, Any]],
         bins: list[dict[str, Any]],
         predictions: dict[str, Any] | None = None,
-    ) -> None:
-        """Save one cell atomically: bins and predictions first, then rows (whose presence means finished)."""
+    ) -> str:
+        """Save one cell atomically: bins and predictions first, then rows (whose presence means finished).
+
+        Columns parquet cannot hold as they are are saved as text (``storable``); returns a line
+        saying so, else ''.
+        """
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         if bins:
-            write_atomic(pd.DataFrame(bins), self.cells_dir / f"{ident}.bins.parquet")
+            write_atomic(storable(pd.DataFrame(bins))[0], self.cells_dir / f"{ident}.bins.parquet")
         saved = self.cells_dir / f"{ident}.predictions.parquet"
         if predictions is not None:
             frame = pd.DataFrame({"cell_id": ident, **predictions})
@@ -144,8 +213,12 @@ class RunFolder:
             self.predictions[ident] = frame
         elif self.predictions.pop(ident, None) is not None:  # a rerun that failed: no stale predictions
             saved.unlink(missing_ok=True)
-        write_atomic(pd.DataFrame(rows), self.cells_dir / f"{ident}.parquet")
-        self.rows[ident], self.bins[ident] = rows, bins
+        frame, converted = storable(pd.DataFrame(rows))
+        write_atomic(frame, self.cells_dir / f"{ident}.parquet")
+        self.rows[ident], self.bins[ident] = frame.to_dict("records") if converted else rows, bins
+        if converted:
+            return f"cell {ident}: column(s) {', '.join(converted)} saved as text (parquet cannot hold their values)"
+        return ""
 
     def save_part(self, group: str, kind: str, frame: pd.DataFrame) -> None:
         write_atomic(frame, self.parts_dir / f"{group}.{kind}.parquet")
@@ -158,13 +231,25 @@ class RunFolder:
         return results.tidy(rows)
 
     def write_tables(self, order: list[str]) -> pd.DataFrame:
-        """Rebuild the results table and the figure tables from the saved parts, atomically."""
-        frame = self.table(order)
+        """Rebuild the results table and the figure tables from the saved parts, atomically.
+
+        Raises TableWriteError (the cells' own files stay) when a table cannot be written.
+        """
+        try:
+            return self._write_tables(order)
+        except Exception as exc:
+            raise TableWriteError(
+                f"cannot write the tables of '{self.path}' ({type(exc).__name__}: {exc}); every finished cell is "
+                f"kept in {self.cells_dir}, and `diffbench run --resume {self.path}` rebuilds the table"
+            ) from exc
+
+    def _write_tables(self, order: list[str]) -> pd.DataFrame:
+        frame = storable(self.table(order))[0]
         write_atomic(frame, self.path / results.TABLE)
         write_atomic(frame, self.path / results.CSV)
         bins = [b for i in order for b in self.bins.get(i, [])]
         if bins:
-            write_atomic(pd.DataFrame(bins), self.path / results.RELIABILITY)
+            write_atomic(storable(pd.DataFrame(bins))[0], self.path / results.RELIABILITY)
         predictions = [self.predictions[i] for i in order if i in self.predictions]
         if predictions:
             write_atomic(pd.concat(predictions, ignore_index=True), self.path / PREDICTIONS)

@@ -19,11 +19,12 @@ from tqdm.auto import tqdm
 from diffbench.cell import Cell, groups, unique
 from diffbench.executor import Executor, Outcome, Result, Task
 from diffbench.figures import figures_data
+from diffbench.interrupts import watch_ctrl_c
 from diffbench.measurement import CellResult, failed_result, failure, run_cell
 from diffbench.memory import tune_cpu_allocator
 from diffbench.preparation import Prepared, prepare_quietly, train_device
 from diffbench.provenance import run_info
-from diffbench.rundir import RunFolder
+from diffbench.rundir import RunFolder, TableWriteError
 from diffbench.suite import Suite
 
 Log = Callable[[str], None]
@@ -117,8 +118,17 @@ class Recorder:
             self.say(message, once=result.skipped)  # a skip is said once, not once per cell
         if result.skipped:
             return
-        self.folder.save_cell(result.cell_id, result.rows, result.bins, result.predictions)
-        self.folder.write_tables(self.order)
+        note = self.folder.save_cell(result.cell_id, result.rows, result.bins, result.predictions)
+        if note:
+            self.say(note)
+        self.write_tables()
+
+    def write_tables(self) -> None:
+        """Rebuild the tables; a failure is said (once) and the run goes on: the cells' files are kept."""
+        try:
+            self.folder.write_tables(self.order)
+        except TableWriteError as exc:
+            self.say(str(exc), once=True)
 
     def record_figures(self, group: list[Cell], outcome: Outcome) -> None:
         if outcome.error is not None:
@@ -128,7 +138,7 @@ class Recorder:
             return
         for kind, frame in outcome.result.items():
             self.folder.save_part(group[0].group_id, kind, frame)
-        self.folder.write_tables(self.order)
+        self.write_tables()
 
 
 def run(
@@ -162,11 +172,12 @@ def run(
     with CellProgress(tasks, progress, executor.in_process) as bar:
         recorder = Recorder(folder, order, suite, info, bar.wrap(log))
         try:
-            for outcome in executor.execute(tasks):
-                recorder.record(outcome)
-                bar.done(outcome.task)
+            with watch_ctrl_c():  # the user's Ctrl-C stops the run; a plugin's KeyboardInterrupt fails its cell
+                for outcome in executor.execute(tasks):
+                    recorder.record(outcome)
+                    bar.done(outcome.task)
         except KeyboardInterrupt:
-            folder.write_tables(order)  # the table holds every cell finished before the interrupt
+            recorder.write_tables()  # the table holds every cell finished before the interrupt
             raise
     return folder.write_tables(order)
 
@@ -221,4 +232,5 @@ def train_only(
     """Train (or confirm cached) every model a grid needs; returns how many failed."""
     device = train_device(grid).type
     tasks = [train_task(g, suite, device, cache_dir, None, progress and executor.in_process) for g in groups(grid)]
-    return sum(say_training(o.task.about, o, log) for o in executor.execute(tasks))
+    with watch_ctrl_c():
+        return sum(say_training(o.task.about, o, log) for o in executor.execute(tasks))

@@ -7,6 +7,8 @@ import re
 from collections.abc import Collection
 from typing import Any
 
+from diffbench.limits import MAX_TRIALS
+
 EXAMPLE = "truncated[t_min=100,t_max=[300,600]]"
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
@@ -146,12 +148,16 @@ def expand(text: str, list_params: Collection[str] = ()) -> list[tuple[str, dict
     return [(name, dict(zip(keys, combo, strict=True))) for combo in itertools.product(*choices)]
 
 
-def parse_int_list(text: str, what: str = "trials") -> list[int]:
-    """Parse ``1,2,4,8`` into positive ints."""
+def parse_int_list(text: str, what: str = "trials", most: int = MAX_TRIALS) -> list[int]:
+    """Parse ``1,2,4,8`` into ints from 1 to ``most``."""
     values = []
     for part in str(text).split(","):
         part = part.strip()
-        if not (part.isascii() and part.isdigit()) or int(part) < 1:  # int() refuses some isdigit() text: '²'
-            raise SelectorError(f"{what} must be positive integers separated by commas, e.g. 1,2,4,8; got '{text}'")
+        # int() refuses some isdigit() text ('²'); a number too long to be one is refused before int() reads it
+        if not (part.isascii() and part.isdigit()) or len(part) > 30 or not 1 <= int(part) <= most:
+            raise SelectorError(
+                f"{what} must be positive integers (at most {most}) separated by commas, e.g. 1,2,4,8; "
+                f"got '{text[:60]}'"
+            )
         values.append(int(part))
     return values

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from diffbench import plugins, selectors
+from diffbench import limits, plugins, selectors
 from diffbench.acceleration import DTYPES
 from diffbench.batch_size import parse_batch_size
 from diffbench.cell import Cell
-from diffbench.contract import Plugin
+from diffbench.contract import ParamError, Plugin
 from diffbench.schedule import SCHEDULES
 from diffbench.training import TrainSettings
 
@@ -69,12 +69,16 @@ def load_suite(name_or_path: str) -> Suite:
     path = Path(name_or_path)
     builtin = name_or_path in builtin_suites() and not path.is_file()  # a folder named 'full' is no suite
     if not builtin and (path.suffix == ".toml" or path.exists()):
+        if path.is_dir():
+            raise SuiteError(f"--suite '{name_or_path}' is a folder; give a suite .toml file or a built-in suite name")
         if not path.is_file():
             raise SuiteError(f"suite file '{name_or_path}' does not exist")
         try:
             text, where = path.read_text(encoding="utf-8"), f"suite file '{name_or_path}'"
         except UnicodeDecodeError as exc:
             raise SuiteError(f"suite file '{name_or_path}' is not UTF-8 text ({exc}); save it as UTF-8") from None
+        except OSError as exc:
+            raise SuiteError(f"suite file '{name_or_path}' cannot be read ({exc.strerror or exc})") from None
     elif builtin:
         text = resources.files("diffbench.suites").joinpath(f"{name_or_path}.toml").read_text()
         where = f"built-in suite '{name_or_path}'"
@@ -147,21 +151,30 @@ def check_train_table(table: Any, where: str) -> dict[str, Any]:
 
 def check_suite(suite: Suite, where: str = "suite") -> None:
     """Check values that need no plugin: trials, devices, schedule, counts."""
-    if any(not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in suite.trials):
-        raise SuiteError(f"{where}: trials must be positive integers, got {suite.trials}")
+    if not all(limits.in_range(t, 1, limits.MAX_TRIALS) for t in suite.trials):
+        raise SuiteError(
+            f"{where}: trials must be positive integers (at most {limits.MAX_TRIALS}), got {suite.trials}"[:300]
+        )
     for device in suite.devices:
         if device not in DEVICES:
             raise SuiteError(f"{where}: unknown device '{device}'; choose from {', '.join(DEVICES)}")
     if suite.schedule not in SCHEDULES:
         raise SuiteError(f"{where}: unknown schedule '{suite.schedule}'; choose from {', '.join(SCHEDULES)}")
-    if suite.repeats < 1 or suite.timesteps < 2 or suite.seed < 0:
-        raise SuiteError(f"{where}: repeats must be >= 1, timesteps >= 2 and seed >= 0")
+    for key, low, high in (
+        ("seed", 0, limits.MAX_SEED),
+        ("repeats", 1, limits.MAX_REPEATS),
+        ("timesteps", 2, limits.MAX_TIMESTEPS),
+    ):
+        if not limits.in_range(getattr(suite, key), low, high):
+            raise SuiteError(f"{where}: {limits.range_error(repr(key), low, high, getattr(suite, key))}")
     try:
         parse_batch_size(suite.batch_size, where)
     except ValueError as exc:
         raise SuiteError(str(exc)) from None
-    if not suite.max_time_s > 0:
-        raise SuiteError(f"{where}: max_time_s must be positive, got {suite.max_time_s}")
+    if not 0 < suite.max_time_s <= limits.MAX_TIME_S:
+        raise SuiteError(
+            f"{where}: max_time_s must be more than 0 and at most {limits.MAX_TIME_S:g} seconds, got {suite.max_time_s}"
+        )
     for dtype in suite.dtypes:
         if not isinstance(dtype, str) or dtype not in DTYPES:
             raise SuiteError(f"{where}: unknown dtype '{dtype}'; choose from {', '.join(DTYPES)}")
@@ -217,3 +230,27 @@ def expand(suite: Suite, devices: list[str]) -> list[Cell]:
         for est in estimators
         for trials in suite.trials
     ]
+
+
+def check_grid(suite: Suite, cells: list[Cell]) -> None:
+    """What can be checked once plugins are known, before anything trains (SuiteError or ParamError).
+
+    Every estimator's params against the schedule (``Estimator.check_schedule``), and every
+    ``[train.<name>]`` table names a registered denoiser.
+    """
+    for estimator in {repr(c.estimator): c.estimator for c in cells}.values():
+        try:
+            estimator.check_schedule(suite.timesteps)
+        except ParamError:
+            raise
+        except Exception as exc:
+            raise ParamError(
+                f"estimator '{estimator!r}' check_schedule({suite.timesteps}) raised {type(exc).__name__}: {exc}"
+            ) from None
+    known = plugins.registry()["denoiser"]
+    for name, value in suite.train.items():
+        if isinstance(value, dict) and name not in known:
+            raise SuiteError(
+                f"[train.{name}] names no denoiser{did_you_mean(name, known)} (known: {', '.join(sorted(known))}); "
+                "give a denoiser's name, or load its plugin with --plugin"
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -18,12 +19,14 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from diffbench.atomic import replace_atomically
-from diffbench.contract import Dataset, Denoiser, Splits
+from diffbench.contract import Dataset, Denoiser, PluginOutputError, Splits, check_module_output, short_repr
 from diffbench.schedule import NoiseSchedule, q_sample
 
 CACHE_ENV = "DIFFBENCH_CACHE"
 CACHE_FORMAT = 2  # bump when training code changes what a key's weights would be
 HASH_SUFFIX = ".sha256"
+MAX_TRAIN_STEPS = 10**9  # larger values are typos (and overflow the table's int64 column)
+MAX_TRAIN_BATCH = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,18 @@ class TrainSettings:
     def __post_init__(self) -> None:
         ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.steps, self.batch_size))
         number = isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
-        if not (ints and number and self.steps >= 1 and self.batch_size >= 1 and self.lr > 0):
-            raise ValueError(f"training needs integer steps >= 1 and batch_size >= 1 and lr > 0, got {self}")
+        if not (
+            ints
+            and number
+            and 1 <= self.steps <= MAX_TRAIN_STEPS
+            and 1 <= self.batch_size <= MAX_TRAIN_BATCH
+            and 0 < self.lr < math.inf
+        ):
+            raise ValueError(
+                f"training needs integer steps from 1 to {MAX_TRAIN_STEPS}, batch_size from 1 to {MAX_TRAIN_BATCH} "
+                f"and a finite lr > 0, got steps={short_repr(self.steps)}, batch_size={short_repr(self.batch_size)}, "
+                f"lr={short_repr(self.lr)}"
+            )
 
 
 def default_cache_dir() -> Path:
@@ -77,8 +90,13 @@ def train(
     device: torch.device,
     desc: str = "train",
     progress: bool = True,
+    name: str = "the denoiser",
 ) -> list[float]:
-    """Fit ``module`` to predict the noise of x_t = sqrt(abar) x + sqrt(1-abar) eps; returns losses."""
+    """Fit ``module`` to predict the noise of x_t = sqrt(abar) x + sqrt(1-abar) eps; returns losses.
+
+    The module's output must be shaped like x_t (checked every step: a broadcasting ``[N, 1]``
+    output would train to nonsense quietly) and the loss must stay finite (else TrainingError).
+    """
     generator = torch.Generator(device=device).manual_seed(seed)
     module.to(device).train()
     x_all = splits.train_x.to(device)
@@ -93,12 +111,18 @@ def train(
         x0, c = x_all[idx], y_all[idx]
         t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=generator, device=device)
         eps = torch.randn(x0.shape, generator=generator, device=device)
-        loss = torch.nn.functional.mse_loss(module(q_sample(abar, x0, t, eps), t, c), eps)
+        x_t = q_sample(abar, x0, t, eps)
+        loss = torch.nn.functional.mse_loss(check_module_output(module(x_t, t, c), x_t, name), eps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         lr_decay.step()
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise TrainingError(
+                f"{name} trained to a loss of {losses[-1]} at step {len(losses)} of {settings.steps}; "
+                f"lower the learning rate (lr={settings.lr}) or mend the module"
+            )
         if len(losses) % 100 == 0:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / 100:.4f}")
     module.eval()
@@ -155,6 +179,7 @@ def load_or_train(
             device,
             desc=f"train {denoiser.name} on {dataset.name}",
             progress=progress,
+            name=f"denoiser '{denoiser!r}'",
         )
         info.update(train_s=time.perf_counter() - start, final_loss=sum(losses[-100:]) / len(losses[-100:]))
         if path is not None:
@@ -192,8 +217,14 @@ def file_sha256(path: Path | str) -> str:
 
 
 def save_cached_checkpoint(module: torch.nn.Module, path: Path) -> None:
-    """Save the state dict atomically, then its sha256 beside it (``sha256sum -c`` reads it)."""
+    """Save the state dict atomically, then its sha256 beside it (``sha256sum -c`` reads it).
+
+    Weights that hold NaN or inf are never cached (TrainingError): a later run would load them.
+    """
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    bad = non_finite_weights(state, {name for name, _ in module.named_parameters()})
+    if bad:
+        raise TrainingError(f"training left NaN or inf in weights {', '.join(bad[:3])}; they are not cached")
     digest = ""
 
     def write(tmp: str) -> None:
@@ -218,6 +249,25 @@ def load_cached_checkpoint(module: torch.nn.Module, path: Path, what: str) -> to
 
 class CheckpointError(ValueError):
     """A checkpoint file is unreadable or does not fit the denoiser it was given for."""
+
+
+class TrainingError(PluginOutputError):
+    """Training diverged: a non-finite loss or weights. Such weights are never cached."""
+
+
+def non_finite_weights(state: dict[str, torch.Tensor], parameters: set[str] | None = None) -> list[str]:
+    """Names of the tensors of ``state`` that hold NaN (anywhere) or inf (in ``parameters``; all when None).
+
+    A buffer may hold inf on purpose (an attention mask); no trained weight may.
+    """
+    bad = []
+    for key, value in state.items():
+        if not value.is_floating_point() and not value.is_complex():
+            continue
+        strict = parameters is None or key in parameters
+        if (not torch.isfinite(value).all()) if strict else bool(value.isnan().any()):
+            bad.append(key)
+    return bad
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -268,6 +318,13 @@ def load_checkpoint(module: torch.nn.Module, path: Path, what: str) -> torch.nn.
         raise CheckpointError(
             f"checkpoint '{path}' does not fit {what}: {'; '.join(parts)}; "
             "give the denoiser the params it was trained with"
+        )
+    bad = non_finite_weights(state, {name for name, _ in module.named_parameters()})
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"checkpoint '{path}' holds NaN or inf in {', '.join(bad[:3])}{more}: these weights are broken; "
+            "train again or give another checkpoint"
         )
     module.load_state_dict(state)
     return module

@@ -54,6 +54,13 @@ class Truncated(SharedNoise):
         if not 0 <= t_min <= t_max:
             raise diffbench.ParamError(f"truncated needs 0 <= t_min <= t_max, got t_min={t_min}, t_max={t_max}")
 
+    def check_schedule(self, num_timesteps: int) -> None:
+        if self.params["t_max"] >= num_timesteps:
+            raise diffbench.ParamError(
+                f"truncated t_max={self.params['t_max']} is outside the schedule's timesteps [0, {num_timesteps}); "
+                f"give t_max below {num_timesteps}"
+            )
+
     def _timesteps(self, model, dims, generator):
         t_max = self.params["t_max"]
         if t_max >= model.num_timesteps:

@@ -58,7 +58,7 @@ def test_dtypes_are_a_grid_axis_recorded_per_row(cli, tmp_path):
 def test_an_unsupported_combination_is_skipped_with_one_line(cli, tmp_path, monkeypatch):
     real = measurement.unsupported
 
-    def no_float16(module, device, dtype, compile, shape, classes):
+    def no_float16(module, device, dtype, compile, shape, classes, **kw):
         return (
             "float16 kernels are missing here"
             if dtype == "float16"

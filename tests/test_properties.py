@@ -12,6 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from diffbench import selectors
+from diffbench.limits import MAX_TRIALS
 from diffbench.selectors import SelectorError
 from diffbench.suite import Suite, SuiteError, load_suite, suite_from_dict
 from diffbench.training import TrainSettings
@@ -98,7 +99,7 @@ def test_any_text_is_a_selector_or_a_selector_error(text):
 
 
 @FAST
-@given(st.lists(st.integers(1, 10**9), min_size=1, max_size=8), SPACE)
+@given(st.lists(st.integers(1, MAX_TRIALS), min_size=1, max_size=8), SPACE)
 def test_positive_int_lists_round_trip(values, sep):
     assert selectors.parse_int_list(f"{sep},{sep}".join(map(str, values))) == values
 
