@@ -20,8 +20,6 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_DENOISER, error_lines, make_model, write_suite
-from test_runner import TrainingFails, grid
 
 import diffbench
 from diffbench import interrupts, rundir
@@ -39,6 +37,8 @@ from diffbench.training import (
     save_cached_checkpoint,
     train,
 )
+from tests.helpers import TINY_DENOISER, error_lines, make_model, write_suite
+from tests.test_runner import TrainingFails, grid
 
 BAD_PLUGIN = '''
 import sys

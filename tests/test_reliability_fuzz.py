@@ -12,12 +12,12 @@ import math
 
 import pytest
 import torch
-from conftest import make_model, write_suite
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diffbench import limits
 from diffbench.contract import PluginOutputError
+from tests.helpers import make_model, write_suite
 
 NUMERIC_OPTIONS = ["--seed", "--trials", "--repeats", "--max-time", "--threads", "--batch-size"]
 
