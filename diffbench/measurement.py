@@ -215,7 +215,14 @@ def cell_model(cell: Cell, suite: Suite, prepared: Prepared, cache_dir: Path | N
     name = f"denoiser '{cell.denoiser!r}'"
     learned = bool(prepared.pretrained and prepared.pretrained.learned_variance)
     reason = unsupported(
-        module, device, cell.dtype, cell.compile, splits.data_shape, splits.num_classes, name, learned_variance=learned
+        module,
+        device,
+        cell.dtype,
+        cell.compile,
+        splits.data_shape,
+        splits.num_classes,
+        name=name,
+        learned_variance=learned,
     )
     if reason:
         what = f"{cell.dtype}{' compiled' if cell.compile else ''} on {cell.device}"
