@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from diffbench import metrics, paired, pretrained
+from diffbench import metrics, pretrained, subsets
 from diffbench.acceleration import accelerate, unsupported
 from diffbench.batch_size import cached_batch_size
 from diffbench.cell import Cell
@@ -279,7 +279,10 @@ def run_cell(
             prepared.heldout_y.to(model.device),
         )
         measured, bins, predictions = measure_cell(cell, model, data, suite)
-        predictions["test_digest"] = paired.testset_digest(prepared.splits.test_x, prepared.splits.test_y)
+        # the row's fingerprint of the test set (hashed once per model): paired tests match runs on it
+        predictions["test_digest"] = info.get("test_digest") or subsets.digest(
+            prepared.splits.test_x, prepared.splits.test_y
+        )
         rows = [{**row, **batching, **m, "status": "ok", "error": ""} for m in measured]
         if prepared.pretrained:
             pretrained.add_end_to_end(rows, prepared.pretrained.columns)

@@ -16,7 +16,6 @@ sample, label, pred, test_digest``), written by the runner for the seeded classi
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +30,6 @@ ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 10_000
 PAIRED_TEST = "paired (McNemar exact)"
 UNPAIRED_TEST = "unpaired (two-proportion z)"
-
-
-def testset_digest(x, y) -> str:
-    """A fingerprint of a test set (inputs and labels): two runs with equal digests classified the same points."""
-    sha = hashlib.sha256()
-    for tensor in (x, y):
-        sha.update(np.ascontiguousarray(tensor.detach().cpu().float().numpy()).tobytes())
-    return sha.hexdigest()[:16]
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
