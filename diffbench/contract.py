@@ -385,15 +385,20 @@ def check_splits(splits: Any, name: str) -> Splits:
     return splits
 
 
+def check_matrix(value: Any, rows: int, classes: int, where: str, dims: str) -> None:
+    """Raise PluginOutputError unless ``value`` is a floating tensor ``[rows, classes]`` (``dims`` names them)."""
+    if not isinstance(value, torch.Tensor):
+        raise PluginOutputError(f"{where} returned {type(value).__name__}, not a tensor {dims}")
+    if tuple(value.shape) != (rows, classes):
+        raise PluginOutputError(f"{where} returned shape {list(value.shape)}, expected [{rows}, {classes}]")
+    if not value.is_floating_point():
+        raise PluginOutputError(f"{where} returned dtype {value.dtype}, expected a floating dtype")
+
+
 def check_errors(errors: Any, batch: int, classes: int, name: str) -> torch.Tensor:
     """Return an estimator's ``errors()`` result if it is finite floating ``[batch, classes]``, else raise."""
     where = f"estimator '{name}' errors()"
-    if not isinstance(errors, torch.Tensor):
-        raise PluginOutputError(f"{where} returned {type(errors).__name__}, not a tensor [B, K]")
-    if tuple(errors.shape) != (batch, classes):
-        raise PluginOutputError(f"{where} returned shape {list(errors.shape)}, expected [{batch}, {classes}]")
-    if not errors.is_floating_point():
-        raise PluginOutputError(f"{where} returned dtype {errors.dtype}, expected a floating dtype")
+    check_matrix(errors, batch, classes, where, "[B, K]")
     if not torch.isfinite(errors).all():
         raise PluginOutputError(f"{where} returned NaN or inf")
     return errors
@@ -433,12 +438,7 @@ def check_log_posterior(log_posterior: Any, rows: int, classes: int, name: str) 
     ``-inf`` is allowed (a class that cannot have produced x); NaN and ``+inf`` are not.
     """
     where = f"dataset '{name}' bayes_log_posterior()"
-    if not isinstance(log_posterior, torch.Tensor):
-        raise PluginOutputError(f"{where} returned {type(log_posterior).__name__}, not a tensor [N, K]")
-    if tuple(log_posterior.shape) != (rows, classes):
-        raise PluginOutputError(f"{where} returned shape {list(log_posterior.shape)}, expected [{rows}, {classes}]")
-    if not log_posterior.is_floating_point():
-        raise PluginOutputError(f"{where} returned dtype {log_posterior.dtype}, expected a floating dtype")
+    check_matrix(log_posterior, rows, classes, where, "[N, K]")
     if log_posterior.isnan().any() or (log_posterior == float("inf")).any():
         raise PluginOutputError(f"{where} returned NaN or +inf")
     return log_posterior
