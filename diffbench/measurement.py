@@ -21,7 +21,7 @@ from diffbench.preparation import Prepared, model_of
 from diffbench.provenance import device_name, provenance
 from diffbench.results import param_columns
 from diffbench.suite import Suite
-from diffbench.timing import measure, measure_latency, median_iqr, timed
+from diffbench.timing import evenly_spaced, measure, measure_latency, median_iqr, timed, timed_samples
 
 GAP_SAMPLES = 128  # test samples behind gap_variance
 GAP_REPEATS = 4  # independent repeats behind gap_variance
@@ -156,25 +156,29 @@ def speed(
     """One row per scenario of the suite: ``common`` with the timings measured in that scenario."""
     n, trials, device = x.shape[0], cell.trials, model.device
     rows = []
-    if "offline" in suite.scenarios:
-        throughput = measure(
-            lambda: estimator.errors(model, x, trials, generator),
-            model,
-            n,
-            generator,
-            first_pass_s=first_s,
-            min_repeats=suite.repeats,
-            max_time_s=suite.max_time_s,
-        )
-        rows.append({"scenario": "offline", **common, **vars(throughput), "peak_memory_mb": peak_memory_mb(device)})
-    if "single" in suite.scenarios:
-        latency = measure_latency(
-            lambda i: estimator.errors(model, x[i % n : i % n + 1], trials, generator),
-            model,
-            generator,
-            max_time_s=suite.max_time_s,
-        )
-        rows.append({"scenario": "single", **common, **vars(latency), "peak_memory_mb": peak_memory_mb(device)})
+    with torch.inference_mode():  # as a deployed classifier runs: no autograd bookkeeping in any timed call
+        if "offline" in suite.scenarios:
+            m = timed_samples(n, first_s, common["nfe_per_sample"], model.max_batch)
+            part = x if m == n else x[evenly_spaced(n, m).to(x.device)]
+            throughput = measure(
+                lambda: estimator.errors(model, part, trials, generator),
+                model,
+                m,
+                generator,
+                first_pass_s=first_s * m / n,
+                min_repeats=suite.repeats,
+                max_time_s=suite.max_time_s,
+            )
+            timings = {**vars(throughput), "timed_samples": m}
+            rows.append({"scenario": "offline", **common, **timings, "peak_memory_mb": peak_memory_mb(device)})
+        if "single" in suite.scenarios:
+            latency = measure_latency(
+                lambda i: estimator.errors(model, x[i % n : i % n + 1], trials, generator),
+                model,
+                generator,
+                max_time_s=suite.max_time_s,
+            )
+            rows.append({"scenario": "single", **common, **vars(latency), "peak_memory_mb": peak_memory_mb(device)})
     return rows
 
 

@@ -5,6 +5,7 @@ Also single-sample latency: one test sample classified alone per call.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -15,9 +16,12 @@ import torch
 
 from diffbench.model import ConditionalModel
 
-MIN_REGION_S = 0.1  # each timed region lasts at least this long, to swamp timer noise
-WARMUP_S = 0.25  # untimed passes (the caller's first one included) before anything is timed
-LATENCY_NOISY_REL_IQR = 0.25  # single calls jitter more than 0.1 s regions, so latency gets a looser bar
+MIN_REGION_S = 0.05  # each timed region lasts at least this long, to swamp timer and scheduler noise
+WARMUP_S = 0.1  # untimed passes (the caller's first one included) before anything is timed
+CONFIDENCE = 0.9  # of the distribution-free interval around each reported median
+SETTLED = 0.02  # timing stops once the interval's half-width is within this share of the median (efficiency: of 1)
+EFFICIENCY_CEILING = 1.02  # an estimator cannot outrun the network it calls: above this, keep timing, then flag
+MIN_LATENCY_CALLS = 20  # single-sample calls before the interval of their median is trusted
 
 clock: Callable[[], float] = time.perf_counter  # every timing reads this; tests swap in a fake clock
 
@@ -43,19 +47,56 @@ def median_iqr(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), q[2] - q[0]
 
 
+@functools.lru_cache(maxsize=512)
+def _median_ranks(n: int, confidence: float) -> int:
+    """The largest k with P(x_(k) <= median <= x_(n+1-k)) >= confidence for n i.i.d. draws (1 if none)."""
+    k, below = 1, 0.0  # below = P(Binomial(n, 1/2) <= k - 1)
+    while k < (n + 1) // 2:
+        below += math.comb(n, k - 1) / 2**n
+        if 1 - 2 * (below + math.comb(n, k) / 2**n) < confidence:
+            break
+        k += 1
+    return k
+
+
+def median_ci(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """A distribution-free interval around the median: order statistics x_(k) and x_(n+1-k).
+
+    k is the largest rank whose interval covers the true median with at least ``confidence``
+    (a binomial count of draws below it); unlike the IQR, the interval narrows as repeats are
+    added, so a stopping rule on it ends on a busy machine too. Fewer than 5 values cannot
+    reach 90%: their interval is the whole range.
+    """
+    ordered = sorted(values)
+    k = _median_ranks(len(ordered), confidence)
+    return ordered[k - 1], ordered[len(ordered) - k]
+
+
+def half_width(values: list[float], scale: float | None = None) -> float:
+    """Half the width of ``median_ci(values)``, relative to ``scale`` (default: the median itself)."""
+    low, high = median_ci(values)
+    scale = statistics.median(values) if scale is None else scale
+    return (high - low) / 2 / scale if scale > 0 else math.inf
+
+
 @dataclass
 class Throughput:
     samples_per_s: float
     samples_per_s_iqr: float
+    samples_per_s_ci_low: float  # CONFIDENCE interval of the median over repeats (order statistics)
+    samples_per_s_ci_high: float
     evals_per_s: float
     bare_rows_per_s: float
-    efficiency: float
+    efficiency: float  # median over repeats of (estimator evals/s) / (bare rows/s) in the same repeat
     efficiency_iqr: float
+    efficiency_ci_low: float
+    efficiency_ci_high: float
     inner_passes: int
     repeats: int
-    noisy: bool  # the repeats disagree by more than rel_iqr allows, or fewer than 3 of them
+    noisy: bool  # the intervals never narrowed to SETTLED (or efficiency stayed above EFFICIENCY_CEILING)
     rel_iqr: float  # IQR / median of samples_per_s
     warmup_s: float  # untimed warm-up, the caller's first pass included
+    timing_note: str  # why the cell is noisy, empty when it is not
 
 
 @dataclass
@@ -65,11 +106,16 @@ class Latency:
     latency_p50_ms: float
     latency_p90_ms: float
     latency_iqr_ms: float
+    latency_ci_low_ms: float  # CONFIDENCE interval of p50
+    latency_ci_high_ms: float
     repeats: int  # timed calls
     bare_latency_p50_ms: float  # the bare module on the same rows (NFE of each call), chunked the same way
-    efficiency: float  # bare_latency_p50_ms / latency_p50_ms
-    noisy: bool  # fewer than min_count calls, or IQR / p50 > LATENCY_NOISY_REL_IQR
+    efficiency: float  # median over calls of (bare call's time) / (the estimator call's time just before it)
+    efficiency_ci_low: float
+    efficiency_ci_high: float
+    noisy: bool  # the intervals never narrowed to SETTLED within the time cap, or fewer than MIN_LATENCY_CALLS
     samples_per_s: float  # 1 / p50: one sample per call
+    timing_note: str
 
 
 class BareForward:
@@ -130,6 +176,47 @@ def warm_up(run_pass: Callable[[], object], device: torch.device, first_pass_s: 
     return first_pass_s + sum(warm), statistics.mean(warm) if warm else first_pass_s
 
 
+def timed_samples(n: int, pass_s: float, rows_per_sample: float, max_batch: int) -> int:
+    """How many of ``n`` test samples a timed pass covers: all, unless one pass outlasts MIN_REGION_S.
+
+    A throughput needs regions of MIN_REGION_S, not passes over the whole test set: a longer pass
+    is cut to an evenly spaced subset that lasts about one region (``pass_s`` is one pass over
+    all ``n``), but never below two full ``max_batch`` chunks of rows, so the network sees the
+    same chunk size as on the whole set.
+    """
+    if pass_s <= MIN_REGION_S or n <= 1:
+        return n
+    wanted = math.ceil(n * MIN_REGION_S / pass_s)
+    chunks = math.ceil(2 * max_batch / max(rows_per_sample, 1e-9))
+    return min(n, max(wanted, chunks))
+
+
+def evenly_spaced(n: int, m: int) -> torch.Tensor:
+    """``m`` indices spread evenly over ``range(n)`` (all of them when m >= n): a subset that keeps the mix."""
+    if m >= n:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, m).round().long()
+
+
+def settling(rates: list[float], efficiencies: list[float], min_repeats: int) -> str:
+    """Why the repeats so far have not settled yet ("" once they have)."""
+    if len(rates) < max(min_repeats, 1):
+        return f"only {len(rates)} repeat(s)"
+    spread = half_width(rates)
+    if spread > SETTLED:
+        return f"samples/s median known to +-{spread:.0%} ({CONFIDENCE:.0%} interval)"
+    eff_spread = half_width(efficiencies, scale=1.0)
+    if eff_spread > SETTLED:
+        return f"efficiency median known to +-{eff_spread:.3f} ({CONFIDENCE:.0%} interval)"
+    efficiency = statistics.median(efficiencies)
+    if efficiency > EFFICIENCY_CEILING:
+        return (
+            f"efficiency {efficiency:.3f} above {EFFICIENCY_CEILING}: the bare network ran slower than inside "
+            "the estimator (a machine that changed speed between regions)"
+        )
+    return ""
+
+
 def measure(
     run_pass: Callable[[], object],
     model: ConditionalModel,
@@ -137,18 +224,20 @@ def measure(
     generator: torch.Generator,
     *,
     first_pass_s: float,
-    min_repeats: int = 3,
+    min_repeats: int = 5,
     max_time_s: float = 10.0,
-    rel_iqr: float = 0.05,
-    max_repeats: int = 50,
+    max_repeats: int = 100,
 ) -> Throughput:
     """Time ``run_pass`` (one classification of ``n_samples``) and the bare forward, interleaved.
 
     After a warm-up of WARMUP_S (``first_pass_s`` is the caller's already-run pass) each
-    region repeats the pass enough times to last MIN_REGION_S. Repeats of (estimator region,
-    bare region on the same rows) go on until at least ``min_repeats`` agree within
-    ``rel_iqr`` (IQR / median of samples/s), ``max_time_s`` has been spent repeating (at
-    least one repeat, even below ``min_repeats``) or ``max_repeats``. NFE is read from the
+    region repeats the pass enough times to last MIN_REGION_S. A repeat is an estimator region
+    and a bare region on the same rows, side by side, in alternating order (so a machine that
+    speeds up or slows down during a repeat favours neither). Repeats go on until, after at
+    least ``min_repeats``, the CONFIDENCE intervals of the median samples/s (relative) and of the
+    median efficiency are within SETTLED and efficiency is not above EFFICIENCY_CEILING; or until
+    ``max_time_s`` has been spent repeating (at least one repeat) or ``max_repeats``. A cell that
+    stops unsettled is ``noisy``, with the reason in ``timing_note``. NFE is read from the
     model's counter over the timed regions.
     """
     device = model.device
@@ -156,40 +245,56 @@ def measure(
     inner = calibrate(run_pass, device, pass_s)
     est_rates, eval_rates, bare_rates, efficiencies = [], [], [], []
     bare: BareForward | None = None
+
+    def estimator_region() -> tuple[float, int]:
+        model.reset_nfe()
+        seconds = max(timed(lambda: [run_pass() for _ in range(inner)], device), 1e-9)
+        return seconds, model.reset_nfe()
+
+    def bare_region() -> float:
+        return max(timed(lambda ref=bare: [ref() for _ in range(inner)], device), 1e-9)
+
     started = clock()
     while True:
-        model.reset_nfe()
-        est_s = max(timed(lambda: [run_pass() for _ in range(inner)], device), 1e-9)
-        nfe = model.reset_nfe()
-        if bare is None or bare.rows != max(1, nfe // inner):
-            bare = BareForward(model, max(1, nfe // inner), generator)
-            bare()  # warm the reference too
-        bare_s = max(timed(lambda ref=bare: [ref() for _ in range(inner)], device), 1e-9)
+        if bare is not None and len(est_rates) % 2:  # odd repeats: the bare network first
+            bare_s = bare_region()
+            est_s, nfe = estimator_region()
+        else:
+            est_s, nfe = estimator_region()
+            if bare is None or bare.rows != max(1, nfe // inner):
+                bare = BareForward(model, max(1, nfe // inner), generator)
+                [bare() for _ in range(inner)]  # warm the reference as long as one region
+            bare_s = bare_region()
         evals_rate = nfe / est_s
         bare_rate = bare.rows * inner / bare_s
         est_rates.append(n_samples * inner / est_s)
         eval_rates.append(evals_rate)
         bare_rates.append(bare_rate)
         efficiencies.append(evals_rate / bare_rate)
-        samples, samples_iqr = median_iqr(est_rates)
-        spread = samples_iqr / samples if samples > 0 else math.inf
-        repeats = len(est_rates)
-        agreed = repeats >= min_repeats and spread <= rel_iqr
-        if agreed or repeats >= max_repeats or clock() - started >= max_time_s:
+        note = settling(est_rates, efficiencies, min_repeats)
+        if not note or len(est_rates) >= max_repeats or clock() - started >= max_time_s:
             break
+    samples, samples_iqr = median_iqr(est_rates)
     eff, eff_iqr = median_iqr(efficiencies)
+    samples_low, samples_high = median_ci(est_rates)
+    eff_low, eff_high = median_ci(efficiencies)
     return Throughput(
         samples_per_s=samples,
         samples_per_s_iqr=samples_iqr,
+        samples_per_s_ci_low=samples_low,
+        samples_per_s_ci_high=samples_high,
         evals_per_s=statistics.median(eval_rates),
         bare_rows_per_s=statistics.median(bare_rates),
         efficiency=eff,
         efficiency_iqr=eff_iqr,
+        efficiency_ci_low=eff_low,
+        efficiency_ci_high=eff_high,
         inner_passes=inner,
-        repeats=repeats,
-        noisy=spread > rel_iqr or repeats < 3,
-        rel_iqr=spread,
+        repeats=len(est_rates),
+        noisy=bool(note),
+        rel_iqr=samples_iqr / samples if samples > 0 else math.inf,
         warmup_s=warmup_s,
+        timing_note=note,
     )
 
 
@@ -199,14 +304,16 @@ def measure_latency(
     generator: torch.Generator,
     *,
     max_time_s: float = 2.0,
-    min_count: int = 10,
+    min_count: int = MIN_LATENCY_CALLS,
     max_count: int = 200,
 ) -> Latency:
     """Single-stream latency (MLPerf): ``run_one(i)`` classifies the i-th test sample alone.
 
     One untimed warm-up call, then timed calls i = 0, 1, ..., each followed by the bare
-    module timed on that call's NFE rows. Stops after ``max_count`` calls, or once
-    ``max_time_s`` has gone by and ``min_count`` calls are done (always at least one).
+    module timed on that call's NFE rows. Stops once ``min_count`` calls are done and the
+    CONFIDENCE intervals of the median latency (relative) and of the median per-call efficiency
+    are within SETTLED; or after ``max_count`` calls, or once ``max_time_s`` has gone by and
+    ``min_count`` calls are done (always at least one). Unsettled is ``noisy``.
     """
     device = model.device
     bares: dict[int, BareForward] = {}
@@ -221,27 +328,48 @@ def measure_latency(
     run_one(0)
     if warm_rows := model.reset_nfe():
         bare_for(warm_rows)
-    call_s, bare_s = [], []
+    call_s, bare_s, ratios = [], [], []
     started = clock()
     while True:
         i = len(call_s)
         model.reset_nfe()
-        call_s.append(timed(lambda i=i: run_one(i), device))
+        call_s.append(max(timed(lambda i=i: run_one(i), device), 1e-9))
         rows = model.reset_nfe()
         bare_s.append(timed(bare_for(rows), device) if rows else 0.0)
+        ratios.append(bare_s[-1] / call_s[-1])
         count = len(call_s)
-        if count >= max_count or (count >= min_count and clock() - started >= max_time_s):
+        note = latency_settling(call_s, ratios, min_count)
+        if count >= max_count or (count >= min_count and (not note or clock() - started >= max_time_s)):
             break
     p50, iqr = median_iqr(call_s)
     p90 = statistics.quantiles(call_s, n=10, method="inclusive")[8] if count > 1 else call_s[0]
-    bare_p50 = statistics.median(bare_s)
+    low, high = median_ci(call_s)
+    eff_low, eff_high = median_ci(ratios)
     return Latency(
         latency_p50_ms=p50 * 1e3,
         latency_p90_ms=p90 * 1e3,
         latency_iqr_ms=iqr * 1e3,
+        latency_ci_low_ms=low * 1e3,
+        latency_ci_high_ms=high * 1e3,
         repeats=count,
-        bare_latency_p50_ms=bare_p50 * 1e3,
-        efficiency=bare_p50 / p50 if p50 > 0 else math.nan,
-        noisy=count < min_count or (iqr / p50 if p50 > 0 else math.inf) > LATENCY_NOISY_REL_IQR,
-        samples_per_s=1.0 / p50 if p50 > 0 else math.inf,
+        bare_latency_p50_ms=statistics.median(bare_s) * 1e3,
+        efficiency=statistics.median(ratios),
+        efficiency_ci_low=eff_low,
+        efficiency_ci_high=eff_high,
+        noisy=bool(note),
+        samples_per_s=1.0 / p50,
+        timing_note=note,
     )
+
+
+def latency_settling(call_s: list[float], ratios: list[float], min_count: int) -> str:
+    """Why the single-sample calls so far have not settled yet ("" once they have)."""
+    if len(call_s) < max(min_count, 1):
+        return f"only {len(call_s)} call(s)"
+    spread = half_width(call_s)
+    if spread > SETTLED:
+        return f"latency median known to +-{spread:.0%} ({CONFIDENCE:.0%} interval)"
+    eff_spread = half_width(ratios, scale=1.0)
+    if eff_spread > SETTLED:
+        return f"efficiency median known to +-{eff_spread:.3f} ({CONFIDENCE:.0%} interval)"
+    return ""

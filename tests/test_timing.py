@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 import time
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from diffbench import batch_size, timing
 from diffbench.batch_size import BATCH_SIZE_CACHE, cached_batch_size, parse_batch_size, tune_batch_size
-from diffbench.timing import MIN_REGION_S, measure, measure_latency, median_iqr, timed
+from diffbench.timing import MIN_REGION_S, _median_ranks, measure, measure_latency, median_ci, median_iqr, timed
 from tests.helpers import ClassConstant, make_model
 
 CPU = torch.device("cpu")
@@ -85,7 +86,7 @@ def test_measure_counts_evaluations_through_the_model():
         run_pass, model, 4, torch.Generator().manual_seed(0), first_pass_s=0.01, min_repeats=2, max_repeats=2
     )
     assert speed.repeats == 2
-    assert 1 <= speed.inner_passes <= 10, "passes of at least 0.01 s fill a 0.1 s region in at most 10"
+    assert 1 <= speed.inner_passes <= 5, "passes of at least 0.01 s fill a 0.05 s region in at most 5"
     assert speed.evals_per_s == pytest.approx(3 * speed.samples_per_s), "12 rows for 4 samples"
     assert speed.samples_per_s < 4 / 0.01, "a pass takes at least its sleep"
     assert 0 < speed.efficiency < 1, "sleeping passes are slower than the bare forward"
@@ -105,14 +106,16 @@ def test_measure_rates_and_efficiency_on_a_fake_clock(clock):
     """Each pass spends 1/64 s of its own plus one 1/64 s module call: half the bare rate."""
     model = make_model(Ticking(clock, lambda rows: 1 / 64))
     speed = measure(fake_pass(model, clock, itertools.repeat(1 / 64)), model, 4, torch.Generator(), first_pass_s=0.1)
-    assert speed.inner_passes == 4, "4 passes of 1/32 s make the first region of at least 0.1 s"
+    assert speed.inner_passes == 2, "2 passes of 1/32 s make the first region of at least 0.05 s"
     assert (speed.samples_per_s, speed.evals_per_s, speed.bare_rows_per_s) == (4 * 32, 12 * 32, 12 * 64)
     assert speed.efficiency == 0.5 and speed.efficiency_iqr == 0
-    assert (speed.repeats, speed.noisy, speed.rel_iqr) == (3, False, 0.0)
+    assert (speed.efficiency_ci_low, speed.efficiency_ci_high) == (0.5, 0.5)
+    assert (speed.samples_per_s_ci_low, speed.samples_per_s_ci_high) == (128.0, 128.0)
+    assert (speed.repeats, speed.noisy, speed.rel_iqr, speed.timing_note) == (5, False, 0.0, "")
 
 
 @pytest.mark.parametrize(
-    ("first_pass_s", "warm_passes", "warmup_s", "estimate_s"), [(0.125, 2, 0.25, 0.0625), (0.5, 0, 0.5, 0.5)]
+    ("first_pass_s", "warm_passes", "warmup_s", "estimate_s"), [(0.05, 1, 0.1125, 0.0625), (0.5, 0, 0.5, 0.5)]
 )
 def test_warm_up_counts_the_callers_first_pass(monkeypatch, clock, first_pass_s, warm_passes, warmup_s, estimate_s):
     passes, calibrated = [], []
@@ -134,14 +137,15 @@ def test_warm_up_counts_the_callers_first_pass(monkeypatch, clock, first_pass_s,
 
 def test_measure_stops_at_min_repeats_when_they_agree(monkeypatch, clock):
     speed = measure_repeats(monkeypatch, clock, itertools.repeat(0.25))
-    assert (speed.repeats, speed.samples_per_s, speed.rel_iqr, speed.noisy) == (3, 16.0, 0.0, False)
+    assert (speed.repeats, speed.samples_per_s, speed.rel_iqr, speed.noisy) == (5, 16.0, 0.0, False)
 
 
 def test_measure_repeats_while_they_disagree_and_stops_once_they_agree(monkeypatch, clock):
     durations = itertools.chain([0.125, 0.375], itertools.repeat(0.25))
     speed = measure_repeats(monkeypatch, clock, durations)
-    assert speed.repeats == 5, "the IQR of [1/0.375, 4, 4, 4, 8] is 0; of [1/0.375, 4, 4, 8] it is not"
+    assert speed.repeats == 8, "the 90% interval of 5..7 repeats is their whole range; of 8 it drops the extremes"
     assert speed.samples_per_s == 16.0 and not speed.noisy
+    assert (speed.samples_per_s_ci_low, speed.samples_per_s_ci_high) == (16.0, 16.0)
 
 
 def test_measure_honours_min_repeats(monkeypatch, clock):
@@ -152,6 +156,7 @@ def test_measure_stops_at_max_repeats(monkeypatch, clock):
     speed = measure_repeats(monkeypatch, clock, itertools.cycle([0.125, 0.375]), max_repeats=7)
     assert speed.repeats == 7
     assert speed.noisy and speed.rel_iqr > 0.05
+    assert speed.timing_note.startswith("samples/s median known to +-")
 
 
 def test_measure_stops_at_the_time_cap(monkeypatch, clock):
@@ -163,11 +168,54 @@ def test_measure_stops_at_the_time_cap(monkeypatch, clock):
 def test_measure_time_cap_overrides_min_repeats(monkeypatch, clock):
     speed = measure_repeats(monkeypatch, clock, itertools.repeat(2.0), min_repeats=5, max_time_s=3.0)
     assert speed.repeats == 2
-    assert speed.noisy and speed.rel_iqr == 0, "fewer than 3 repeats are noisy however well they agree"
+    assert speed.noisy and speed.rel_iqr == 0, "fewer than min_repeats are noisy however well they agree"
+    assert speed.timing_note == "only 2 repeat(s)"
 
 
 def test_measure_always_times_one_repeat(monkeypatch, clock):
     assert measure_repeats(monkeypatch, clock, itertools.repeat(2.0), max_time_s=0.0).repeats == 1
+
+
+def test_measure_alternates_which_region_goes_first(monkeypatch, clock):
+    """A machine slowing down within each repeat must not always favour the region that runs first."""
+    monkeypatch.setattr(timing, "calibrate", lambda *args: 1)
+    model = make_model(Ticking(clock))
+    order = []
+    bare_call = timing.BareForward.__call__
+    monkeypatch.setattr(timing.BareForward, "__call__", lambda self: (order.append("B"), bare_call(self)))
+    run_pass = fake_pass(model, clock, itertools.repeat(0.25))
+    measure(lambda: (order.append("E"), run_pass()), model, 4, torch.Generator(), first_pass_s=1.0, min_repeats=4)
+    # no warm-up pass (the caller's first pass of 1 s is warm-up enough) and calibrate is patched out
+    assert order == ["E", "B", "B"] + ["B", "E"] + ["E", "B"] + ["B", "E"], "the bare region warmed once, then ABBA"
+
+
+def test_efficiency_above_the_ceiling_keeps_timing_then_flags(monkeypatch, clock):
+    """A bare region slower than the same rows inside the estimator is an artefact: timed on to the cap, flagged."""
+    monkeypatch.setattr(timing, "calibrate", lambda *args: 1)
+    model = make_model(Ticking(clock, lambda rows: 1 / 64))
+    bare_call = timing.BareForward.__call__
+    monkeypatch.setattr(timing.BareForward, "__call__", lambda self: (clock.advance(1 / 16), bare_call(self)))
+    run_pass = fake_pass(model, clock, itertools.repeat(0.0))
+    speed = measure(run_pass, model, 4, torch.Generator(), first_pass_s=1.0, max_time_s=2.0)
+    assert speed.efficiency == pytest.approx(5.0), "the estimator's region: 1/64 s; the bare one: 1/64 + 1/16 s"
+    assert speed.noisy and "efficiency 5.000 above 1.02" in speed.timing_note
+    assert speed.repeats == 21, "repeats of 6/64 s (the first 11/64 s, warming the bare) pass the 2 s cap at the 21st"
+
+
+@pytest.mark.parametrize("n", range(1, 80))
+def test_median_interval_covers_with_the_confidence_and_is_the_narrowest_that_does(n):
+    def coverage(k):  # P(x_(k) <= median <= x_(n+1-k)) = 1 - 2 P(Binomial(n, 1/2) <= k - 1)
+        return 1 - 2 * sum(math.comb(n, j) for j in range(k)) / 2**n
+
+    k = _median_ranks(n, 0.9)
+    assert k == 1 or coverage(k) >= 0.9
+    assert k + 1 > (n + 1) // 2 or coverage(k + 1) < 0.9
+
+
+def test_median_ci_takes_order_statistics():
+    assert median_ci([5.0, 1.0, 4.0, 2.0, 3.0]) == (1.0, 5.0), "5 values: the 93.75% interval is the range"
+    assert median_ci([float(v) for v in range(10, 0, -1)]) == (2.0, 9.0), "10 values: ranks 2 and 9 (97.9%)"
+    assert median_ci([7.0]) == (7.0, 7.0)
 
 
 def test_timed_synchronizes_cuda_before_and_after(monkeypatch, clock):
@@ -211,8 +259,9 @@ def test_measure_latency_percentiles(clock):
     assert lat.latency_p90_ms == pytest.approx(10.1 * ms)
     assert lat.latency_iqr_ms == pytest.approx(4.5 * ms)
     assert lat.bare_latency_p50_ms == pytest.approx(ms)
-    assert lat.efficiency == pytest.approx(1 / 6.5)
-    assert lat.noisy, "an IQR of 0.7 x p50 is noisy"
+    assert lat.efficiency == pytest.approx((1 / 6 + 1 / 7) / 2), "the median of bare / call over calls 2/64..11/64"
+    assert (lat.latency_ci_low_ms, lat.latency_ci_high_ms) == pytest.approx((3 * ms, 10 * ms)), "ranks 2 and 9"
+    assert lat.noisy and lat.timing_note == "only 10 call(s)", "fewer than MIN_LATENCY_CALLS calls"
 
 
 def test_measure_latency_bare_forward_runs_the_rows_of_each_call(clock):
@@ -227,13 +276,15 @@ def test_measure_latency_bare_forward_runs_the_rows_of_each_call(clock):
 def test_measure_latency_is_steady_when_calls_agree(clock):
     model, _, run_one, _ = latency_model_and_call(clock, lambda i: 1 / 64)
     lat = measure_latency(run_one, model, torch.Generator(), max_time_s=1e9, min_count=10, max_count=12)
-    assert lat.repeats == 12 and not lat.noisy
+    assert lat.repeats == 10 and not lat.noisy and lat.timing_note == "", "settled once min_count calls agree"
     assert lat.efficiency == 0.5
 
 
 def test_measure_latency_stops_at_the_time_cap_after_min_count(clock):
-    model, _, run_one, _ = latency_model_and_call(clock, lambda i: 1 / 64)  # 3/64 s per call and its bare
-    assert measure_latency(run_one, model, torch.Generator(), max_time_s=0.1, min_count=2).repeats == 3
+    model, _, run_one, _ = latency_model_and_call(clock, lambda i: (1 + 2 * (i % 2)) / 64)  # never settles
+    lat = measure_latency(run_one, model, torch.Generator(), max_time_s=0.25, min_count=2)
+    assert lat.repeats == 4 and lat.noisy, "calls of 3/64 and 5/64 s, each and its bare, reach 0.25 s after 4"
+    assert lat.timing_note.startswith("latency median known to +-")
     assert measure_latency(run_one, model, torch.Generator(), max_time_s=0.0, min_count=4).repeats == 4
     assert measure_latency(run_one, model, torch.Generator(), max_time_s=0.0, min_count=0).repeats == 1
 
@@ -315,3 +366,21 @@ def test_parse_batch_size_accepts_positive_integers_and_auto(value, expected):
 def test_parse_batch_size_names_where_the_bad_value_came_from(value):
     with pytest.raises(ValueError, match=r"^--batch-size: the batch size must be an integer from 1 to"):
         parse_batch_size(value, "--batch-size")
+
+
+def test_timed_samples_keeps_the_whole_test_set_when_a_pass_fits_a_region():
+    assert timing.timed_samples(1000, MIN_REGION_S, 3, 1024) == 1000
+    assert timing.timed_samples(1, 10.0, 3, 1024) == 1
+
+
+def test_timed_samples_cuts_a_long_pass_to_about_one_region_but_keeps_two_full_chunks():
+    assert timing.timed_samples(1000, 0.2, 96, 1024) == 250, "a quarter of a 4-region pass (22 samples fill 2 chunks)"
+    assert timing.timed_samples(1000, 2.0, 3, 1024) == 683, "2 chunks of 1024 rows at 3 rows per sample"
+    assert timing.timed_samples(100, 10.0, 3, 1024) == 100, "never more than the test set"
+
+
+def test_evenly_spaced_spreads_a_subset_over_the_test_set():
+    assert timing.evenly_spaced(10, 3).tolist() == [0, 4, 9], "0, 4.5 (rounded half to even), 9"
+    assert timing.evenly_spaced(4, 9).tolist() == [0, 1, 2, 3]
+    picked = timing.evenly_spaced(1000, 250)
+    assert len(set(picked.tolist())) == 250 and picked[0] == 0 and picked[-1] == 999
