@@ -86,7 +86,7 @@ def test_measure_counts_evaluations_through_the_model():
         run_pass, model, 4, torch.Generator().manual_seed(0), first_pass_s=0.01, min_repeats=2, max_repeats=2
     )
     assert speed.repeats == 2
-    assert 1 <= speed.inner_passes <= 5, "passes of at least 0.01 s fill a 0.05 s region in at most 5"
+    assert 1 <= speed.inner_passes <= 6, "passes of at least 0.01 s fill a 0.05 s region in 5 (+20% when scaled up)"
     assert speed.evals_per_s == pytest.approx(3 * speed.samples_per_s), "12 rows for 4 samples"
     assert speed.samples_per_s < 4 / 0.01, "a pass takes at least its sleep"
     assert 0 < speed.efficiency < 1, "sleeping passes are slower than the bare forward"
