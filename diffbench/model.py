@@ -212,19 +212,30 @@ class ConditionalModel:
 
 
 @torch.inference_mode()
-def sample(model: ConditionalModel, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Draw one sample per label by DDPM ancestral sampling (sigma_t^2 = beta_t)."""
-    betas = model.betas.to(model.device)
-    abar = model.alphas_cumprod.double()
+def sample(
+    model: ConditionalModel, labels: torch.Tensor, generator: torch.Generator, steps: int | None = None
+) -> torch.Tensor:
+    """Draw one sample per label by DDPM ancestral sampling (sigma_t^2 = beta_t).
+
+    ``steps`` evenly spaced timesteps s_0 = 0 < ... < s_last = T - 1 of the model's T (all T by
+    default), respaced as in Nichol & Dhariwal (2021): the chain over them has
+    beta'_i = 1 - abar(s_i) / abar(s_(i-1)), so each step is exact for its own jump and 100 steps
+    draw nearly what 1000 do, at a tenth of the network calls.
+    """
+    T = model.num_timesteps
+    steps = T if steps is None else max(1, min(steps, T))
+    timesteps = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().unique()
+    abar = model.alphas_cumprod.double().cpu()[timesteps]
+    betas = 1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
     labels = labels.to(model.device)
     n = labels.shape[0]
     x = torch.randn(n, *model.data_shape, generator=generator, device=model.device, dtype=model.dtype)
-    for step in reversed(range(model.num_timesteps)):
-        t = torch.full((n,), step, device=model.device, dtype=torch.long)
+    for i in reversed(range(len(timesteps))):
+        t = torch.full((n,), int(timesteps[i]), device=model.device, dtype=torch.long)
         eps = model.eps(x, t, labels)
-        beta, a = betas[step].item(), abar[step].item()
+        beta, a = betas[i].item(), abar[i].item()
         mean = (x - beta / math.sqrt(1 - a) * eps) / math.sqrt(1 - beta)
-        if step > 0:
+        if i > 0:
             noise = torch.randn(x.shape, generator=generator, device=model.device, dtype=model.dtype)
             mean = mean + math.sqrt(beta) * noise
         x = mean

@@ -22,6 +22,7 @@ CONFIDENCE = 0.9  # of the distribution-free interval around each reported media
 SETTLED = 0.02  # timing stops once the interval's half-width is within this share of the median (efficiency: of 1)
 EFFICIENCY_CEILING = 1.02  # an estimator cannot outrun the network it calls: above this, keep timing, then flag
 MIN_LATENCY_CALLS = 20  # single-sample calls before the interval of their median is trusted
+MIN_SETTLED_REPEATS = math.ceil(math.log2(2 / (1 - CONFIDENCE)))  # the fewest whose range covers the median: 5
 
 clock: Callable[[], float] = time.perf_counter  # every timing reads this; tests swap in a fake clock
 
@@ -200,7 +201,7 @@ def evenly_spaced(n: int, m: int) -> torch.Tensor:
 
 def settling(rates: list[float], efficiencies: list[float], min_repeats: int) -> str:
     """Why the repeats so far have not settled yet ("" once they have)."""
-    if len(rates) < max(min_repeats, 1):
+    if len(rates) < max(min_repeats, MIN_SETTLED_REPEATS):
         return f"only {len(rates)} repeat(s)"
     spread = half_width(rates)
     if spread > SETTLED:
@@ -234,7 +235,8 @@ def measure(
     region repeats the pass enough times to last MIN_REGION_S. A repeat is an estimator region
     and a bare region on the same rows, side by side, in alternating order (so a machine that
     speeds up or slows down during a repeat favours neither). Repeats go on until, after at
-    least ``min_repeats``, the CONFIDENCE intervals of the median samples/s (relative) and of the
+    least ``min_repeats`` (and MIN_SETTLED_REPEATS, the fewest whose interval reaches
+    CONFIDENCE), the CONFIDENCE intervals of the median samples/s (relative) and of the
     median efficiency are within SETTLED and efficiency is not above EFFICIENCY_CEILING; or until
     ``max_time_s`` has been spent repeating (at least one repeat) or ``max_repeats``. A cell that
     stops unsettled is ``noisy``, with the reason in ``timing_note``. NFE is read from the

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from diffbench.model import sample
 from diffbench.montecarlo import pointwise_loss
 from diffbench.schedule import NoiseSchedule, q_sample
 from tests.helpers import Recorder, gen, make_model
@@ -99,3 +100,29 @@ def test_q_sample_tables_are_kept_and_follow_a_replaced_schedule():
     assert not torch.equal(model.sqrt_tables()[0], signal), "remade for the new schedule"
     x0, t, eps = torch.randn(5, 2, generator=gen()), torch.arange(0, 1000, 200), torch.randn(5, 2, generator=gen(1))
     assert torch.equal(model.q_sample(x0, t, eps), q_sample(model.alphas_cumprod, x0, t, eps))
+
+
+class GaussianScore(torch.nn.Module):
+    """The exact epsilon of data N(mu_c, sigma^2 I) per class c on a schedule's abar."""
+
+    def __init__(self, abar: torch.Tensor, mu: torch.Tensor, sigma: float) -> None:
+        super().__init__()
+        self.abar, self.mu, self.sigma = abar, mu, sigma
+
+    def forward(self, x_t, t, c):
+        a = self.abar[t].unsqueeze(1)
+        return (1 - a).sqrt() * (x_t - a.sqrt() * self.mu[c]) / (a * self.sigma**2 + 1 - a)
+
+
+@pytest.mark.parametrize("steps", [None, 100])
+def test_sample_draws_the_data_distribution_on_all_or_respaced_steps(steps):
+    mu, sigma = torch.tensor([[2.0, -1.0], [-3.0, 0.5]]), 0.5
+    abar = NoiseSchedule("linear", 1000).alphas_cumprod.float()
+    model = make_model(GaussianScore(abar, mu, sigma), num_classes=2)
+    labels = torch.arange(2).repeat_interleave(2000)
+    x = sample(model, labels, gen(), steps=steps)
+    assert model.reset_nfe() == 4000 * (steps or 1000), "one call per sample per step"
+    for c in range(2):
+        drawn = x[labels == c]
+        assert torch.allclose(drawn.mean(0), mu[c], atol=0.05)
+        assert torch.allclose(drawn.std(0), torch.full((2,), sigma), atol=0.05), "respacing keeps the variance"

@@ -150,6 +150,8 @@ def test_measure_repeats_while_they_disagree_and_stops_once_they_agree(monkeypat
 
 def test_measure_honours_min_repeats(monkeypatch, clock):
     assert measure_repeats(monkeypatch, clock, itertools.repeat(0.25), min_repeats=6).repeats == 6
+    speed = measure_repeats(monkeypatch, clock, itertools.repeat(0.25), min_repeats=2)
+    assert speed.repeats == 5 and not speed.noisy, "fewer than 5 repeats cannot give a 90% interval of the median"
 
 
 def test_measure_stops_at_max_repeats(monkeypatch, clock):
@@ -184,7 +186,7 @@ def test_measure_alternates_which_region_goes_first(monkeypatch, clock):
     bare_call = timing.BareForward.__call__
     monkeypatch.setattr(timing.BareForward, "__call__", lambda self: (order.append("B"), bare_call(self)))
     run_pass = fake_pass(model, clock, itertools.repeat(0.25))
-    measure(lambda: (order.append("E"), run_pass()), model, 4, torch.Generator(), first_pass_s=1.0, min_repeats=4)
+    measure(lambda: (order.append("E"), run_pass()), model, 4, torch.Generator(), first_pass_s=1.0, max_repeats=4)
     # no warm-up pass (the caller's first pass of 1 s is warm-up enough) and calibrate is patched out
     assert order == ["E", "B", "B"] + ["B", "E"] + ["E", "B"] + ["B", "E"], "the bare region warmed once, then ABBA"
 
