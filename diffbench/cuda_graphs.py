@@ -12,7 +12,8 @@ numbers from it and advances it, as an eager call would.
 A replay runs no Python, so the model's NFE counter would not move: the call's NFE is read from
 the counter during capture and added to it on every replay. Anything that cannot be captured
 falls back to the eager call, with the reason: a device other than CUDA, an estimator that
-synchronises (``.item()``, ``nonzero``, data-dependent shapes, work on CPU tensors), one that
+synchronises (``.item()``, ``nonzero``, data-dependent shapes, copies to or from CPU tensors: caught
+before capture by running one warm-up call in ``torch.cuda``'s sync debug mode ``"error"``), one that
 draws from a generator other than the cell's, or a captured call whose output or NFE differs from
 the eager one. ``DIFFBENCH_NO_CUDA_GRAPHS=1`` turns the capture off.
 
@@ -129,17 +130,37 @@ def captured(call: OneSample, x: torch.Tensor, model: ConditionalModel, generato
 
 
 def warm_up(call: OneSample, static_x: torch.Tensor, model: ConditionalModel) -> tuple[torch.Tensor, int]:
-    """``WARMUP_CALLS`` eager calls on a side stream, as capture requires: the last output and one call's NFE."""
+    """``WARMUP_CALLS`` eager calls on a side stream, as capture requires: the last output and one call's NFE.
+
+    The second call runs with ``torch.cuda.set_sync_debug_mode("error")``: a call that
+    synchronises (``.item()``, ``nonzero``, a copy to the host) cannot be captured, and is
+    refused here rather than by a failed capture (the first call may compile or fill caches,
+    which may synchronise harmlessly).
+    """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(WARMUP_CALLS):
+        for i in range(WARMUP_CALLS):
             model.nfe = 0
-            out = call(static_x)
+            out = synchronisation_checked(call, static_x) if i == 1 else call(static_x)
     torch.cuda.current_stream().wait_stream(side)
     if not isinstance(out, torch.Tensor):
         raise CaptureRefused(f"the eager call returns {type(out).__name__}, not a tensor")
     return out, model.nfe
+
+
+def synchronisation_checked(call: OneSample, static_x: torch.Tensor) -> torch.Tensor:
+    """``call(static_x)`` with synchronising CUDA operations made errors; CaptureRefused if it has one."""
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return call(static_x)
+    except RuntimeError as exc:
+        if "synchronizing CUDA operation" in str(exc):
+            raise CaptureRefused(f"the call synchronises the device ({one_line(exc)})") from None
+        raise
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
 
 
 def record(graph: torch.cuda.CUDAGraph, call: OneSample, static_x: torch.Tensor) -> torch.Tensor:
