@@ -1,5 +1,8 @@
 """The single-sample call in a CUDA graph: the fallbacks on CPU, the graphed call on CUDA (skipped without one)."""
 
+import contextlib
+import types
+
 import pytest
 import torch
 
@@ -92,6 +95,155 @@ def test_a_refused_capture_says_why(monkeypatch):
     monkeypatch.setattr(cuda_graphs, "captured", refused)
     mode = single_sample_runner(call_with(generator("cpu")), x, model, generator("cpu"))[1]
     assert mode == "eager: the captured call returns [2, 3], the eager call [1, 3]"
+
+
+# -- on any machine: the capture's logic, against a stand-in for torch.cuda's graphs -------------------------
+
+
+class FakeGraph:
+    """Stands in for ``torch.cuda.CUDAGraph``: a replay re-runs what the call registered while capturing.
+
+    Like a real graph's, a replay reads the same input tensor, writes the same output tensor and
+    draws from the registered generator, and runs no Python the model can count (NFE unchanged).
+    """
+
+    capturing = None  # the graph being captured, while its ``torch.cuda.graph`` context is open
+
+    def __init__(self):
+        self.generators, self.replays, self.was_reset = [], [], False
+
+    def register_generator_state(self, generator):
+        self.generators.append(generator)
+
+    def replay(self):
+        for again in self.replays:
+            again()
+
+    def reset(self):
+        self.was_reset = True
+
+
+class FakeCapture:
+    """Stands in for ``torch.cuda.graph(g)``; ``fail`` makes its exit raise as ``capture_end`` does."""
+
+    fail = False
+
+    def __init__(self, graph):
+        self.graph = graph
+
+    def __enter__(self):
+        FakeGraph.capturing = self.graph
+        torch.cuda.set_stream("capture stream")
+
+    def __exit__(self, *exc):
+        FakeGraph.capturing = None
+        if FakeCapture.fail:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch.cuda's graph API replaced by stand-ins that run on CPU; yields the streams made current, in order."""
+    streams = ["default stream"]
+    monkeypatch.setattr(cuda_graphs, "why_eager", lambda model, generator: "")
+    monkeypatch.setattr(FakeCapture, "fail", False)
+    fakes = {
+        "device": lambda device: contextlib.nullcontext(),
+        "Stream": lambda: types.SimpleNamespace(wait_stream=lambda other: None),
+        "stream": lambda stream: contextlib.nullcontext(),
+        "current_stream": lambda: types.SimpleNamespace(wait_stream=lambda other: None, name=streams[-1]),
+        "set_stream": lambda stream: streams.append(getattr(stream, "name", stream)),
+        "get_sync_debug_mode": lambda: 0,
+        "set_sync_debug_mode": lambda mode: None,
+        "CUDAGraph": FakeGraph,
+        "graph": FakeCapture,
+    }
+    for name, fake in fakes.items():
+        monkeypatch.setattr(torch.cuda, name, fake, raising=False)
+    yield streams
+
+
+def capturable(model, call):
+    """``call`` that, while a FakeGraph captures, registers its rerun (into the same output) as the replay."""
+
+    def run(one):
+        out = call(one)
+        graph = FakeGraph.capturing
+        if graph is not None:
+
+            def again():
+                nfe = model.nfe
+                out.copy_(call(one))
+                model.nfe = nfe  # a replay runs no Python: the counter does not move
+
+            graph.replays.append(again)
+        return out
+
+    return run
+
+
+def test_a_captured_call_replays_each_sample_with_fresh_draws_and_counts_its_nfe(fake_cuda):
+    model, x, call_with = setup()
+    gen = generator("cpu")
+    model.nfe = 7
+    run_one, mode = single_sample_runner(capturable(model, call_with(gen)), x, model, gen)
+    assert mode == GRAPHED
+    assert model.nfe == 7, "warm-up and capture leave the counter as it was"
+    assert model.check_values is False
+    reference_gen = generator("cpu")
+    reference = call_with(reference_gen)
+    for _ in range(cuda_graphs.WARMUP_CALLS + 1):  # warm-up and capture drew from the generator: so does the reference
+        reference(x[:1])
+    for i in (0, 3, 5, 1):
+        model.reset_nfe()
+        got = run_one(i).clone()
+        assert model.reset_nfe() == TRIALS * CLASSES, "the replay adds the captured call's NFE"
+        assert torch.equal(got, reference(x[i % 5 : i % 5 + 1])), "sample i copied into the static input"
+
+
+def test_a_capture_whose_nfe_differs_from_the_eager_call_is_refused(fake_cuda):
+    model, x, call_with = setup()
+    gen = generator("cpu")
+    plain = capturable(model, call_with(gen))
+
+    def data_dependent(one):
+        if FakeGraph.capturing is not None:
+            model.nfe += 1
+        return plain(one)
+
+    run_one, mode = single_sample_runner(data_dependent, x, model, gen)
+    nfe = TRIALS * CLASSES
+    assert mode == f"eager: the captured call costs {nfe + 1} NFE, the eager call {nfe} (data-dependent)"
+    model.reset_nfe()
+    run_one(0)
+    assert model.reset_nfe() == TRIALS * CLASSES, "the eager call runs, with its own count"
+
+
+def test_a_capture_whose_output_shape_differs_is_refused(fake_cuda):
+    model, x, call_with = setup()
+    plain = call_with(generator("cpu"))
+    mode = single_sample_runner(
+        lambda one: plain(one).expand(2, -1) if FakeGraph.capturing else plain(one), x, model, generator("cpu")
+    )[1]
+    assert mode == "eager: the captured call returns [2, 3], the eager call [1, 3]"
+
+
+def test_a_failed_capture_reports_the_calls_error_and_restores_the_stream(fake_cuda, monkeypatch):
+    model, x, call_with = setup()
+    plain = call_with(generator("cpu"))
+    monkeypatch.setattr(FakeCapture, "fail", True)
+
+    def host_read(one):
+        if FakeGraph.capturing is not None:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        return plain(one)
+
+    model.nfe = 3
+    run_one, mode = single_sample_runner(host_read, x, model, generator("cpu"))
+    assert mode == "eager: capture failed (RuntimeError: CUDA error: operation not permitted when stream is capturing)"
+    assert fake_cuda == ["default stream", "capture stream", "default stream"], "the caller's stream is current again"
+    assert model.nfe == 3 and model.check_values is False
+    assert run_one(1).shape == (1, CLASSES)
 
 
 # -- on CUDA: the graphed call ----------------------------------------------------------------------------------
