@@ -150,3 +150,32 @@ def test_the_table_of_a_tiny_cpu_run(tmp_path, cli):
         offline = table[(table["scenario"] == "offline") & (table["estimator_label"] == estimator)].iloc[0]
         assert f"| `{estimator}` | 1 | {offline['samples_per_s']:,.0f}/s ({offline['efficiency']:.2f}) |" in text
     assert text.count("| cpu float32 |") == 2 and ", graph)" not in text
+
+
+@pytest.mark.slow
+def test_the_reference_runs_in_one_process_and_the_cpu_run_reuses_the_trained_weights(tmp_path, monkeypatch):
+    """The reference's runs on CPU only (a tiny grid): two runs in one process, the second on --checkpoint."""
+    tiny = [
+        "-d",
+        "spirals[n_train=200,n_test=50]",
+        "-m",
+        "mlp[width=16,depth=1]",
+        "-e",
+        "shared-noise",
+        "--max-time",
+        "0.2",
+    ]
+    monkeypatch.setattr(gpu_reference, "GRIDS", {"tiny": ([*tiny, "--trials", "1"], ("mlp", "spirals"))})
+    monkeypatch.setattr(
+        gpu_reference,
+        "VARIANTS",
+        {"first": ["--device", "cpu", "--dtype", "float32"], "cpu": gpu_reference.VARIANTS["cpu"]},
+    )
+    folders = gpu_reference.run_reference(tmp_path / "ref")
+    assert folders == [tmp_path / "ref" / "tiny-first", tmp_path / "ref" / "tiny-cpu"]
+    assert not (tmp_path / "ref" / "cache").exists(), "the reference's own cache is removed"
+    first, second = (pd.read_parquet(folder / "results.parquet") for folder in folders)
+    assert (first["cache_hit"] == False).all() and (first["train_s"] > 0).all()  # noqa: E712
+    assert (second["train_s"] == 0).all(), "the CPU run loaded the weights the first run trained"
+    assert list(first["accuracy"]) == list(second["accuracy"]), "same weights, same seed, same device"
+    assert "| cpu float32 |" in table_from_folders(folders)
