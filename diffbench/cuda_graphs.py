@@ -108,7 +108,7 @@ def captured(call: OneSample, x: torch.Tensor, model: ConditionalModel, generato
             graph = torch.cuda.CUDAGraph()
             graph.register_generator_state(generator)
             model.nfe = 0
-            static_out = record(graph, call, static_x)
+            static_out = record(graph, lambda: call(static_x))
             graph_nfe = model.nfe
     finally:
         model.nfe, model.check_values = nfe_before, check_values
@@ -163,8 +163,8 @@ def synchronisation_checked(call: OneSample, static_x: torch.Tensor) -> torch.Te
         torch.cuda.set_sync_debug_mode(mode)
 
 
-def record(graph: torch.cuda.CUDAGraph, call: OneSample, static_x: torch.Tensor) -> torch.Tensor:
-    """``call(static_x)`` captured into ``graph``; on failure the call's own error (not capture_end's) is raised.
+def record(graph: torch.cuda.CUDAGraph, fn: Callable[[], object]) -> object:
+    """``fn()`` captured into ``graph``, and its output; on failure the call's own error (not capture_end's) is raised.
 
     A call that synchronises invalidates the capture; ``capture_end`` then raises its own,
     vaguer error, chained to the call's: the call's is the one worth reporting. ``torch.cuda.graph``
@@ -175,7 +175,7 @@ def record(graph: torch.cuda.CUDAGraph, call: OneSample, static_x: torch.Tensor)
     try:
         with torch.cuda.graph(graph):
             try:
-                out = call(static_x)
+                out = fn()
             except Exception as exc:
                 failure = exc
                 raise
@@ -185,3 +185,36 @@ def record(graph: torch.cuda.CUDAGraph, call: OneSample, static_x: torch.Tensor)
             graph.reset()  # drops the half-made graph and its claim on the generator
         raise (failure or exc) from None
     return out
+
+
+def bare_runner(mode: str, device: torch.device) -> Callable[[Callable[[], object]], Callable[[], object]]:
+    """How the bare network's reference for a single-sample call runs: the way the call ran.
+
+    A graphed call saves the kernel launches that an eager bare forward still pays, so against
+    an eager reference its efficiency would read above 1. When the call ran as a CUDA graph, the
+    bare forward (static rows, no randomness) is captured too, falling back to eager if it cannot be.
+    """
+    if mode != GRAPHED:
+        return lambda bare: bare
+
+    def graphed_or_eager(bare: Callable[[], object]) -> Callable[[], object]:
+        try:
+            return graphed_thunk(bare, device)
+        except Exception:  # noqa: BLE001 - the eager reference still measures
+            return bare
+
+    return graphed_or_eager
+
+
+def graphed_thunk(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
+    """``fn`` (no arguments, static shapes, no randomness) captured in a CUDA graph: its replay."""
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_CALLS):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        record(graph, fn)
+    return graph.replay

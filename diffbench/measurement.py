@@ -15,7 +15,7 @@ from diffbench.acceleration import accelerate, unsupported
 from diffbench.batch_size import cached_batch_size
 from diffbench.cell import Cell
 from diffbench.contract import DataError, Estimator, PluginOutputError, check_errors
-from diffbench.cuda_graphs import single_sample_runner
+from diffbench.cuda_graphs import bare_runner, single_sample_runner
 from diffbench.memory import peak_memory_mb, reset_peak_memory, tune_cpu_allocator
 from diffbench.model import ConditionalModel
 from diffbench.preparation import Prepared, model_of
@@ -172,7 +172,8 @@ def speed(
         run_one, single_mode = single_sample_runner(
             lambda one: estimator.errors(model, one, trials, generator), x, model, generator
         )  # a CUDA graph where the estimator allows it, else the eager call (the mode says which, and why)
-        latency = measure_latency(run_one, model, generator, max_time_s=suite.max_time_s)
+        bare_as = bare_runner(single_mode, device)  # the bare reference runs as the calls do
+        latency = measure_latency(run_one, model, generator, max_time_s=suite.max_time_s, bare_as=bare_as)
         single = {"scenario": "single", **common, **vars(latency), "single_mode": single_mode}
         rows.append({**single, "peak_memory_mb": peak_memory_mb(device)})
     return rows

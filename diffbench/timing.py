@@ -201,19 +201,23 @@ def measure_latency(
     max_time_s: float = 2.0,
     min_count: int = 10,
     max_count: int = 200,
+    bare_as: Callable[[BareForward], Callable[[], object]] | None = None,
 ) -> Latency:
     """Single-stream latency (MLPerf): ``run_one(i)`` classifies the i-th test sample alone.
 
     One untimed warm-up call, then timed calls i = 0, 1, ..., each followed by the bare
     module timed on that call's NFE rows. Stops after ``max_count`` calls, or once
     ``max_time_s`` has gone by and ``min_count`` calls are done (always at least one).
+    ``bare_as`` wraps each bare reference to run the way the calls run (a CUDA graph:
+    ``cuda_graphs.bare_runner``).
     """
     device = model.device
-    bares: dict[int, BareForward] = {}
+    bares: dict[int, Callable[[], object]] = {}
 
-    def bare_for(rows: int) -> BareForward:
+    def bare_for(rows: int) -> Callable[[], object]:
         if rows not in bares:
-            bares[rows] = BareForward(model, rows, generator)
+            bare = BareForward(model, rows, generator)
+            bares[rows] = bare if bare_as is None else bare_as(bare)
             bares[rows]()  # warm
         return bares[rows]
 

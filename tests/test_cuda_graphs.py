@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from diffbench import cuda_graphs
-from diffbench.cuda_graphs import DISABLE_ENV, GRAPHED, single_sample_runner
+from diffbench.cuda_graphs import DISABLE_ENV, GRAPHED, bare_runner, single_sample_runner
 from diffbench.montecarlo import class_errors, li_timesteps
+from diffbench.timing import BareForward, measure_latency
 from tests.helpers import estimator, make_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available())")
@@ -246,6 +247,33 @@ def test_a_failed_capture_reports_the_calls_error_and_restores_the_stream(fake_c
     assert run_one(1).shape == (1, CLASSES)
 
 
+def test_the_bare_reference_runs_as_the_calls_do(fake_cuda, monkeypatch):
+    """Eager calls: the bare forward as it is. Graphed calls: captured too, or eager if that fails."""
+    model, x, call_with = setup()
+    bare = BareForward(model, TRIALS * CLASSES, generator("cpu"))
+    assert bare_runner("eager: CUDA graphs need a CUDA device, not cpu", model.device)(bare) is bare
+    graphed = bare_runner(GRAPHED, model.device)(bare)
+    assert graphed is not bare and isinstance(graphed.__self__, FakeGraph), "a graph's replay"
+    monkeypatch.setattr(FakeCapture, "fail", True)
+    assert bare_runner(GRAPHED, model.device)(bare) is bare
+
+
+def test_measure_latency_times_the_wrapped_bare_reference():
+    model, x, call_with = setup()
+    call = call_with(generator("cpu"))
+    wrapped = []
+
+    def bare_as(bare):
+        wrapped.append(bare.rows)
+        return bare
+
+    latency = measure_latency(
+        lambda i: call(x[i : i + 1]), model, generator("cpu"), max_time_s=0, min_count=2, bare_as=bare_as
+    )
+    assert wrapped == [TRIALS * CLASSES], "one reference for the calls' rows, made through bare_as"
+    assert latency.repeats == 2 and latency.bare_latency_p50_ms > 0
+
+
 # -- on CUDA: the graphed call ----------------------------------------------------------------------------------
 
 
@@ -311,3 +339,15 @@ def test_an_estimator_that_synchronises_falls_back_and_still_runs(sync, monkeypa
     assert run_one(3).shape == (1, CLASSES)
     assert model.reset_nfe() == TRIALS * CLASSES
     assert not torch.cuda.is_current_stream_capturing()
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_a_graphed_bare_reference_reruns_its_kernels_on_replay():
+    source = torch.ones(4, device="cuda")
+    out = torch.zeros(4, device="cuda")
+    replay = bare_runner(GRAPHED, torch.device("cuda"))(lambda: out.copy_(source * 2))
+    source.fill_(3.0)
+    replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out.cpu(), torch.full((4,), 6.0))
