@@ -117,7 +117,7 @@ def test_each_planned_run_is_a_valid_diffbench_run(grid, cells, tmp_path):
     context = cli.run.make_context("run", args[1:])
     suite, devices, expanded = cli.build_grid(context.params)
     assert devices == ["cpu"] and len(expanded) == cells and {c.dtype for c in expanded} == {"float32"}
-    assert suite.max_time_s == 1.0 and suite.batch_size == 8192 and suite.scenarios == ["offline", "single"]
+    assert suite.max_time_s == 0.5 and suite.batch_size == 8192 and suite.scenarios == ["offline", "single"]
     cuda = gpu_reference.run_args(tmp_path, tmp_path / "cache", grid, "cuda-compiled")
     assert cli.run.make_context("run", cuda[1:]).params["compiled"] is True and "--checkpoint" not in cuda
 
