@@ -58,7 +58,8 @@ def single_sample_runner(
     ``generator``). Capture costs ``WARMUP_CALLS + 1`` calls, whose NFE are not left on the
     model's counter; the generator advances by those calls' draws. A graphed ``run_one`` adds
     the call's NFE to ``model.nfe`` on every replay and returns the graph's output tensor,
-    overwritten by the next call (clone it to keep it).
+    overwritten by the next call (clone it to keep it); its replays do not feed the model's
+    ``check_values`` flag (the timed scenarios run with it off).
     """
     n = x.shape[0]
 
