@@ -169,7 +169,7 @@ def grid_options(command):
             "--suite",
             "suite_name",
             metavar="NAME|FILE.toml",
-            help="A built-in suite (quick, full) or a suite file; default quick.",
+            help="A built-in suite (quick, full, gpu-reference) or a suite file; default quick.",
         ),
         click.option(
             "--cache",

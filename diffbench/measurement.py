@@ -15,6 +15,7 @@ from diffbench.acceleration import accelerate, unsupported
 from diffbench.batch_size import cached_batch_size
 from diffbench.cell import Cell
 from diffbench.contract import DataError, Estimator, PluginOutputError, check_errors
+from diffbench.cuda_graphs import bare_runner, single_sample_runner
 from diffbench.memory import peak_memory_mb, reset_peak_memory, tune_cpu_allocator
 from diffbench.model import ConditionalModel
 from diffbench.preparation import Prepared, model_of
@@ -172,13 +173,13 @@ def speed(
             timings = {**vars(throughput), "timed_samples": m}
             rows.append({"scenario": "offline", **common, **timings, "peak_memory_mb": peak_memory_mb(device)})
         if "single" in suite.scenarios:
-            latency = measure_latency(
-                lambda i: estimator.errors(model, x[i % n : i % n + 1], trials, generator),
-                model,
-                generator,
-                max_time_s=suite.max_time_s,
-            )
-            rows.append({"scenario": "single", **common, **vars(latency), "peak_memory_mb": peak_memory_mb(device)})
+            run_one, single_mode = single_sample_runner(
+                lambda one: estimator.errors(model, one, trials, generator), x, model, generator
+            )  # a CUDA graph where the estimator allows it, else the eager call (the mode says which, and why)
+            bare_as = bare_runner(single_mode, device)  # the bare reference runs as the calls do
+            latency = measure_latency(run_one, model, generator, max_time_s=suite.max_time_s, bare_as=bare_as)
+            single = {"scenario": "single", **common, **vars(latency), "single_mode": single_mode}
+            rows.append({**single, "peak_memory_mb": peak_memory_mb(device)})
     return rows
 
 

@@ -308,6 +308,7 @@ def measure_latency(
     max_time_s: float = 2.0,
     min_count: int = MIN_LATENCY_CALLS,
     max_count: int = 200,
+    bare_as: Callable[[BareForward], Callable[[], object]] | None = None,
 ) -> Latency:
     """Single-stream latency (MLPerf): ``run_one(i)`` classifies the i-th test sample alone.
 
@@ -315,14 +316,16 @@ def measure_latency(
     module timed on that call's NFE rows. Stops once ``min_count`` calls are done and the
     CONFIDENCE intervals of the median latency (relative) and of the median per-call efficiency
     are within SETTLED; or after ``max_count`` calls, or once ``max_time_s`` has gone by and
-    ``min_count`` calls are done (always at least one). Unsettled is ``noisy``.
+    ``min_count`` calls are done (always at least one). Unsettled is ``noisy``. ``bare_as``
+    wraps each bare reference to run the way the calls run (a CUDA graph: ``cuda_graphs.bare_runner``).
     """
     device = model.device
-    bares: dict[int, BareForward] = {}
+    bares: dict[int, Callable[[], object]] = {}
 
-    def bare_for(rows: int) -> BareForward:
+    def bare_for(rows: int) -> Callable[[], object]:
         if rows not in bares:
-            bares[rows] = BareForward(model, rows, generator)
+            bare = BareForward(model, rows, generator)
+            bares[rows] = bare if bare_as is None else bare_as(bare)
             bares[rows]()  # warm
         return bares[rows]
 

@@ -39,6 +39,8 @@ def test_tiny_run_on_cuda(tmp_path):
     assert (table["device_name"] == torch.cuda.get_device_name()).all()
     assert (table["nfe_per_sample"] == table["trials"] * 2).all()
     assert (table["peak_memory_mb"] > 0).all()
+    single = table[table["scenario"] == "single"]
+    assert (single["single_mode"] == "cuda-graph").all(), "the built-in estimators capture: nothing synchronises"
     assert list((tmp_path / "cache").glob("*.pt")), "trained on cuda and cached"
 
 
