@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +17,7 @@ from diffbench import pretrained
 from diffbench.model import ConditionalModel
 from diffbench.parameterisation import ToEpsilon
 from diffbench.schedule import NoiseSchedule
+from tests.helpers import error_lines
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -41,6 +44,8 @@ RUN = [
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty hub cache: nothing is found, or fetched
     diffusers.utils.logging.set_verbosity_error()
 
@@ -281,6 +286,9 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[str, str]]:
     odd = save_class_unet(tmp_path / "odd")
     edit_json(odd / "scheduler" / "scheduler_config.json", _class_name="MadeUpScheduler")
     text_less = save_text_unet(tmp_path / "text-less", with_text=False)
+    weightless = save_class_unet(tmp_path / "weightless")
+    for weights in (weightless / "unet").glob("*.safetensors"):
+        weights.unlink()
     return {
         "no model": (f"diffusers[path={tmp_path / 'empty'}]", "holds no model"),
         "no folder": (f"diffusers[path={tmp_path / 'nowhere'}]", "no such folder"),
@@ -290,7 +298,8 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "not ddpm": (f"diffusers[path={odd}]", "not of the DDPM family"),
         "no text encoder": (f"diffusers[path={text_less}]", "without text_encoder/"),
         "no path": ("diffusers", "needs path=FOLDER"),
-        "hub id offline": ("diffusers[path=nobody/no-such-model]", "HF_HUB_OFFLINE is set"),
+        "hub id offline": ("diffusers[path=nobody/no-such-model]", "hub model 'nobody/no-such-model' is not in"),
+        "no weights": (f"diffusers[path={weightless}]", "holds no weights (*.safetensors or *.bin) in unet/"),
     }
 
 
@@ -312,6 +321,103 @@ def test_missing_diffusers_names_the_extra(tmp_path, cli, monkeypatch):
     result = cli(*run_args(tmp_path, f"diffusers[path={folder}]"))
     assert result.exit_code == 2
     assert "pip install 'diffbench[diffusers]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# --- hub ids: read from the local Hugging Face cache when offline ----------------------------------------
+
+
+def cache_hub_model(cache: Path, hub_id: str, folder: Path) -> str:
+    """Lay ``folder`` out as huggingface_hub caches a download: blobs, a snapshot of links to them, refs/main.
+
+    Returns the snapshot's commit hash.
+    """
+    repo = cache / f"models--{hub_id.replace('/', '--')}"
+    commit = hashlib.sha1(hub_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    for file in sorted(f for f in folder.rglob("*") if f.is_file()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return commit
+
+
+def test_the_hub_cache_is_read_from_the_environment_as_set_now(monkeypatch, tmp_path):
+    from diffbench_plugins import diffusers_models
+
+    assert diffusers_models.hub_cache() == str(tmp_path / "hf-home" / "hub")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    assert diffusers_models.hub_cache() == str(tmp_path / "elsewhere")  # HF_HUB_CACHE before HF_HOME
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert not diffusers_models.offline_mode()
+
+
+def test_a_cached_hub_id_loads_offline_with_its_snapshot_as_revision(tmp_path):
+    commit = cache_hub_model(tmp_path / "hf-home" / "hub", "tiny-org/digits-unet", save_class_unet(tmp_path / "m"))
+    made = load("tiny-org/digits-unet")
+    assert made.source == "tiny-org/digits-unet" and made.revision == commit
+    assert made.prediction_type == "v_prediction" and made.schedule == "squaredcos_cap_v2"
+    assert made.module.unet.config.num_class_embeds == 10
+    assert load("tiny-org/digits-unet", revision=commit).revision == commit  # a revision given as a commit
+
+
+@pytest.mark.slow
+def test_a_cached_hub_id_runs_end_to_end_offline(tmp_path, cli, monkeypatch):
+    folder = save_class_unet(tmp_path / "m")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    commit = cache_hub_model(tmp_path / "hub-cache", "tiny-org/digits-unet", folder)
+    result = cli(*run_args(tmp_path, "diffusers[path=tiny-org/digits-unet]"), "--no-plots")
+    assert result.exit_code == 0, result.output
+    row = offline_rows(tmp_path / "run").iloc[0]
+    assert row["status"] == "ok" and row["model_source"] == "tiny-org/digits-unet" and row["model_revision"] == commit
+    assert row["train_s"] == 0 and row["prediction_type"] == "v_prediction"
+    assert "pretrained model from tiny-org/digits-unet, nothing trained" in result.stderr
+
+
+def test_a_hub_id_not_cached_while_offline_says_how_to_mend_it(tmp_path, cli):
+    result = cli(*run_args(tmp_path, "diffusers[path=tiny-org/not-downloaded]"))
+    assert result.exit_code == 2
+    (line,) = error_lines(result)
+    assert line.startswith("diffbench: error: hub model 'tiny-org/not-downloaded' is not in the local Hugging Face ")
+    assert str(tmp_path / "hf-home" / "hub") in line and "HF_HUB_OFFLINE is set" in line
+    assert line.endswith(
+        "download it first (huggingface-cli download tiny-org/not-downloaded), unset HF_HUB_OFFLINE, "
+        "or give a local folder as path="
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cached_hub_snapshot_without_weights_is_one_line_while_offline(tmp_path, cli):
+    folder = save_class_unet(tmp_path / "m")
+    for weights in (folder / "unet").glob("*.safetensors"):
+        weights.unlink()  # a download of the configs alone
+    cache_hub_model(tmp_path / "hf-home" / "hub", "tiny-org/half", folder)
+    result = cli(*run_args(tmp_path, "diffusers[path=tiny-org/half]"))
+    assert result.exit_code == 2
+    (line,) = error_lines(result)
+    assert "the cached snapshot of hub model 'tiny-org/half'" in line and "holds no weights in unet/" in line
+    assert "download it first" in line
+
+
+# --- --checkpoint: for models diffbench builds, not for ones that arrive trained ------------------------
+
+
+def test_a_checkpoint_with_a_pretrained_model_is_refused_before_anything_runs(tmp_path, cli):
+    folder = save_class_unet(tmp_path / "m")
+    torch.save(Diffusers(path=str(folder)).pretrained((1, 8, 8), 10, list("0123456789")).module.state_dict(),
+               tmp_path / "w.pt")  # fmt: skip
+    result = cli(*run_args(tmp_path, f"diffusers[path={folder}]"), "--checkpoint", tmp_path / "w.pt")
+    assert result.exit_code == 2
+    assert error_lines(result) == [
+        f"diffbench: error: --checkpoint loads weights into a model diffbench builds, but diffusers[path={folder}] "
+        "arrives trained with its own weights: drop --checkpoint (or select a denoiser diffbench builds)"
+    ]
+    assert not (tmp_path / "run").exists()
 
 
 # --- end to end ---------------------------------------------------------------------------------------
