@@ -494,3 +494,24 @@ def test_diffusers_unet_builds_a_class_conditional_unet2dmodel():
         a = module(x, torch.tensor([5, 5]), torch.tensor([0, 0]))
         b = module(x, torch.tensor([5, 5]), torch.tensor([1, 1]))
     assert a.shape == x.shape and not torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_the_dask_executor_gives_the_local_table_for_a_pretrained_model(tmp_path, cli):
+    """The loaded model travels from the worker that loaded it to the cells' workers (pickled) and classifies alike."""
+    pytest.importorskip("distributed")
+    folder = save_class_unet(tmp_path / "m")
+    args = ["run", *RUN[:4], *RUN[6:], "--trials", "1,2", "-m", f"diffusers[path={folder}]", "--no-plots"]
+    local = cli(*args, "--out", tmp_path / "local", "--cache", tmp_path / "c")
+    assert local.exit_code == 0, local.output
+    dask = cli(*args, "--out", tmp_path / "dask", "--cache", tmp_path / "c", "--executor", "dask", "--workers", "2")
+    assert dask.exit_code == 0, dask.output
+    assert "dask: 2 workers" in dask.stderr
+    a, b = (pd.read_parquet(tmp_path / run / "results.parquet") for run in ("local", "dask"))
+    assert len(a) == 2 and (b["status"] == "ok").all() and (b["model_source"] == str(folder)).all()
+    columns = ["cell_id", "trials", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "nfe_per_sample"]
+    columns += ["model_revision", "model_check", "prediction_type", "schedule"]
+    pd.testing.assert_frame_equal(a[columns], b[columns])
+    predictions = [pd.read_parquet(tmp_path / run / "predictions.parquet") for run in ("local", "dask")]
+    assert set(predictions[0]["cell_id"]) == set(a["cell_id"])
+    pd.testing.assert_frame_equal(*predictions)
