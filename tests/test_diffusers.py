@@ -429,22 +429,25 @@ def offline_rows(run: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_a_class_unet_runs_end_to_end_trains_nothing_and_repeats(tmp_path, cli):
+def test_a_class_unet_runs_end_to_end_trains_nothing_and_gives_the_same_table_twice(tmp_path, cli):
     folder = save_class_unet(tmp_path / "m", "v_prediction")
-    tables = []
+    tables, predictions = [], []
     for out in ("a", "b"):
         args = ["run", *RUN, "-m", f"diffusers[path={folder}]", "--out", tmp_path / out, "--cache", tmp_path / "c"]
         result = cli(*args, "--no-plots")
         assert result.exit_code == 0, result.output
         tables.append(offline_rows(tmp_path / out))
+        predictions.append(pd.read_parquet(tmp_path / out / "predictions.parquet"))
     row = tables[0].iloc[0]
     assert row["status"] == "ok" and row["schedule"] == "squaredcos_cap_v2" and row["num_timesteps"] == T
     assert row["prediction_type"] == "v_prediction" and row["model_source"] == str(folder)
     assert len(row["model_revision"]) == 16 and row["model_check"] != "" and row["train_s"] == 0
     assert row["nfe_per_sample"] == 10 and not row["latent"]
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.pt"))  # nothing trained or cached
-    columns = ["accuracy", "accuracy_ci_low", "accuracy_ci_high", "nfe_per_sample"]
+    columns = ["cell_id", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "nfe_per_sample", "model_check"]
     pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns])
+    assert len(predictions[0]) == row["n_test"] > 0 and set(predictions[0].columns) >= {"sample", "label", "pred"}
+    pd.testing.assert_frame_equal(predictions[0], predictions[1])  # sample by sample, not just the accuracy
 
 
 @pytest.mark.slow
