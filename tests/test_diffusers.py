@@ -265,6 +265,56 @@ def test_model_check_flags_a_unet_whose_labels_do_not_reach_it(tmp_path):
                            made.module(x, torch.tensor([5, 5]), torch.tensor([3, 3])))  # fmt: skip
 
 
+def train_class_unet(folder: Path, steps: int = 80) -> Path:
+    """The tiny v-prediction UNet trained for a few steps on digits the diffusers way (add_noise, get_velocity).
+
+    A random model fits no prediction type (model_check rightly says so); a few dozen steps are enough
+    for v to fit clearly better than epsilon or x0 at mid-range t.
+    """
+    from diffbench_plugins.digits import Digits
+
+    splits, sched, unet = Digits().load(0), scheduler("v_prediction"), tiny_unet(10)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, splits.train_x.shape[0], (64,), generator=generator)
+        x0, noise = splits.train_x[idx], torch.randn(64, 1, 8, 8, generator=generator)
+        t = torch.randint(0, T, (64,), generator=generator)
+        out = unet(sched.add_noise(x0, noise, t), t, class_labels=splits.train_y[idx]).sample
+        loss = torch.nn.functional.mse_loss(out, sched.get_velocity(x0, noise, t))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    diffusers.DDPMPipeline(unet=unet.eval(), scheduler=sched).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_model_check_flags_a_trained_v_model_whose_folder_says_epsilon(tmp_path, cli):
+    """The issue's check: the folder with prediction_type edited to epsilon is flagged; the run goes on."""
+    from diffbench_plugins.digits import Digits
+
+    digits = Digits().load(0)
+    held_x, held_y = digits.train_x[-32:], digits.train_y[-32:]
+
+    def check(made: diffbench.Pretrained, declared: str) -> str:
+        schedule = NoiseSchedule.from_alphas_cumprod(made.alphas_cumprod)
+        return pretrained.model_check(made.module, schedule, declared, False, held_x, held_y, 10)
+
+    random = load(save_class_unet(tmp_path / "random"))
+    assert check(random, "v_prediction").startswith("prediction_type 'v_prediction' does not fit")
+    folder = train_class_unet(tmp_path / "trained")
+    assert check(load(folder), "v_prediction") == "ok"
+    edit_json(folder / "scheduler" / "scheduler_config.json", prediction_type="epsilon")
+    result = cli(*run_args(tmp_path, f"diffusers[path={folder}]"), "--no-plots")
+    assert result.exit_code == 0, result.output
+    row = offline_rows(tmp_path / "run").iloc[0]
+    assert row["status"] == "ok" and row["prediction_type"] == "epsilon"
+    flagged = row["model_check"]
+    assert flagged.startswith("prediction_type 'epsilon' does not fit") and "under 'v_prediction'" in flagged
+    assert result.stderr.count(f"model_check: {flagged}") == 1
+
+
 # --- bad input: one line, exit 2, before anything runs ------------------------------------------------
 
 
