@@ -414,6 +414,9 @@ def test_a_cached_hub_id_loads_offline_with_its_snapshot_as_revision(tmp_path):
     assert made.prediction_type == "v_prediction" and made.schedule == "squaredcos_cap_v2"
     assert made.module.unet.config.num_class_embeds == 10
     assert load("tiny-org/digits-unet", revision=commit).revision == commit  # a revision given as a commit
+    other = "0" * 40
+    with pytest.raises(diffbench.ParamError, match=f"hub model 'tiny-org/digits-unet' at revision '{other}' is not in"):
+        Diffusers(path="tiny-org/digits-unet", revision=other)  # that commit is not cached
 
 
 @pytest.mark.slow
