@@ -141,7 +141,7 @@ def not_found(hub_id: str, revision: str, exc: Exception) -> str:
     """One line: which hub model could not be had, where diffbench looked, and the three ways to mend it."""
     at = f" at revision '{revision}'" if revision else ""
     fixes = (
-        f"download it first (huggingface-cli download {hub_id}{' --revision ' + revision if revision else ''}), "
+        f"download it first (hf download {hub_id}{' --revision ' + revision if revision else ''}), "
         "unset HF_HUB_OFFLINE, or give a local folder as path="
     )
     if offline_mode():
@@ -251,7 +251,7 @@ def read_layout(path: str, revision: str = "") -> Layout:
         if from_hub(layout):
             raise diffbench.ParamError(
                 f"the cached snapshot of hub model '{path}' ({layout.root}) holds no weights in {where} and "
-                f"HF_HUB_OFFLINE is set: download it first (huggingface-cli download {path}), unset HF_HUB_OFFLINE, "
+                f"HF_HUB_OFFLINE is set: download it first (hf download {path}), unset HF_HUB_OFFLINE, "
                 "or give a local folder as path="
             )
         raise diffbench.ParamError(
