@@ -296,6 +296,11 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
     if checkpoint is not None:
         if len({repr(c.denoiser) for c in cells}) != 1:
             raise InputError("--checkpoint holds one model: select exactly one denoiser (-m NAME[params])")
+        if pretrained.arrives_trained(cells[0].denoiser):
+            raise InputError(
+                f"--checkpoint loads weights into a model diffbench builds, but {cells[0].denoiser!r} arrives trained "
+                "with its own weights: drop --checkpoint (or select a denoiser diffbench builds)"
+            )
         try:  # missing or unreadable: one line before anything runs (whether it fits is checked once built)
             broken = non_finite_weights(read_state_dict(checkpoint), set())  # NaN anywhere; inf once built
         except CheckpointError as exc:

@@ -210,6 +210,11 @@ def add_end_to_end(rows: list[dict[str, Any]], columns: dict[str, Any]) -> None:
             row["end_to_end_samples_per_s"] = 1.0 / (1.0 / rate + extra)
 
 
+def arrives_trained(denoiser: Denoiser) -> bool:
+    """Whether the denoiser's plugin defines ``pretrained()``: it brings its own weights, so ``--checkpoint`` cannot."""
+    return type(denoiser).pretrained is not Denoiser.pretrained
+
+
 def overrides_check(denoiser: Denoiser) -> bool:
     return type(denoiser).check_dataset is not Denoiser.check_dataset
 

@@ -126,20 +126,54 @@ def resolve(path: str, revision: str) -> Path:
 
     try:
         folder = snapshot_download(
-            path, revision=revision or None, allow_patterns=["*.json", "*.txt"], local_files_only=offline_mode()
+            path,
+            revision=revision or None,
+            allow_patterns=["*.json", "*.txt"],
+            cache_dir=hub_cache(),
+            local_files_only=offline_mode(),
         )
     except Exception as exc:
-        offline = (
-            " (HF_HUB_OFFLINE is set: only the local cache is looked at)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        )
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise diffbench.ParamError(f"path '{path}' is no folder and no reachable hub model{offline}: {first}") from None
+        raise diffbench.ParamError(not_found(path, revision, exc)) from None
     return Path(folder)
 
 
+def not_found(hub_id: str, revision: str, exc: Exception) -> str:
+    """One line: which hub model could not be had, where diffbench looked, and the three ways to mend it."""
+    at = f" at revision '{revision}'" if revision else ""
+    fixes = (
+        f"download it first (hf download {hub_id}{' --revision ' + revision if revision else ''}), "
+        "unset HF_HUB_OFFLINE, or give a local folder as path="
+    )
+    if offline_mode():
+        return (
+            f"hub model '{hub_id}'{at} is not in the local Hugging Face cache {hub_cache()} and HF_HUB_OFFLINE is set, "
+            f"so nothing is downloaded (nor is there a folder '{hub_id}'): {fixes}"
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"hub model '{hub_id}'{at} is neither a folder, nor in the local Hugging Face cache {hub_cache()}, "
+        f"nor reachable on the hub ({first}): check the id and the network, or give a local folder as path="
+    )
+
+
 def offline_mode() -> bool:
-    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as set now (huggingface_hub reads it once, at import)."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_cache() -> str:
+    """The hub cache folder as the environment says now: HF_HUB_CACHE, else HF_HOME/hub, else huggingface_hub's default.
+
+    huggingface_hub reads these once, at import; diffbench reads them when a model is looked up, like HF_HUB_OFFLINE.
+    """
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return os.path.expandvars(os.path.expanduser(os.environ[name]))
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expandvars(os.path.expanduser(os.environ["HF_HOME"])), "hub")
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "huggingface", "hub")
 
 
 def read_layout(path: str, revision: str = "") -> Layout:
@@ -211,6 +245,19 @@ def read_layout(path: str, revision: str = "") -> Layout:
             f"path '{path}': a UNet2DModel with class_embed_type '{layout.model_config['class_embed_type']}' "
             "takes no class labels"
         )
+    missing = without_weights(layout) if not from_hub(layout) or offline_mode() else []  # online: fetched later
+    if missing:
+        where = ", ".join(f"{f}/" for f in missing)
+        if from_hub(layout):
+            raise diffbench.ParamError(
+                f"the cached snapshot of hub model '{path}' ({layout.root}) holds no weights in {where} and "
+                f"HF_HUB_OFFLINE is set: download it first (hf download {path}), unset HF_HUB_OFFLINE, "
+                "or give a local folder as path="
+            )
+        raise diffbench.ParamError(
+            f"path '{path}' holds no weights (*.safetensors or *.bin) in {where}: "
+            "give the folder a diffusers pipeline's save_pretrained wrote, weights included"
+        )
     return layout
 
 
@@ -259,18 +306,41 @@ def by_name(layout: Layout, name: str) -> int:
     return found
 
 
-def fetch_weights(layout: Layout, revision: str) -> None:
-    """A hub model's weights for the folders diffbench loads (safetensors where there are any); no-op for a folder."""
-    if Path(layout.source).expanduser().is_dir():
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+
+
+def weight_folders(layout: Layout) -> list[str]:
+    """The folders whose weights diffbench loads: the model's, and the VAE's and text encoder's where present."""
+    return [layout.model_folder or "."] + ["vae"] * layout.vae + ["text_encoder"] * layout.text
+
+
+def without_weights(layout: Layout) -> list[str]:
+    """The folders of ``weight_folders`` that hold no ``*.safetensors`` or ``*.bin`` file."""
+    return [f for f in weight_folders(layout) if not any(any((layout.root / f).glob(p)) for p in WEIGHT_PATTERNS)]
+
+
+def from_hub(layout: Layout) -> bool:
+    return not Path(layout.source).expanduser().is_dir()
+
+
+def fetch_weights(layout: Layout) -> None:
+    """A hub model's weights for the folders diffbench loads (safetensors where there are any); no-op for a folder.
+
+    They come from the snapshot the configs were read from (its commit), so config and weights always match.
+    """
+    if not from_hub(layout):
         return
     from huggingface_hub import snapshot_download
 
-    folders = [layout.model_folder or "."] + ["vae"] * layout.vae + ["text_encoder"] * layout.text
-    for folder in folders:
-        for pattern in ("*.safetensors", "*.bin"):
+    for folder in weight_folders(layout):
+        for pattern in WEIGHT_PATTERNS:
             where = f"{folder}/{pattern}" if folder != "." else pattern
             snapshot_download(
-                layout.source, revision=revision or None, allow_patterns=[where], local_files_only=offline_mode()
+                layout.source,
+                revision=layout.root.name,
+                allow_patterns=[where],
+                cache_dir=hub_cache(),
+                local_files_only=offline_mode(),
             )
             if any((layout.root / folder).glob(pattern)):
                 break
@@ -408,7 +478,7 @@ class Diffusers(diffbench.Denoiser):
         quiet_diffusers()
         self.check_dataset(data_shape, class_names)
         layout = self.layout
-        fetch_weights(layout, self.params["revision"])
+        fetch_weights(layout)
         load = {"subfolder": layout.model_folder} if layout.model_folder else {}
         if layout.kind == CLASS_UNET:
             module: nn.Module = ClassUNet(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +17,7 @@ from diffbench import pretrained
 from diffbench.model import ConditionalModel
 from diffbench.parameterisation import ToEpsilon
 from diffbench.schedule import NoiseSchedule
+from tests.helpers import error_lines
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -41,6 +44,8 @@ RUN = [
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty hub cache: nothing is found, or fetched
     diffusers.utils.logging.set_verbosity_error()
 
@@ -260,6 +265,56 @@ def test_model_check_flags_a_unet_whose_labels_do_not_reach_it(tmp_path):
                            made.module(x, torch.tensor([5, 5]), torch.tensor([3, 3])))  # fmt: skip
 
 
+def train_class_unet(folder: Path, steps: int = 80) -> Path:
+    """The tiny v-prediction UNet trained for a few steps on digits the diffusers way (add_noise, get_velocity).
+
+    A random model fits no prediction type (model_check rightly says so); a few dozen steps are enough
+    for v to fit clearly better than epsilon or x0 at mid-range t.
+    """
+    from diffbench_plugins.digits import Digits
+
+    splits, sched, unet = Digits().load(0), scheduler("v_prediction"), tiny_unet(10)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, splits.train_x.shape[0], (64,), generator=generator)
+        x0, noise = splits.train_x[idx], torch.randn(64, 1, 8, 8, generator=generator)
+        t = torch.randint(0, T, (64,), generator=generator)
+        out = unet(sched.add_noise(x0, noise, t), t, class_labels=splits.train_y[idx]).sample
+        loss = torch.nn.functional.mse_loss(out, sched.get_velocity(x0, noise, t))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    diffusers.DDPMPipeline(unet=unet.eval(), scheduler=sched).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_model_check_flags_a_trained_v_model_whose_folder_says_epsilon(tmp_path, cli):
+    """The issue's check: the folder with prediction_type edited to epsilon is flagged; the run goes on."""
+    from diffbench_plugins.digits import Digits
+
+    digits = Digits().load(0)
+    held_x, held_y = digits.train_x[-32:], digits.train_y[-32:]
+
+    def check(made: diffbench.Pretrained, declared: str) -> str:
+        schedule = NoiseSchedule.from_alphas_cumprod(made.alphas_cumprod)
+        return pretrained.model_check(made.module, schedule, declared, False, held_x, held_y, 10)
+
+    random = load(save_class_unet(tmp_path / "random"))
+    assert check(random, "v_prediction").startswith("prediction_type 'v_prediction' does not fit")
+    folder = train_class_unet(tmp_path / "trained")
+    assert check(load(folder), "v_prediction") == "ok"
+    edit_json(folder / "scheduler" / "scheduler_config.json", prediction_type="epsilon")
+    result = cli(*run_args(tmp_path, f"diffusers[path={folder}]"), "--no-plots")
+    assert result.exit_code == 0, result.output
+    row = offline_rows(tmp_path / "run").iloc[0]
+    assert row["status"] == "ok" and row["prediction_type"] == "epsilon"
+    flagged = row["model_check"]
+    assert flagged.startswith("prediction_type 'epsilon' does not fit") and "under 'v_prediction'" in flagged
+    assert result.stderr.count(f"model_check: {flagged}") == 1
+
+
 # --- bad input: one line, exit 2, before anything runs ------------------------------------------------
 
 
@@ -281,6 +336,9 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[str, str]]:
     odd = save_class_unet(tmp_path / "odd")
     edit_json(odd / "scheduler" / "scheduler_config.json", _class_name="MadeUpScheduler")
     text_less = save_text_unet(tmp_path / "text-less", with_text=False)
+    weightless = save_class_unet(tmp_path / "weightless")
+    for weights in (weightless / "unet").glob("*.safetensors"):
+        weights.unlink()
     return {
         "no model": (f"diffusers[path={tmp_path / 'empty'}]", "holds no model"),
         "no folder": (f"diffusers[path={tmp_path / 'nowhere'}]", "no such folder"),
@@ -290,7 +348,8 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "not ddpm": (f"diffusers[path={odd}]", "not of the DDPM family"),
         "no text encoder": (f"diffusers[path={text_less}]", "without text_encoder/"),
         "no path": ("diffusers", "needs path=FOLDER"),
-        "hub id offline": ("diffusers[path=nobody/no-such-model]", "HF_HUB_OFFLINE is set"),
+        "hub id offline": ("diffusers[path=nobody/no-such-model]", "hub model 'nobody/no-such-model' is not in"),
+        "no weights": (f"diffusers[path={weightless}]", "holds no weights (*.safetensors or *.bin) in unet/"),
     }
 
 
@@ -314,6 +373,106 @@ def test_missing_diffusers_names_the_extra(tmp_path, cli, monkeypatch):
     assert "pip install 'diffbench[diffusers]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+# --- hub ids: read from the local Hugging Face cache when offline ----------------------------------------
+
+
+def cache_hub_model(cache: Path, hub_id: str, folder: Path) -> str:
+    """Lay ``folder`` out as huggingface_hub caches a download: blobs, a snapshot of links to them, refs/main.
+
+    Returns the snapshot's commit hash.
+    """
+    repo = cache / f"models--{hub_id.replace('/', '--')}"
+    commit = hashlib.sha1(hub_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    for file in sorted(f for f in folder.rglob("*") if f.is_file()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return commit
+
+
+def test_the_hub_cache_is_read_from_the_environment_as_set_now(monkeypatch, tmp_path):
+    from diffbench_plugins import diffusers_models
+
+    assert diffusers_models.hub_cache() == str(tmp_path / "hf-home" / "hub")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    assert diffusers_models.hub_cache() == str(tmp_path / "elsewhere")  # HF_HUB_CACHE before HF_HOME
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert not diffusers_models.offline_mode()
+
+
+def test_a_cached_hub_id_loads_offline_with_its_snapshot_as_revision(tmp_path):
+    commit = cache_hub_model(tmp_path / "hf-home" / "hub", "tiny-org/digits-unet", save_class_unet(tmp_path / "m"))
+    made = load("tiny-org/digits-unet")
+    assert made.source == "tiny-org/digits-unet" and made.revision == commit
+    assert made.prediction_type == "v_prediction" and made.schedule == "squaredcos_cap_v2"
+    assert made.module.unet.config.num_class_embeds == 10
+    assert load("tiny-org/digits-unet", revision=commit).revision == commit  # a revision given as a commit
+    other = "0" * 40
+    with pytest.raises(diffbench.ParamError, match=f"hub model 'tiny-org/digits-unet' at revision '{other}' is not in"):
+        Diffusers(path="tiny-org/digits-unet", revision=other)  # that commit is not cached
+
+
+@pytest.mark.slow
+def test_a_cached_hub_id_runs_end_to_end_offline(tmp_path, cli, monkeypatch):
+    folder = save_class_unet(tmp_path / "m")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    commit = cache_hub_model(tmp_path / "hub-cache", "tiny-org/digits-unet", folder)
+    result = cli(*run_args(tmp_path, "diffusers[path=tiny-org/digits-unet]"), "--no-plots")
+    assert result.exit_code == 0, result.output
+    row = offline_rows(tmp_path / "run").iloc[0]
+    assert row["status"] == "ok" and row["model_source"] == "tiny-org/digits-unet" and row["model_revision"] == commit
+    assert row["train_s"] == 0 and row["prediction_type"] == "v_prediction"
+    assert "pretrained model from tiny-org/digits-unet, nothing trained" in result.stderr
+
+
+def test_a_hub_id_not_cached_while_offline_says_how_to_mend_it(tmp_path, cli):
+    result = cli(*run_args(tmp_path, "diffusers[path=tiny-org/not-downloaded]"))
+    assert result.exit_code == 2
+    (line,) = error_lines(result)
+    assert line.startswith("diffbench: error: hub model 'tiny-org/not-downloaded' is not in the local Hugging Face ")
+    assert str(tmp_path / "hf-home" / "hub") in line and "HF_HUB_OFFLINE is set" in line
+    assert line.endswith(
+        "download it first (hf download tiny-org/not-downloaded), unset HF_HUB_OFFLINE, "
+        "or give a local folder as path="
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cached_hub_snapshot_without_weights_is_one_line_while_offline(tmp_path, cli):
+    folder = save_class_unet(tmp_path / "m")
+    for weights in (folder / "unet").glob("*.safetensors"):
+        weights.unlink()  # a download of the configs alone
+    cache_hub_model(tmp_path / "hf-home" / "hub", "tiny-org/half", folder)
+    result = cli(*run_args(tmp_path, "diffusers[path=tiny-org/half]"))
+    assert result.exit_code == 2
+    (line,) = error_lines(result)
+    assert "the cached snapshot of hub model 'tiny-org/half'" in line and "holds no weights in unet/" in line
+    assert "download it first" in line
+
+
+# --- --checkpoint: for models diffbench builds, not for ones that arrive trained ------------------------
+
+
+def test_a_checkpoint_with_a_pretrained_model_is_refused_before_anything_runs(tmp_path, cli):
+    folder = save_class_unet(tmp_path / "m")
+    torch.save(Diffusers(path=str(folder)).pretrained((1, 8, 8), 10, list("0123456789")).module.state_dict(),
+               tmp_path / "w.pt")  # fmt: skip
+    result = cli(*run_args(tmp_path, f"diffusers[path={folder}]"), "--checkpoint", tmp_path / "w.pt")
+    assert result.exit_code == 2
+    assert error_lines(result) == [
+        f"diffbench: error: --checkpoint loads weights into a model diffbench builds, but diffusers[path={folder}] "
+        "arrives trained with its own weights: drop --checkpoint (or select a denoiser diffbench builds)"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 # --- end to end ---------------------------------------------------------------------------------------
 
 
@@ -323,22 +482,25 @@ def offline_rows(run: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_a_class_unet_runs_end_to_end_trains_nothing_and_repeats(tmp_path, cli):
+def test_a_class_unet_runs_end_to_end_trains_nothing_and_gives_the_same_table_twice(tmp_path, cli):
     folder = save_class_unet(tmp_path / "m", "v_prediction")
-    tables = []
+    tables, predictions = [], []
     for out in ("a", "b"):
         args = ["run", *RUN, "-m", f"diffusers[path={folder}]", "--out", tmp_path / out, "--cache", tmp_path / "c"]
         result = cli(*args, "--no-plots")
         assert result.exit_code == 0, result.output
         tables.append(offline_rows(tmp_path / out))
+        predictions.append(pd.read_parquet(tmp_path / out / "predictions.parquet"))
     row = tables[0].iloc[0]
     assert row["status"] == "ok" and row["schedule"] == "squaredcos_cap_v2" and row["num_timesteps"] == T
     assert row["prediction_type"] == "v_prediction" and row["model_source"] == str(folder)
     assert len(row["model_revision"]) == 16 and row["model_check"] != "" and row["train_s"] == 0
     assert row["nfe_per_sample"] == 10 and not row["latent"]
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.pt"))  # nothing trained or cached
-    columns = ["accuracy", "accuracy_ci_low", "accuracy_ci_high", "nfe_per_sample"]
+    columns = ["cell_id", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "nfe_per_sample", "model_check"]
     pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns])
+    assert len(predictions[0]) == row["n_test"] > 0 and set(predictions[0].columns) >= {"sample", "label", "pred"}
+    pd.testing.assert_frame_equal(predictions[0], predictions[1])  # sample by sample, not just the accuracy
 
 
 @pytest.mark.slow
@@ -388,3 +550,24 @@ def test_diffusers_unet_builds_a_class_conditional_unet2dmodel():
         a = module(x, torch.tensor([5, 5]), torch.tensor([0, 0]))
         b = module(x, torch.tensor([5, 5]), torch.tensor([1, 1]))
     assert a.shape == x.shape and not torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_the_dask_executor_gives_the_local_table_for_a_pretrained_model(tmp_path, cli):
+    """The loaded model travels from the worker that loaded it to the cells' workers (pickled) and classifies alike."""
+    pytest.importorskip("distributed")
+    folder = save_class_unet(tmp_path / "m")
+    args = ["run", *RUN[:4], *RUN[6:], "--trials", "1,2", "-m", f"diffusers[path={folder}]", "--no-plots"]
+    local = cli(*args, "--out", tmp_path / "local", "--cache", tmp_path / "c")
+    assert local.exit_code == 0, local.output
+    dask = cli(*args, "--out", tmp_path / "dask", "--cache", tmp_path / "c", "--executor", "dask", "--workers", "2")
+    assert dask.exit_code == 0, dask.output
+    assert "dask: 2 workers" in dask.stderr
+    a, b = (pd.read_parquet(tmp_path / run / "results.parquet") for run in ("local", "dask"))
+    assert len(a) == 2 and (b["status"] == "ok").all() and (b["model_source"] == str(folder)).all()
+    columns = ["cell_id", "trials", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "nfe_per_sample"]
+    columns += ["model_revision", "model_check", "prediction_type", "schedule"]
+    pd.testing.assert_frame_equal(a[columns], b[columns])
+    predictions = [pd.read_parquet(tmp_path / run / "predictions.parquet") for run in ("local", "dask")]
+    assert set(predictions[0]["cell_id"]) == set(a["cell_id"])
+    pd.testing.assert_frame_equal(*predictions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from diffbench_plugins.mlp import MLP
 
 import diffbench
 from diffbench import pretrained
@@ -124,3 +125,16 @@ def test_model_check_accepts_the_declared_type_and_flags_a_wrong_one():
     assert reason.startswith("prediction_type 'epsilon' does not fit") and "'v_prediction'" in reason
     deaf = VOracle(x0, schedule.alphas_cumprod, class_effect=0.0)
     assert "does not depend on the class" in pretrained.model_check(deaf, schedule, "v_prediction", False, data, y, 4)
+
+
+def test_a_checkpoint_is_refused_for_any_denoiser_that_arrives_trained(frozen, cli, tmp_path):
+    torch.save({"lin.weight": torch.zeros(2, 4)}, tmp_path / "w.pt")
+    args = ["run", "-d", TINY_DATASET, "-m", "frozen", "--device", "cpu", "--checkpoint", tmp_path / "w.pt"]
+    result = cli(*args, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "diffbench: error: --checkpoint loads weights into a model diffbench builds, but frozen arrives trained "
+        "with its own weights: drop --checkpoint (or select a denoiser diffbench builds)"
+    )
+    assert not (tmp_path / "run").exists()
+    assert pretrained.arrives_trained(Frozen()) and not pretrained.arrives_trained(MLP())
