@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # what ``apply`` takes and gives: diffbench.contract.Splits, 
 SUBSET_PARAMS: dict[str, int] = {"per_class": 0, "n_test": 0}
 #: Seed of the subset's shuffle: fixed, so that every --seed and every estimator sees the same images.
 SUBSET_SEED = 0
+#: Most labelled samples held out for estimators' fit and calibration.
+HELDOUT_MAX = 500
 
 
 def check_params(kind_name: str, params: dict[str, Any]) -> str | None:
@@ -65,6 +67,22 @@ def choose(labels: torch.Tensor, per_class: int = 0, n_test: int = 0) -> torch.T
         limit[classes] = quota
         keep &= rank < limit[shuffled]
     return order[keep].sort().values
+
+
+def outside(labels: torch.Tensor, chosen: torch.Tensor, limit: int = HELDOUT_MAX) -> torch.Tensor:
+    """Sorted indices of up to ``limit`` samples of ``labels`` not in ``chosen``: held out for fit and calibration.
+
+    A dataset without a training split that decodes only its test subset decodes these too and gives them as
+    ``Splits.heldout_x``/``heldout_y``. Stratified and fixed like the subset (``choose`` with ``n_test=limit``
+    on the samples left out), so every run holds out the same samples, and none of them is ever classified.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    rest = torch.ones(labels.numel(), dtype=torch.bool)
+    rest[torch.as_tensor(chosen, dtype=torch.long)] = False
+    left = rest.nonzero().reshape(-1)
+    if left.numel() == 0 or limit <= 0:
+        return left[:0]
+    return left[choose(labels[left], n_test=limit)]
 
 
 def describe(per_class: int, n_test: int) -> str:

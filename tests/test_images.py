@@ -157,14 +157,33 @@ def test_an_image_folder_without_class_folders_is_refused_before_anything_runs(t
 
 def test_only_the_chosen_images_are_decoded(tmp_path):
     x, y = images(5, 2, 8, 3)
-    paths = write_folder(tmp_path, x, y, ["a", "b"])
+    write_folder(tmp_path / "train", x[:4], y[:4], ["a", "b"])
+    paths = write_folder(tmp_path / "test", x, y, ["a", "b"])
     chosen = subsets.choose(torch.tensor(sorted(y.tolist())), per_class=1)
     in_folder_order = sorted(paths, key=lambda p: (p.parent.name, p.name))
     for i, path in enumerate(in_folder_order):
         if i not in chosen.tolist():
             path.write_bytes(b"not an image")  # never read, so never a problem
-    splits = dataset("image-folder", root=str(tmp_path), train=False, size=8, per_class=1).load(0)
-    assert splits.test_y.tolist() == [0, 1] and splits.train_x.shape[0] == 0
+    roots = {"root": str(tmp_path / "train"), "test_root": str(tmp_path / "test")}
+    folder = dataset("image-folder", **roots, size=8, per_class=1)
+    folder.check()
+    splits = folder.load(0)
+    assert splits.test_y.tolist() == [0, 1] and splits.train_x.shape[0] == 4
+    assert splits.heldout_x.shape[0] == 0, "with a training split, no test image is held out"
+
+
+def test_without_a_training_split_a_held_out_slice_outside_the_subset_is_decoded(tmp_path):
+    x, y = images(5, 2, 8, 3)
+    write_folder(tmp_path, x, y, ["a", "b"])
+    splits = dataset("image-folder", root=str(tmp_path), train=False, size=8, per_class=2).load(0)
+    every = dataset("image-folder", root=str(tmp_path), train=False, size=8).load(0)
+    assert splits.train_x.shape[0] == 0 and splits.test_y.shape[0] == 4 and splits.heldout_y.shape[0] == 6
+    assert sorted(splits.heldout_y.tolist()) == [0, 0, 0, 1, 1, 1], "stratified"
+    both = torch.cat([splits.test_x, splits.heldout_x]).flatten(1)
+    assert torch.equal(both.unique(dim=0), every.test_x.flatten(1).unique(dim=0)), "disjoint, and all of them"
+    assert every.heldout_y.shape[0] == 0, "nothing outside a test split classified whole"
+    again = dataset("image-folder", root=str(tmp_path), train=False, size=8, per_class=2).load(1)
+    assert torch.equal(again.heldout_x, splits.heldout_x), "the same slice on every seed"
 
 
 def test_the_readers_agree_with_torchvision_where_it_imports(tmp_path, monkeypatch):
@@ -227,10 +246,21 @@ def test_a_missing_root_stops_the_run_in_one_line_before_anything_trains(cli, tm
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
-def test_an_unreadable_image_is_named_in_one_line(cli, tmp_path):
+def test_an_unreadable_image_is_named_in_one_line_before_anything_runs(cli, tmp_path):
     x, y = images(2, 2, 8, 3)
     paths = write_folder(tmp_path / "pics", x, y, ["a", "b"])
     paths[0].write_bytes(b"\x89PNG broken")
+    result = run(cli, tmp_path, f"image-folder[root={tmp_path / 'pics'},train=false,size=8]", "--out", tmp_path / "o")
+    assert result.exit_code == 2
+    (line,) = error_lines(result)
+    assert str(paths[0]) in line and "cannot read image" in line and "remove or replace" in line
+    assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists(), "found before anything ran"
+
+
+def test_an_image_damaged_past_its_header_fails_its_cells_naming_the_file(cli, tmp_path):
+    x, y = images(2, 2, 8, 3)
+    paths = write_folder(tmp_path / "pics", x, y, ["a", "b"])
+    paths[0].write_bytes(paths[0].read_bytes()[:60])  # the PNG header and size survive, the pixels do not
     result = run(cli, tmp_path, f"image-folder[root={tmp_path / 'pics'},train=false,size=8]", "--out", tmp_path / "o")
     assert result.exit_code == 1
     named = [line for line in error_lines(result) if str(paths[0]) in line]
