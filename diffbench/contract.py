@@ -162,6 +162,9 @@ class Splits:
     """A dataset's train and test split: x float ``[N, *shape]``, y long ``[N]``.
 
     The training split may be empty (``[0, *shape]``) for data used only zero-shot, with a trained model.
+    Such a dataset may give ``heldout_x``/``heldout_y``: labelled samples outside the test subset, never
+    classified, for estimators' ``fit`` and calibration (a reader that decodes only the subset picks them
+    with ``diffbench.subsets.outside``). The core uses them only when the training split is empty.
     """
 
     train_x: torch.Tensor
@@ -169,6 +172,8 @@ class Splits:
     test_x: torch.Tensor
     test_y: torch.Tensor
     class_names: list[str]
+    heldout_x: torch.Tensor | None = None
+    heldout_y: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -360,7 +365,9 @@ def check_splits(splits: Any, name: str) -> Splits:
     where = f"dataset '{name}' load()"
     if not isinstance(splits, Splits):
         raise PluginOutputError(f"{where} returned {type(splits).__name__}, not diffbench.Splits")
-    for part in ("train", "test"):
+    given_heldout = splits.heldout_x is not None or splits.heldout_y is not None
+    parts = ("train", "test", "heldout") if given_heldout else ("train", "test")
+    for part in parts:
         x, y = getattr(splits, f"{part}_x"), getattr(splits, f"{part}_y")
         if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() >= 2):
             raise PluginOutputError(f"{where}: {part}_x must be a float tensor [N, *shape]")
@@ -380,8 +387,9 @@ def check_splits(splits: Any, name: str) -> Splits:
         )
     if len(splits.test_x) == 0:
         raise PluginOutputError(f"{where}: the test split must not be empty")
-    if splits.train_x.shape[1:] != splits.test_x.shape[1:]:
-        raise PluginOutputError(f"{where}: train_x and test_x have different sample shapes")
+    for part in (p for p in parts if p != "test"):
+        if getattr(splits, f"{part}_x").shape[1:] != splits.test_x.shape[1:]:
+            raise PluginOutputError(f"{where}: {part}_x and test_x have different sample shapes")
     return splits
 
 

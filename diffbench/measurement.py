@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from diffbench import metrics, pretrained, subsets
+from diffbench import metrics, pretrained, streaming, subsets
 from diffbench.acceleration import accelerate, unsupported
 from diffbench.batch_size import cached_batch_size
 from diffbench.cell import Cell
@@ -98,10 +98,15 @@ def quality(
     n, k = x.shape[0], model.num_classes
     name, trials = cell.estimator.name, cell.trials
 
-    def classify(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def one_call(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         errors = estimator.errors(model, inputs, trials, generator)
         model.check_finite(f"during a pass of estimator '{name}'")  # blame the module, not the estimator
         return check_errors(errors, inputs.shape[0], k, name)
+
+    per_call = streaming.samples_per_call(trials, k, model.data_shape)  # the same batches on every device
+
+    def classify(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return streaming.in_batches(lambda part: one_call(part, generator), inputs, per_call)
 
     errors: list[torch.Tensor] = []
     first_s = timed(lambda: errors.append(classify(x, generator)), model.device)
@@ -131,6 +136,7 @@ def quality(
     nfe_mid, nfe_iqr = median_iqr(pass_nfe)
     columns = {
         "n_test": n,
+        "samples_per_call": min(n, per_call),
         "accuracy": correct / n,
         "accuracy_ci_low": low,
         "accuracy_ci_high": high,

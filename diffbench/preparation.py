@@ -18,7 +18,7 @@ from diffbench.schedule import NoiseSchedule
 from diffbench.suite import Suite
 from diffbench.training import build_module, load_checkpoint, load_or_train
 
-HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, 500  # training data held out for estimators' fit and calibration
+HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, subsets.HELDOUT_MAX  # training data held out for estimators' fit and calibration
 
 
 @dataclass
@@ -83,6 +83,9 @@ def prepare(
     splits = check_splits(first.dataset.load(first.seed), first.dataset.name)
     p = first.dataset.params
     splits, spare_x, spare_y = subsets.apply(p["per_class"], p["n_test"], splits)
+    splits = subsets.in_content_order(splits)  # the same images in the same places, whichever reader listed them
+    if splits.heldout_x is not None:  # a lazy reader decoded a held-out slice outside its subset
+        spare_x, spare_y = torch.cat([splits.heldout_x, spare_x]), torch.cat([splits.heldout_y, spare_y])
     splits, heldout_x, heldout_y = hold_out(splits, first.seed, (spare_x, spare_y))
     heldout = {
         "test_subset": subsets.describe(p["per_class"], p["n_test"]),

@@ -28,6 +28,10 @@ if TYPE_CHECKING:  # what ``apply`` takes and gives: diffbench.contract.Splits, 
 SUBSET_PARAMS: dict[str, int] = {"per_class": 0, "n_test": 0}
 #: Seed of the subset's shuffle: fixed, so that every --seed and every estimator sees the same images.
 SUBSET_SEED = 0
+#: Most labelled samples held out for estimators' fit and calibration.
+HELDOUT_MAX = 500
+#: Samples hashed at a time by ``content_order``.
+ORDER_CHUNK = 256
 
 
 def check_params(kind_name: str, params: dict[str, Any]) -> str | None:
@@ -67,6 +71,22 @@ def choose(labels: torch.Tensor, per_class: int = 0, n_test: int = 0) -> torch.T
     return order[keep].sort().values
 
 
+def outside(labels: torch.Tensor, chosen: torch.Tensor, limit: int = HELDOUT_MAX) -> torch.Tensor:
+    """Sorted indices of up to ``limit`` samples of ``labels`` not in ``chosen``: held out for fit and calibration.
+
+    A dataset without a training split that decodes only its test subset decodes these too and gives them as
+    ``Splits.heldout_x``/``heldout_y``. Stratified and fixed like the subset (``choose`` with ``n_test=limit``
+    on the samples left out), so every run holds out the same samples, and none of them is ever classified.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    rest = torch.ones(labels.numel(), dtype=torch.bool)
+    rest[torch.as_tensor(chosen, dtype=torch.long)] = False
+    left = rest.nonzero().reshape(-1)
+    if left.numel() == 0 or limit <= 0:
+        return left[:0]
+    return left[choose(labels[left], n_test=limit)]
+
+
 def describe(per_class: int, n_test: int) -> str:
     """The subset rule in words, for the table's ``test_subset`` column."""
     parts = [f"per_class={per_class}"] * (per_class > 0) + [f"n_test={n_test}"] * (n_test > 0)
@@ -80,6 +100,38 @@ def digest(x: torch.Tensor, y: torch.Tensor) -> str:
     h.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     h.update(y.detach().to("cpu", torch.long).contiguous().numpy().tobytes())
     return h.hexdigest()[:12]
+
+
+def content_order(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Indices that put samples in an order fixed by what they are, not by where a reader listed them.
+
+    Sorted by a hash of each sample as 8-bit pixels (``[-1, 1]`` to 0..255, rounded) with its label, ties
+    by a hash of its exact values, then by position. Any reader of the same pictures (arrays in memory,
+    PNG files in class folders) thus gives each picture the same position.
+    """
+    labels, keys = y.detach().to("cpu", torch.long).numpy(), []
+    for start in range(0, y.shape[0], ORDER_CHUNK):  # a chunk at a time: no copy of a large test set
+        exact = x[start : start + ORDER_CHUNK].detach().to("cpu", torch.float32).flatten(1)
+        pixels = exact.clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8).numpy()
+        for i, (row, picture) in enumerate(zip(exact.numpy(), pixels, strict=True), start):
+            seen = hashlib.blake2b(picture.tobytes() + labels[i].tobytes(), digest_size=8).digest()
+            keys.append((seen, hashlib.blake2b(row.tobytes(), digest_size=8).digest(), i))
+    return torch.tensor([i for *_, i in sorted(keys)], dtype=torch.long)
+
+
+def in_content_order(splits: Splits) -> Splits:
+    """``splits`` with its test images in ``content_order``; samples that are not images ``[C, H, W]`` stay as they are.
+
+    Estimators draw noise by a sample's position in the batch, so the order decides which noise each
+    image gets. Image data reaches diffbench through several readers that list the same pictures in
+    different orders (digits' arrays, the same digits as PNG files in class folders), and in content
+    order the same images get the same noise and the same predictions. Generated points (the 2-D toys)
+    have one reader and keep their order, and their results with it.
+    """
+    if splits.test_x.dim() != 4:
+        return splits
+    order = content_order(splits.test_x, splits.test_y)
+    return dataclasses.replace(splits, test_x=splits.test_x[order], test_y=splits.test_y[order])
 
 
 def apply(per_class: int, n_test: int, splits: Splits) -> tuple[Splits, torch.Tensor, torch.Tensor]:

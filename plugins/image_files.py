@@ -119,6 +119,24 @@ def to_pixels(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255 * 2 - 1
 
 
+def unreadable_image(path: str, exc: BaseException) -> diffbench.DataError:
+    return diffbench.DataError(f"cannot read image '{path}' ({' '.join(str(exc).split())}); remove or replace the file")
+
+
+def check_readable(paths: Sequence[str]) -> None:
+    """DataError naming the first file whose header Pillow cannot read: cheap, no pixel is decoded.
+
+    A file damaged past its header is found only when decoded (``decode_images``), named the same way.
+    """
+    Image = _pillow()
+    for path in paths:
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise unreadable_image(path, exc) from None
+
+
 def decode_images(paths: Sequence[str], size: int, channels: int) -> torch.Tensor:
     """Decode image files into ``[N, channels, size, size]`` in [-1, 1], one at a time.
 
@@ -132,9 +150,7 @@ def decode_images(paths: Sequence[str], size: int, channels: int) -> torch.Tenso
             with Image.open(path) as image:
                 pixels = np.asarray(fit_square(image.convert(mode), size), dtype=np.uint8)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise diffbench.DataError(
-                f"cannot read image '{path}' ({' '.join(str(exc).split())}); remove or replace the file"
-            ) from None
+            raise unreadable_image(path, exc) from None
         out[i] = to_pixels(pixels.reshape(size, size, channels)[None])[0]
     return out
 

@@ -2,11 +2,13 @@
 `cifar100`, `stl10` and `imagenet` (the validation set). Nothing is ever downloaded.
 
 Each reads torchvision's on-disk layout under ``root`` (``disk_formats``), checks before anything runs
-that the files are there (``check``: one line naming what is missing and how to get it), and reads
+that the files are there (``check``: one line naming what is missing and how to get it; image files
+also have their headers opened there, so an unreadable one is named before anything runs), and reads
 lazily: the test labels first, then only the images of the fixed subset that ``per_class``/``n_test``
 choose (``Dataset.test_subset``), decoded or converted one by one. ``train=false`` reads no training
-images at all (for a trained model used zero-shot), and ``n_train`` caps the training split with a
-fixed stratified subset. Pixels are in [-1, 1], ``[N, C, size, size]``.
+images at all (for a trained model used zero-shot); it decodes instead a held-out slice of up to 500
+labelled test images outside the subset (``subsets.outside``) for estimators' fit and calibration.
+``n_train`` caps the training split with a fixed stratified subset. Pixels are in [-1, 1], ``[N, C, size, size]``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffbench_plugins import disk_formats
-from diffbench_plugins.image_files import convert_arrays, decode_images, scan_folder
+from diffbench_plugins.image_files import check_readable, convert_arrays, decode_images, scan_folder
 
 import diffbench
 from diffbench import subsets
@@ -70,6 +72,15 @@ class DiskImages(diffbench.Dataset):
     def train_subset(self, labels: torch.Tensor) -> torch.Tensor:
         return subsets.choose(labels, n_test=self.params["n_train"])
 
+    def heldout_subset(self, labels: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """Indices of the labelled test images outside the subset to decode for fit and calibration.
+
+        Only without a training split (``train=false``): otherwise the core holds out training images.
+        """
+        if self.params.get("train", False):
+            return EMPTY
+        return subsets.outside(labels, chosen)
+
 
 class ArrayImages(DiskImages):
     """A dataset whose files hold arrays of images (MNIST, CIFAR, STL-10)."""
@@ -80,16 +91,19 @@ class ArrayImages(DiskImages):
     def load(self, seed: int) -> diffbench.Splits:
         size, channels = self.params["size"], self.params["channels"]
         images, labels, classes = self.read("test")
-        chosen = self.test_subset(torch.from_numpy(labels)).numpy()
+        chosen = self.test_subset(torch.from_numpy(labels))
+        held = self.heldout_subset(torch.from_numpy(labels), chosen).numpy()
+        chosen = chosen.numpy()
         test_x = convert_arrays(images[chosen], size, channels)
         test_y = torch.from_numpy(labels[chosen])
+        heldout_x, heldout_y = convert_arrays(images[held], size, channels), torch.from_numpy(labels[held])
         train_x, train_y = torch.zeros(0, *test_x.shape[1:]), EMPTY
         if self.params["train"]:
             images, labels, _ = self.read("train")
             chosen = self.train_subset(torch.from_numpy(labels)).numpy()
             train_x = convert_arrays(images[chosen], size, channels)
             train_y = torch.from_numpy(labels[chosen])
-        return diffbench.Splits(train_x, train_y, test_x, test_y, classes)
+        return diffbench.Splits(train_x, train_y, test_x, test_y, classes, heldout_x, heldout_y)
 
 
 class MNIST(ArrayImages):
@@ -170,7 +184,48 @@ class STL10(ArrayImages):
         return disk_formats.read_stl10(self.root / "stl10_binary", split)
 
 
-class ImageFolder(DiskImages):
+class FileImages(DiskImages):
+    """A dataset of image files (an image folder, ImageNet's val folder): listed first, then only the chosen decoded.
+
+    ``check`` lists the files a run will decode and opens each one's header (no pixel is decoded), so an
+    unreadable file is named before anything runs; ``load`` decodes the same files.
+    """
+
+    def listing(self) -> tuple[list[str], list[str], list[int], list[str], list[int]]:
+        """Class names, test image paths and labels, training image paths and labels (empty when not read)."""
+        raise NotImplementedError
+
+    def chosen_files(self) -> tuple[list[str], dict[str, tuple[list[str], torch.Tensor]]]:
+        """Class names and, for each part (test subset, held-out slice, training images), its files and labels."""
+        classes, test_paths, test_labels, train_paths, train_labels = self.listing()
+        labels = torch.tensor(test_labels, dtype=torch.long)
+        chosen = self.test_subset(labels)
+        held = self.heldout_subset(labels, chosen)
+        parts = {"test": chosen, "heldout": held}
+        files = {part: ([test_paths[i] for i in at.tolist()], labels[at]) for part, at in parts.items()}
+        labels = torch.tensor(train_labels, dtype=torch.long)
+        at = self.train_subset(labels) if self.params.get("train", False) else EMPTY
+        files["train"] = ([train_paths[i] for i in at.tolist()], labels[at])
+        return classes, files
+
+    def check(self) -> None:
+        super().check()
+        self.check_files()
+
+    def check_files(self) -> None:
+        """DataError naming the first file to be decoded whose header Pillow cannot read."""
+        _, files = self.chosen_files()
+        check_readable([path for paths, _ in files.values() for path in paths])
+
+    def load(self, seed: int) -> diffbench.Splits:
+        classes, files = self.chosen_files()
+        size, channels = self.params["size"], self.params["channels"]
+        x = {part: decode_images(paths, size, channels) for part, (paths, _) in files.items()}
+        y = {part: labels for part, (_, labels) in files.items()}
+        return diffbench.Splits(x["train"], y["train"], x["test"], y["test"], classes, x["heldout"], y["heldout"])
+
+
+class ImageFolder(FileImages):
     """Your own images, one subfolder per class (torchvision's ImageFolder convention), any format Pillow reads.
 
     ``test_root`` holds the test images in the same class folders; without it a fixed stratified
@@ -197,11 +252,12 @@ class ImageFolder(DiskImages):
                     f"image-folder {key} '{folder}' {what}; give a folder with one subfolder of images "
                     f"per class (e.g. {folder}/cat/0001.png), as torchvision's ImageFolder reads"
                 )
+        self.check_files()
 
-    def load(self, seed: int) -> diffbench.Splits:
+    def listing(self) -> tuple[list[str], list[str], list[int], list[str], list[int]]:
         p = self.params
-        size, channels = p["size"], p["channels"]
         test_root = Path(p["test_root"]).expanduser() if p["test_root"] else None
+        paths, labels = [], []
         if test_root is not None:
             classes, test_paths, test_labels = scan_folder(test_root)
             if p["train"]:
@@ -219,15 +275,7 @@ class ImageFolder(DiskImages):
             paths, labels = [paths[i] for i in train_at], [labels[i] for i in train_at]
         else:
             classes, test_paths, test_labels = scan_folder(self.root)
-        chosen = self.test_subset(torch.tensor(test_labels, dtype=torch.long)).tolist()
-        test_x = decode_images([test_paths[i] for i in chosen], size, channels)
-        test_y = torch.tensor([test_labels[i] for i in chosen], dtype=torch.long)
-        train_x, train_y = torch.zeros(0, *test_x.shape[1:]), EMPTY
-        if p["train"]:
-            chosen = self.train_subset(torch.tensor(labels, dtype=torch.long)).tolist()
-            train_x = decode_images([paths[i] for i in chosen], size, channels)
-            train_y = torch.tensor([labels[i] for i in chosen], dtype=torch.long)
-        return diffbench.Splits(train_x, train_y, test_x, test_y, classes)
+        return classes, test_paths, test_labels, paths, labels
 
     def split(self, labels: list[int]) -> tuple[list[int], list[int]]:
         """A fixed stratified train/test split of root (random_state 0, as `digits`)."""
@@ -245,7 +293,7 @@ class ImageFolder(DiskImages):
         return sorted(train_at.tolist()), sorted(test_at.tolist())
 
 
-class ImageNet(DiskImages):
+class ImageNet(FileImages):
     """ImageNet's validation set in torchvision's layout (root/meta.bin, root/val/<wnid>/), for zero-shot use.
 
     Only the validation images are read (there is no training split: use a trained model), and of those
@@ -274,20 +322,18 @@ class ImageNet(DiskImages):
         return "meta.bin and val/<wnid>/*.JPEG"
 
     def check(self) -> None:
-        super().check()
+        DiskImages.check(self)
         val = self.root / "val"
         if not val.is_dir() or not any(entry.is_dir() for entry in val.iterdir()):
             raise diffbench.DataError(
                 f"dataset 'imagenet': '{val}' holds no class folders; root '{self.root}' should hold "
                 f"{self.layout()}. {self.obtain.format(root=self.root)}; nothing is downloaded at run time"
             )
+        self.check_files()
 
-    def load(self, seed: int) -> diffbench.Splits:
+    def listing(self) -> tuple[list[str], list[str], list[int], list[str], list[int]]:
         classes, paths, labels = disk_formats.imagenet_val(self.root)
-        chosen = self.test_subset(torch.tensor(labels, dtype=torch.long)).tolist()
-        test_x = decode_images([paths[i] for i in chosen], self.params["size"], self.params["channels"])
-        test_y = torch.tensor([labels[i] for i in chosen], dtype=torch.long)
-        return diffbench.Splits(torch.zeros(0, *test_x.shape[1:]), EMPTY, test_x, test_y, classes)
+        return classes, paths, labels, [], []
 
 
 @diffbench.hookimpl

@@ -157,14 +157,37 @@ def test_an_image_folder_without_class_folders_is_refused_before_anything_runs(t
 
 def test_only_the_chosen_images_are_decoded(tmp_path):
     x, y = images(5, 2, 8, 3)
-    paths = write_folder(tmp_path, x, y, ["a", "b"])
+    write_folder(tmp_path / "train", x[:4], y[:4], ["a", "b"])
+    paths = write_folder(tmp_path / "test", x, y, ["a", "b"])
     chosen = subsets.choose(torch.tensor(sorted(y.tolist())), per_class=1)
     in_folder_order = sorted(paths, key=lambda p: (p.parent.name, p.name))
     for i, path in enumerate(in_folder_order):
         if i not in chosen.tolist():
             path.write_bytes(b"not an image")  # never read, so never a problem
-    splits = dataset("image-folder", root=str(tmp_path), train=False, size=8, per_class=1).load(0)
-    assert splits.test_y.tolist() == [0, 1] and splits.train_x.shape[0] == 0
+    roots = {"root": str(tmp_path / "train"), "test_root": str(tmp_path / "test")}
+    folder = dataset("image-folder", **roots, size=8, per_class=1)
+    folder.check()
+    splits = folder.load(0)
+    assert splits.test_y.tolist() == [0, 1] and splits.train_x.shape[0] == 4
+    assert splits.heldout_x.shape[0] == 0, "with a training split, no test image is held out"
+
+
+def test_without_a_training_split_a_held_out_slice_outside_the_subset_is_decoded(tmp_path):
+    x, y = images(5, 2, 8, 3)
+    write_folder(tmp_path, x, y, ["a", "b"])
+    splits = dataset("image-folder", root=str(tmp_path), train=False, size=8, per_class=2).load(0)
+    every = dataset("image-folder", root=str(tmp_path), train=False, size=8).load(0)
+    assert splits.train_x.shape[0] == 0 and splits.test_y.shape[0] == 4 and splits.heldout_y.shape[0] == 6
+    assert sorted(splits.heldout_y.tolist()) == [0, 0, 0, 1, 1, 1], "stratified"
+    both = torch.cat([splits.test_x, splits.heldout_x]).flatten(1)
+    assert torch.equal(both.unique(dim=0), every.test_x.flatten(1).unique(dim=0)), "disjoint, and all of them"
+    assert every.heldout_y.shape[0] == 0, "nothing outside a test split classified whole"
+    again = dataset("image-folder", root=str(tmp_path), train=False, size=8, per_class=2).load(1)
+    assert torch.equal(again.heldout_x, splits.heldout_x), "the same slice on every seed"
+    write_mnist(tmp_path / "mnist")  # arrays, too: 3 test images of each of 10 classes
+    arrays = dataset("mnist", root=str(tmp_path / "mnist"), train=False, per_class=1).load(0)
+    assert arrays.test_y.shape[0] == 10 and sorted(arrays.heldout_y.tolist()) == sorted(list(range(10)) * 2)
+    assert dataset("mnist", root=str(tmp_path / "mnist"), per_class=1).load(0).heldout_y.shape[0] == 0
 
 
 def test_the_readers_agree_with_torchvision_where_it_imports(tmp_path, monkeypatch):
@@ -227,10 +250,21 @@ def test_a_missing_root_stops_the_run_in_one_line_before_anything_trains(cli, tm
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
-def test_an_unreadable_image_is_named_in_one_line(cli, tmp_path):
+def test_an_unreadable_image_is_named_in_one_line_before_anything_runs(cli, tmp_path):
     x, y = images(2, 2, 8, 3)
     paths = write_folder(tmp_path / "pics", x, y, ["a", "b"])
     paths[0].write_bytes(b"\x89PNG broken")
+    result = run(cli, tmp_path, f"image-folder[root={tmp_path / 'pics'},train=false,size=8]", "--out", tmp_path / "o")
+    assert result.exit_code == 2
+    (line,) = error_lines(result)
+    assert str(paths[0]) in line and "cannot read image" in line and "remove or replace" in line
+    assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists(), "found before anything ran"
+
+
+def test_an_image_damaged_past_its_header_fails_its_cells_naming_the_file(cli, tmp_path):
+    x, y = images(2, 2, 8, 3)
+    paths = write_folder(tmp_path / "pics", x, y, ["a", "b"])
+    paths[0].write_bytes(paths[0].read_bytes()[:60])  # the PNG header and size survive, the pixels do not
     result = run(cli, tmp_path, f"image-folder[root={tmp_path / 'pics'},train=false,size=8]", "--out", tmp_path / "o")
     assert result.exit_code == 1
     named = [line for line in error_lines(result) if str(paths[0]) in line]
@@ -281,8 +315,18 @@ def test_imagenet_zero_shot_with_trained_weights(cli, tmp_path):
     assert result.exit_code == 0, result.output
     row = pd.read_parquet(tmp_path / "zero-shot" / "results.parquet").iloc[0]
     assert row["n_test"] == 3 and row["test_subset"] == "per_class=1 (subset seed 0)"
-    # only the subset was decoded, so no labelled image is left over for fit and calibration
-    assert row["heldout_n"] == 0 and row["heldout_from"].startswith("none: no training split")
+    # the other 3 images of each class were decoded as a held-out slice: calibration ran on them
+    assert row["heldout_n"] == 9 and row["heldout_from"] == "test samples outside the subset (no training split)"
+    assert row["temperature"] != 1.0
+    # the whole val set classified: no labelled image is left over, and the row says so
+    selector = f"imagenet[root={tmp_path / 'in'},size=8]"
+    result = run(cli, tmp_path, selector, "--out", tmp_path / "whole", "--checkpoint", tmp_path / "weights.pt")
+    assert result.exit_code == 0, result.output
+    row = pd.read_parquet(tmp_path / "whole" / "results.parquet").iloc[0]
+    assert row["n_test"] == 12 and row["heldout_n"] == 0 and row["temperature"] == 1.0
+    assert row["heldout_from"] == (
+        "none: no training split and no test sample outside the subset, so fit and calibration were skipped"
+    )
 
 
 def test_without_a_training_split_the_test_samples_outside_the_subset_are_held_out():
@@ -307,6 +351,19 @@ def test_every_seed_and_estimator_classifies_the_same_subset(cli, tmp_path):
     assert len(frame) == 4 and (frame["n_test"] == 30).all()
     assert frame["test_digest"].nunique() == 1 and (frame["test_subset"] == "per_class=3 (subset seed 0)").all()
     assert (frame["p_dataset_per_class"] == 3).all()
+
+
+def test_test_images_are_put_in_one_order_whatever_order_they_came_in():
+    x, y = pixels(images(4, 3, 6, 1)[0]), torch.from_numpy(images(4, 3, 6, 1)[1])
+    shuffled = torch.randperm(len(y), generator=torch.Generator().manual_seed(5))
+    within_8_bits = x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) - 0.5) / 400
+    a = subsets.in_content_order(diffbench.Splits(x[:0], y[:0], x, y, ["a", "b", "c"]))
+    b = subsets.in_content_order(diffbench.Splits(x[:0], y[:0], within_8_bits[shuffled], y[shuffled], ["a", "b", "c"]))
+    assert torch.equal(a.test_y, b.test_y) and (a.test_x - b.test_x).abs().max() < 1 / 255
+    assert not torch.equal(a.test_y, y), "an order of its own, not the one given"
+    points, labels = torch.randn(12, 2), torch.arange(12) % 2
+    toys = subsets.in_content_order(diffbench.Splits(points[:0], labels[:0], points, labels, ["a", "b"]))
+    assert torch.equal(toys.test_x, points), "samples that are not images keep their order"
 
 
 def test_check_dataset_passes_the_image_datasets(tmp_path):
@@ -349,3 +406,24 @@ def test_digits_written_as_pngs_read_back_as_digits(tmp_path):
         a = estimator.errors(model, digits.test_x, 4, torch.Generator().manual_seed(0)).argmin(1)
         b = estimator.errors(model, x, 4, torch.Generator().manual_seed(0)).argmin(1)
     assert (a == b).float().mean() >= 0.99, "the same model and noise decide (almost) every image alike"
+
+
+@pytest.mark.slow
+def test_digits_as_pngs_through_image_folder_classify_like_digits(cli, tmp_path):
+    """The acceptance check: the same model, the same images, the same accuracy through either reader."""
+    write_digits_as_pngs(tmp_path / "pngs")
+    args = ("-e", "shared-noise", "--trials", "2")
+    result = run(cli, tmp_path, "digits", "--out", tmp_path / "digits", *args, steps=200)
+    assert result.exit_code == 0, result.output
+    (weights,) = (tmp_path / "cache").glob("unet-digits-*.pt")
+    folder = (
+        f"image-folder[root={tmp_path / 'pngs' / 'train'},test_root={tmp_path / 'pngs' / 'test'},size=8,channels=1]"
+    )
+    result = run(cli, tmp_path, folder, "--out", tmp_path / "folder", *args, "--checkpoint", weights)
+    assert result.exit_code == 0, result.output
+    ours, theirs = (pd.read_parquet(tmp_path / run / "results.parquet").iloc[0] for run in ("digits", "folder"))
+    assert ours["n_test"] == theirs["n_test"] == 360
+    assert ours["accuracy"] == theirs["accuracy"] > 0.3  # chance is 0.1
+    labels = [pd.read_parquet(tmp_path / run / "predictions.parquet") for run in ("digits", "folder")]
+    assert (labels[0]["label"].to_numpy() == labels[1]["label"].to_numpy()).all(), "each image in the same place"
+    assert (labels[0]["pred"].to_numpy() == labels[1]["pred"].to_numpy()).mean() >= 0.99
