@@ -460,16 +460,26 @@ def plot(run_dir: Path) -> None:
     "percentage points and significant at 95%, or samples/s (latency) worse by more than PCT percent "
     "with the difference beyond both runs' IQRs added.",
 )
-def compare_command(run_a: Path, run_b: Path, out: Path | None, regression_pct: float | None) -> None:
+@click.option(
+    "--absolute-speed",
+    is_flag=True,
+    help="Judge raw samples/s and latency. By default B is first put at A's machine speed, through the bare "
+    "network timed in both runs (same host and device), so a machine that got faster or slower between the runs "
+    "does not read as a change of the estimator.",
+)
+def compare_command(
+    run_a: Path, run_b: Path, out: Path | None, regression_pct: float | None, absolute_speed: bool
+) -> None:
     """Compare two runs cell by cell: accuracy and speed, B against A, and whether each change is beyond noise.
 
     Accuracy: McNemar's exact test at 95% where both runs stored predictions of the same test points, else the
-    two-proportion z-test (the output says which). Speed: beyond noise when |B - A| exceeds the sum of both IQRs.
+    two-proportion z-test (the output says which). Speed: beyond noise when |B - A| exceeds the sum of both IQRs,
+    with B put at A's machine speed (unless --absolute-speed).
     """
     from diffbench import paired
 
     try:
-        comparison, tests_used = paired.compare_folders(run_a, run_b)
+        comparison, tests_used = paired.compare_folders(run_a, run_b, absolute_speed)
     except (FileNotFoundError, CompareError, results.TableError) as exc:
         raise InputError(str(exc)) from None
     click.echo(f"A = {run_a}, B = {run_b}")

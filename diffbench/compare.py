@@ -13,6 +13,12 @@ Rules (also in the README and ``diffbench compare --help``):
   beyond noise when |B - A| exceeds the sum of both runs' spreads, the IQR over timed repeats
   (``samples_per_s_iqr``, ``latency_iqr_ms``; for latency without an IQR column, p90 - p50). One
   repeat has an IQR of 0, so then every difference counts.
+- Machine speed: a shared machine's speed drifts by 10-25% between runs minutes apart, and the bare network
+  (timed in every cell beside the estimator) drifts with it. Where both runs of a cell ran on the same host and
+  device and timed the bare network, B's speed is first put at A's machine speed (multiplied by
+  ``bare_A / bare_B``: ``bare_rows_per_s`` for samples/s, ``bare_latency_p50_ms`` for latency), and the verdict
+  and the regression gate judge that (``*_ratio_vs_network``); the raw ``B/A`` is shown beside it.
+  ``absolute=True`` (``--absolute-speed``) judges the raw figures, e.g. after changing the network or torch.
 - Regression at PCT: accuracy worse beyond noise and lower by more than PCT percentage points, or a
   speed metric worse beyond noise and by more than PCT percent (samples/s ratio B/A < 1 - PCT/100,
   latency ratio > 1 + PCT/100).
@@ -34,6 +40,13 @@ ALWAYS_SHOWN = ("estimator_label", "trials")  # in every cell name, even where a
 SAME_ACCURACY = "same"
 SAME_SPEED = "same (within noise)"
 NOT_MEASURED = "n/a"
+# speed metric -> the bare network's figure of the same cell, which the machine's speed moves alike
+MACHINE_REFERENCE = {
+    "samples_per_s": "bare_rows_per_s",
+    "latency_p50_ms": "bare_latency_p50_ms",
+    "latency_p90_ms": "bare_latency_p50_ms",
+}
+SAME_MACHINE = ("hostname", "device_name")  # a cell's speed is put at A's machine speed only when these agree
 # (column, higher is better, short name for the text table)
 SPEED_METRICS = [
     ("samples_per_s", True, "samples/s"),
@@ -114,8 +127,12 @@ def cell_names(frame: pd.DataFrame, columns: list[str]) -> list[str]:
     return [" ".join(word(c, v) for c, v in row.items()) for _, row in frame[columns].iterrows()]
 
 
-def compare_runs(a: pd.DataFrame, b: pd.DataFrame) -> Comparison:
-    """Side-by-side accuracy and speed of every cell finished in both runs, with verdicts."""
+def compare_runs(a: pd.DataFrame, b: pd.DataFrame, absolute: bool = False) -> Comparison:
+    """Side-by-side accuracy and speed of every cell finished in both runs, with verdicts.
+
+    Speed verdicts judge B put at A's machine speed where both runs timed the bare network on the
+    same host and device (see the module docstring), unless ``absolute``.
+    """
     key, a, b = aligned(a, b)
     both = a[key + ["status"]].merge(b[key + ["status"]], on=key, how="outer", suffixes=("_a", "_b"), indicator=True)
     varying = [c for c in key if c in ALWAYS_SHOWN or both[c].nunique(dropna=False) > 1]
@@ -129,6 +146,7 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame) -> Comparison:
 
     measured = ["n_test", "accuracy", "samples_per_s", "samples_per_s_iqr"]
     measured += [c for c in ("latency_p50_ms", "latency_p90_ms", "latency_iqr_ms") if c in a and c in b]
+    measured += [c for c in (*dict.fromkeys(MACHINE_REFERENCE.values()), *SAME_MACHINE) if c in a and c in b]
     cells = a.loc[a["status"] == "ok", key + measured].merge(
         b.loc[b["status"] == "ok", key + measured], on=key, suffixes=("_a", "_b")
     )
@@ -142,10 +160,14 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame) -> Comparison:
         if f"{metric}_a" not in cells:
             continue
         value_a, value_b = cells[f"{metric}_a"], cells[f"{metric}_b"]
-        spread = speed_spread(cells, metric)
+        factor = pd.Series(np.nan, index=cells.index) if absolute else machine_factor(cells, metric)
+        at_a_speed = factor.notna()
+        judged_b = value_b.where(~at_a_speed, value_b * factor)
+        spread = speed_spread(cells, metric, factor.fillna(1.0))
         table[f"{metric}_a"], table[f"{metric}_b"] = value_a, value_b
         table[f"{metric}_ratio"] = value_b / value_a
-        table[f"{metric}_verdict"] = speed_verdict(value_a, value_b, spread, higher_is_better)
+        table[f"{metric}_ratio_vs_network"] = (value_b * factor) / value_a
+        table[f"{metric}_verdict"] = speed_verdict(value_a, judged_b, spread, higher_is_better)
         table[f"{metric}_noise"] = spread
     return Comparison(
         table=table.reset_index(drop=True),
@@ -157,13 +179,32 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame) -> Comparison:
     )
 
 
-def speed_spread(cells: pd.DataFrame, metric: str) -> pd.Series:
-    """The noise band of a speed metric: both runs' IQRs added (latency without an IQR: p90 - p50)."""
+def machine_factor(cells: pd.DataFrame, metric: str) -> pd.Series:
+    """``bare_A / bare_B`` per cell: what puts B's ``metric`` at A's machine speed; NaN where it cannot.
+
+    NaN where a run lacks the bare network's figure (older runs, failed cells) or the cell ran on
+    another host or device in B (then the difference is the machine's, and it is the point).
+    """
+    reference = MACHINE_REFERENCE[metric]
+    if f"{reference}_a" not in cells:
+        return pd.Series(np.nan, index=cells.index)
+    factor = cells[f"{reference}_a"] / cells[f"{reference}_b"]
+    usable = np.isfinite(factor) & (factor > 0)
+    for column in SAME_MACHINE:
+        if f"{column}_a" in cells:
+            usable &= cells[f"{column}_a"].astype(str) == cells[f"{column}_b"].astype(str)
+    return factor.where(usable)
+
+
+def speed_spread(cells: pd.DataFrame, metric: str, factor_b: pd.Series | float = 1.0) -> pd.Series:
+    """The noise band of a speed metric: both runs' IQRs added, B's scaled by ``factor_b`` (latency without an
+    IQR: p90 - p50)."""
     if metric == "samples_per_s":
-        return cells["samples_per_s_iqr_a"] + cells["samples_per_s_iqr_b"]
+        return cells["samples_per_s_iqr_a"] + cells["samples_per_s_iqr_b"] * factor_b
     if "latency_iqr_ms_a" in cells:
-        return cells["latency_iqr_ms_a"] + cells["latency_iqr_ms_b"]
-    return sum(cells[f"latency_p90_ms_{run}"] - cells[f"latency_p50_ms_{run}"] for run in "ab")
+        return cells["latency_iqr_ms_a"] + cells["latency_iqr_ms_b"] * factor_b
+    spread = {run: cells[f"latency_p90_ms_{run}"] - cells[f"latency_p50_ms_{run}"] for run in "ab"}
+    return spread["a"] + spread["b"] * factor_b
 
 
 def find_regressions(comparison: Comparison, pct: float) -> list[str]:
@@ -179,7 +220,8 @@ def find_regressions(comparison: Comparison, pct: float) -> list[str]:
         for metric, higher_is_better, short in SPEED_METRICS:
             if row.get(f"{metric}_verdict") != "slower":
                 continue
-            ratio = round(row[f"{metric}_ratio"], 9)
+            judged = row.get(f"{metric}_ratio_vs_network")
+            ratio = round(row[f"{metric}_ratio"] if judged is None or pd.isna(judged) else judged, 9)
             if (ratio < 1 - pct / 100) if higher_is_better else (ratio > 1 + pct / 100):
                 reasons.append(f"{short} x{ratio:.2f}")
         if reasons:
@@ -211,6 +253,16 @@ def format_comparison(comparison: Comparison) -> str:
         if f"{metric}_verdict" in table and (table[f"{metric}_verdict"] != NOT_MEASURED).any()
     ]
     lines += ["", f"{len(table)} cells compared: " + "; ".join(counts)]
+    corrected = [c for c in table if c.endswith("_ratio_vs_network") and table[c].notna().any()]
+    if corrected:
+        machine = (table["samples_per_s_ratio"] / table["samples_per_s_ratio_vs_network"]).median()
+        lines.append(
+            "speed verdicts put B at A's machine speed (B x bare network A / B, same host and device; "
+            f"'vs net' column): the bare network ran {machine:.2f}x as fast in B (median over cells); "
+            "--absolute-speed judges the raw figures"
+            if pd.notna(machine)
+            else "speed verdicts put B at A's machine speed where both runs timed the bare network ('vs net' column)"
+        )
     for label, names in (
         ("only in A", comparison.only_a),
         ("only in B", comparison.only_b),
@@ -236,6 +288,9 @@ def side_by_side(block: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         shown[f"{short} A"] = block[f"{metric}_a"].map(number)
         shown[f"{short} B"] = block[f"{metric}_b"].map(number)
         shown[f"{short} B/A"] = block[f"{metric}_ratio"].map("{:.2f}x".format)
+        corrected = block.get(f"{metric}_ratio_vs_network")
+        if corrected is not None and corrected.notna().any():
+            shown[f"{short} B/A vs net"] = corrected.map(lambda r: "" if pd.isna(r) else f"{r:.2f}x")
         shown[short] = block[f"{metric}_verdict"]
     return shown
 

@@ -161,7 +161,7 @@ def tests_used(table: pd.DataFrame, preds_a: pd.DataFrame, preds_b: pd.DataFrame
     return "accuracy verdicts: " + "; ".join(parts)
 
 
-def compare_folders(run_a: Path, run_b: Path):
+def compare_folders(run_a: Path, run_b: Path, absolute: bool = False):
     """``compare_runs`` of two run folders, with paired accuracy verdicts where both hold the same points' predictions.
 
     Returns the ``Comparison`` (its table gains the columns of ``with_paired_accuracy``) and the
@@ -171,7 +171,7 @@ def compare_folders(run_a: Path, run_b: Path):
     from diffbench.compare import aligned, compare_runs
 
     frame_a, frame_b = results.read_table(run_a), results.read_table(run_b)
-    comparison = compare_runs(frame_a, frame_b)
+    comparison = compare_runs(frame_a, frame_b, absolute)
     preds_a, preds_b = read_predictions(run_a), read_predictions(run_b)
     key, a, b = aligned(frame_a, frame_b)
     table = comparison.table

@@ -16,13 +16,15 @@ import torch
 
 from diffbench.model import ConditionalModel
 
-MIN_REGION_S = 0.05  # each timed region lasts at least this long, to swamp timer and scheduler noise
-WARMUP_S = 0.1  # untimed passes (the caller's first one included) before anything is timed
+MIN_REGION_S = 0.005  # each timed region (one side of a repeat) lasts at least this long
+TIMED_PASS_S = 0.025  # a longer pass is timed on a subset of about this much work (see timed_samples)
+WARMUP_S = 0.05  # untimed passes (the caller's first one included) before anything is timed
 CONFIDENCE = 0.9  # of the distribution-free interval around each reported median
-SETTLED = 0.02  # timing stops once the interval's half-width is within this share of the median (efficiency: of 1)
+SETTLED_RATE = 0.1  # timing stops once the median samples/s (latency) is known to within this share of itself
+SETTLED_EFFICIENCY = 0.03  # ... and the median efficiency to within this (absolute)
 EFFICIENCY_CEILING = 1.02  # an estimator cannot outrun the network it calls: above this, keep timing, then flag
 MIN_LATENCY_CALLS = 20  # single-sample calls before the interval of their median is trusted
-MIN_SETTLED_REPEATS = math.ceil(math.log2(2 / (1 - CONFIDENCE)))  # the fewest whose range covers the median: 5
+MIN_SETTLED_REPEATS = 10  # repeats before the intervals may settle (5 is the fewest whose range reaches 90%)
 
 clock: Callable[[], float] = time.perf_counter  # every timing reads this; tests swap in a fake clock
 
@@ -178,17 +180,18 @@ def warm_up(run_pass: Callable[[], object], device: torch.device, first_pass_s: 
 
 
 def timed_samples(n: int, pass_s: float, rows_per_sample: float, max_batch: int) -> int:
-    """How many of ``n`` test samples a timed pass covers: all, unless one pass outlasts MIN_REGION_S.
+    """How many of ``n`` test samples a timed pass covers: all, unless one pass outlasts TIMED_PASS_S.
 
-    A throughput needs regions of MIN_REGION_S, not passes over the whole test set: a longer pass
-    is cut to an evenly spaced subset that lasts about one region (``pass_s`` is one pass over
-    all ``n``), but never below two full ``max_batch`` chunks of rows, so the network sees the
-    same chunk size as on the whole set.
+    Throughput needs many short timed regions, not passes over the whole test set: a longer
+    pass is cut to an evenly spaced subset of about TIMED_PASS_S of work (``pass_s`` is one pass
+    over all ``n``), enough that a pass's fixed costs (drawing noise, building indices) weigh as
+    little as over the whole set, and never below eight full ``max_batch`` chunks of rows, so the
+    network sees the chunk size it sees on the whole set.
     """
-    if pass_s <= MIN_REGION_S or n <= 1:
+    if pass_s <= TIMED_PASS_S or n <= 1:
         return n
-    wanted = math.ceil(n * MIN_REGION_S / pass_s)
-    chunks = math.ceil(2 * max_batch / max(rows_per_sample, 1e-9))
+    wanted = math.ceil(n * TIMED_PASS_S / pass_s)
+    chunks = math.ceil(8 * max_batch / max(rows_per_sample, 1e-9))
     return min(n, max(wanted, chunks))
 
 
@@ -204,10 +207,10 @@ def settling(rates: list[float], efficiencies: list[float], min_repeats: int) ->
     if len(rates) < max(min_repeats, MIN_SETTLED_REPEATS):
         return f"only {len(rates)} repeat(s)"
     spread = half_width(rates)
-    if spread > SETTLED:
+    if spread > SETTLED_RATE:
         return f"samples/s median known to +-{spread:.0%} ({CONFIDENCE:.0%} interval)"
     eff_spread = half_width(efficiencies, scale=1.0)
-    if eff_spread > SETTLED:
+    if eff_spread > SETTLED_EFFICIENCY:
         return f"efficiency median known to +-{eff_spread:.3f} ({CONFIDENCE:.0%} interval)"
     efficiency = statistics.median(efficiencies)
     if efficiency > EFFICIENCY_CEILING:
@@ -227,20 +230,22 @@ def measure(
     first_pass_s: float,
     min_repeats: int = 5,
     max_time_s: float = 10.0,
-    max_repeats: int = 100,
+    max_repeats: int = 1000,
 ) -> Throughput:
     """Time ``run_pass`` (one classification of ``n_samples``) and the bare forward, interleaved.
 
     After a warm-up of WARMUP_S (``first_pass_s`` is the caller's already-run pass) each
     region repeats the pass enough times to last MIN_REGION_S. A repeat is an estimator region
     and a bare region on the same rows, side by side, in alternating order (so a machine that
-    speeds up or slows down during a repeat favours neither). Repeats go on until, after at
-    least ``min_repeats`` (and MIN_SETTLED_REPEATS, the fewest whose interval reaches
-    CONFIDENCE), the CONFIDENCE intervals of the median samples/s (relative) and of the
-    median efficiency are within SETTLED and efficiency is not above EFFICIENCY_CEILING; or until
-    ``max_time_s`` has been spent repeating (at least one repeat) or ``max_repeats``. A cell that
-    stops unsettled is ``noisy``, with the reason in ``timing_note``. NFE is read from the
-    model's counter over the timed regions.
+    speeds up or slows down during a repeat favours neither). Short regions and many repeats:
+    on a shared machine the noise between adjacent regions hardly shrinks with their length, so
+    more, shorter repeats pin the medians down faster. Repeats go on until, after at least
+    ``min_repeats`` (and MIN_SETTLED_REPEATS), the CONFIDENCE intervals of the median
+    samples/s (within SETTLED_RATE of it) and of the median efficiency (SETTLED_EFFICIENCY)
+    have narrowed and efficiency is not above EFFICIENCY_CEILING; or until ``max_time_s`` has
+    been spent repeating (at least one repeat) or ``max_repeats``. A cell that stops unsettled
+    is ``noisy``, with the reason in ``timing_note``. NFE is read from the model's counter
+    over the timed regions.
     """
     device = model.device
     warmup_s, pass_s = warm_up(run_pass, device, first_pass_s)
@@ -315,7 +320,7 @@ def measure_latency(
     One untimed warm-up call, then timed calls i = 0, 1, ..., each followed by the bare
     module timed on that call's NFE rows. Stops once ``min_count`` calls are done and the
     CONFIDENCE intervals of the median latency (relative) and of the median per-call efficiency
-    are within SETTLED; or after ``max_count`` calls, or once ``max_time_s`` has gone by and
+    are within SETTLED_RATE and SETTLED_EFFICIENCY; or after ``max_count`` calls, or once ``max_time_s`` has gone by and
     ``min_count`` calls are done (always at least one). Unsettled is ``noisy``. ``bare_as``
     wraps each bare reference to run the way the calls run (a CUDA graph: ``cuda_graphs.bare_runner``).
     """
@@ -372,9 +377,9 @@ def latency_settling(call_s: list[float], ratios: list[float], min_count: int) -
     if len(call_s) < max(min_count, 1):
         return f"only {len(call_s)} call(s)"
     spread = half_width(call_s)
-    if spread > SETTLED:
+    if spread > SETTLED_RATE:
         return f"latency median known to +-{spread:.0%} ({CONFIDENCE:.0%} interval)"
     eff_spread = half_width(ratios, scale=1.0)
-    if eff_spread > SETTLED:
+    if eff_spread > SETTLED_EFFICIENCY:
         return f"efficiency median known to +-{eff_spread:.3f} ({CONFIDENCE:.0%} interval)"
     return ""

@@ -243,3 +243,44 @@ def test_cli_no_shared_cell_is_a_one_line_error(cli, tmp_path):
     assert result.exit_code == 2
     lines = error_lines(result)
     assert len(lines) == 1 and "the runs share no cell" in lines[0]
+
+
+def on_machine(speed, bare, host="box", **extra):
+    return cell(speed=speed, iqr=10.0, bare_rows_per_s=bare, hostname=host, device_name="cpu-x", **extra)
+
+
+def test_a_machine_that_slowed_down_between_runs_is_not_read_as_a_slower_estimator():
+    comparison = compared([on_machine(1000.0, 50_000.0)], [on_machine(800.0, 40_000.0)])
+    row = comparison.table.iloc[0]
+    assert row["samples_per_s_ratio"] == pytest.approx(0.8)
+    assert row["samples_per_s_ratio_vs_network"] == pytest.approx(1.0), "the bare network slowed down alike"
+    assert row["samples_per_s_verdict"] == "same (within noise)"
+    assert "bare network ran 0.80x as fast in B" in format_comparison(comparison)
+    assert find_regressions(comparison, 5.0) == []
+
+
+def test_an_estimator_slower_beside_an_unchanged_network_is_slower():
+    comparison = compared([on_machine(1000.0, 50_000.0)], [on_machine(800.0, 50_000.0)])
+    row = comparison.table.iloc[0]
+    assert row["samples_per_s_ratio_vs_network"] == pytest.approx(0.8)
+    assert row["samples_per_s_verdict"] == "slower"
+    assert len(find_regressions(comparison, 5.0)) == 1
+
+
+def test_another_host_or_absolute_speed_judges_the_raw_figures():
+    other_host = compared([on_machine(1000.0, 50_000.0)], [on_machine(800.0, 40_000.0, host="other")])
+    assert other_host.table.iloc[0]["samples_per_s_verdict"] == "slower", "a different machine is the point"
+    assert math.isnan(other_host.table.iloc[0]["samples_per_s_ratio_vs_network"])
+    absolute = compare_runs(
+        pd.DataFrame([on_machine(1000.0, 50_000.0)]), pd.DataFrame([on_machine(800.0, 40_000.0)]), absolute=True
+    )
+    assert absolute.table.iloc[0]["samples_per_s_verdict"] == "slower"
+
+
+def test_latency_is_put_at_the_machine_speed_through_the_bare_latency():
+    a = cell(scenario="single", latency_p50_ms=2.0, latency_p90_ms=2.2, latency_iqr_ms=0.05, bare_latency_p50_ms=1.0)
+    b = cell(scenario="single", latency_p50_ms=3.0, latency_p90_ms=3.3, latency_iqr_ms=0.05, bare_latency_p50_ms=1.5)
+    row = compared([a], [b]).table.iloc[0]
+    assert row["latency_p50_ms_ratio"] == pytest.approx(1.5)
+    assert row["latency_p50_ms_ratio_vs_network"] == pytest.approx(1.0)
+    assert row["latency_p50_ms_verdict"] == "same (within noise)"

@@ -439,8 +439,7 @@ def test_a_hub_id_not_cached_while_offline_says_how_to_mend_it(tmp_path, cli):
     assert line.startswith("diffbench: error: hub model 'tiny-org/not-downloaded' is not in the local Hugging Face ")
     assert str(tmp_path / "hf-home" / "hub") in line and "HF_HUB_OFFLINE is set" in line
     assert line.endswith(
-        "download it first (hf download tiny-org/not-downloaded), unset HF_HUB_OFFLINE, "
-        "or give a local folder as path="
+        "download it first (hf download tiny-org/not-downloaded), unset HF_HUB_OFFLINE, or give a local folder as path="
     )
     assert not (tmp_path / "run").exists()
 
