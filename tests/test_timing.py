@@ -106,16 +106,16 @@ def test_measure_rates_and_efficiency_on_a_fake_clock(clock):
     """Each pass spends 1/64 s of its own plus one 1/64 s module call: half the bare rate."""
     model = make_model(Ticking(clock, lambda rows: 1 / 64))
     speed = measure(fake_pass(model, clock, itertools.repeat(1 / 64)), model, 4, torch.Generator(), first_pass_s=0.1)
-    assert speed.inner_passes == 2, "2 passes of 1/32 s make the first region of at least 0.05 s"
+    assert speed.inner_passes == 1, "one pass of 1/32 s fills a region of at least 5 ms"
     assert (speed.samples_per_s, speed.evals_per_s, speed.bare_rows_per_s) == (4 * 32, 12 * 32, 12 * 64)
     assert speed.efficiency == 0.5 and speed.efficiency_iqr == 0
     assert (speed.efficiency_ci_low, speed.efficiency_ci_high) == (0.5, 0.5)
     assert (speed.samples_per_s_ci_low, speed.samples_per_s_ci_high) == (128.0, 128.0)
-    assert (speed.repeats, speed.noisy, speed.rel_iqr, speed.timing_note) == (5, False, 0.0, "")
+    assert (speed.repeats, speed.noisy, speed.rel_iqr, speed.timing_note) == (10, False, 0.0, "")
 
 
 @pytest.mark.parametrize(
-    ("first_pass_s", "warm_passes", "warmup_s", "estimate_s"), [(0.05, 1, 0.1125, 0.0625), (0.5, 0, 0.5, 0.5)]
+    ("first_pass_s", "warm_passes", "warmup_s", "estimate_s"), [(0.02, 1, 0.0825, 0.0625), (0.5, 0, 0.5, 0.5)]
 )
 def test_warm_up_counts_the_callers_first_pass(monkeypatch, clock, first_pass_s, warm_passes, warmup_s, estimate_s):
     passes, calibrated = [], []
@@ -137,26 +137,26 @@ def test_warm_up_counts_the_callers_first_pass(monkeypatch, clock, first_pass_s,
 
 def test_measure_stops_at_min_repeats_when_they_agree(monkeypatch, clock):
     speed = measure_repeats(monkeypatch, clock, itertools.repeat(0.25))
-    assert (speed.repeats, speed.samples_per_s, speed.rel_iqr, speed.noisy) == (5, 16.0, 0.0, False)
+    assert (speed.repeats, speed.samples_per_s, speed.rel_iqr, speed.noisy) == (10, 16.0, 0.0, False)
 
 
 def test_measure_repeats_while_they_disagree_and_stops_once_they_agree(monkeypatch, clock):
-    durations = itertools.chain([0.125, 0.375], itertools.repeat(0.25))
+    durations = itertools.chain([0.125, 0.375] * 3, itertools.repeat(0.25))
     speed = measure_repeats(monkeypatch, clock, durations)
-    assert speed.repeats == 8, "the 90% interval of 5..7 repeats is their whole range; of 8 it drops the extremes"
+    assert speed.repeats == 13, "the 90% interval (ranks 4 and 10 of 13) is the first to leave out 3 outliers a side"
     assert speed.samples_per_s == 16.0 and not speed.noisy
     assert (speed.samples_per_s_ci_low, speed.samples_per_s_ci_high) == (16.0, 16.0)
 
 
 def test_measure_honours_min_repeats(monkeypatch, clock):
-    assert measure_repeats(monkeypatch, clock, itertools.repeat(0.25), min_repeats=6).repeats == 6
+    assert measure_repeats(monkeypatch, clock, itertools.repeat(0.25), min_repeats=12).repeats == 12
     speed = measure_repeats(monkeypatch, clock, itertools.repeat(0.25), min_repeats=2)
-    assert speed.repeats == 5 and not speed.noisy, "fewer than 5 repeats cannot give a 90% interval of the median"
+    assert speed.repeats == timing.MIN_SETTLED_REPEATS == 10 and not speed.noisy, "never fewer than 10 repeats"
 
 
 def test_measure_stops_at_max_repeats(monkeypatch, clock):
-    speed = measure_repeats(monkeypatch, clock, itertools.cycle([0.125, 0.375]), max_repeats=7)
-    assert speed.repeats == 7
+    speed = measure_repeats(monkeypatch, clock, itertools.cycle([0.125, 0.375]), max_repeats=12)
+    assert speed.repeats == 12
     assert speed.noisy and speed.rel_iqr > 0.05
     assert speed.timing_note.startswith("samples/s median known to +-")
 
@@ -375,9 +375,9 @@ def test_timed_samples_keeps_the_whole_test_set_when_a_pass_fits_a_region():
     assert timing.timed_samples(1, 10.0, 3, 1024) == 1
 
 
-def test_timed_samples_cuts_a_long_pass_to_about_one_region_but_keeps_two_full_chunks():
-    assert timing.timed_samples(1000, 0.2, 96, 1024) == 250, "a quarter of a 4-region pass (22 samples fill 2 chunks)"
-    assert timing.timed_samples(1000, 2.0, 3, 1024) == 683, "2 chunks of 1024 rows at 3 rows per sample"
+def test_timed_samples_cuts_a_long_pass_to_about_25_ms_but_keeps_eight_full_chunks():
+    assert timing.timed_samples(1000, 0.2, 96, 1024) == 125, "an eighth of a 0.2 s pass (86 samples fill 8 chunks)"
+    assert timing.timed_samples(10_000, 2.0, 3, 1024) == 2731, "8 chunks of 1024 rows at 3 rows per sample"
     assert timing.timed_samples(100, 10.0, 3, 1024) == 100, "never more than the test set"
 
 
