@@ -185,13 +185,13 @@ def timed_samples(n: int, pass_s: float, rows_per_sample: float, max_batch: int)
     Throughput needs many short timed regions, not passes over the whole test set: a longer
     pass is cut to an evenly spaced subset of about TIMED_PASS_S of work (``pass_s`` is one pass
     over all ``n``), enough that a pass's fixed costs (drawing noise, building indices) weigh as
-    little as over the whole set, and never below eight full ``max_batch`` chunks of rows, so the
+    little as over the whole set, and never below two full ``max_batch`` chunks of rows, so the
     network sees the chunk size it sees on the whole set.
     """
     if pass_s <= TIMED_PASS_S or n <= 1:
         return n
     wanted = math.ceil(n * TIMED_PASS_S / pass_s)
-    chunks = math.ceil(8 * max_batch / max(rows_per_sample, 1e-9))
+    chunks = math.ceil(2 * max_batch / max(rows_per_sample, 1e-9))
     return min(n, max(wanted, chunks))
 
 

@@ -375,9 +375,9 @@ def test_timed_samples_keeps_the_whole_test_set_when_a_pass_fits_a_region():
     assert timing.timed_samples(1, 10.0, 3, 1024) == 1
 
 
-def test_timed_samples_cuts_a_long_pass_to_about_25_ms_but_keeps_eight_full_chunks():
-    assert timing.timed_samples(1000, 0.2, 96, 1024) == 125, "an eighth of a 0.2 s pass (86 samples fill 8 chunks)"
-    assert timing.timed_samples(10_000, 2.0, 3, 1024) == 2731, "8 chunks of 1024 rows at 3 rows per sample"
+def test_timed_samples_cuts_a_long_pass_to_about_25_ms_but_keeps_two_full_chunks():
+    assert timing.timed_samples(1000, 0.2, 96, 1024) == 125, "an eighth of a 0.2 s pass (22 samples fill 2 chunks)"
+    assert timing.timed_samples(10_000, 2.0, 3, 1024) == 683, "2 chunks of 1024 rows at 3 rows per sample"
     assert timing.timed_samples(100, 10.0, 3, 1024) == 100, "never more than the test set"
 
 
