@@ -9,7 +9,9 @@ writes everything into the run folder, so every executor leaves the same files.
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,6 +88,11 @@ def build_tasks(
     return tasks
 
 
+# A finished cell is in its own file at once (``--resume`` rebuilds from those); the run's tables, rebuilt
+# from all of them, are rewritten at most this often while cells finish, and always at the end or on an interrupt.
+TABLES_EVERY_S = 5.0
+
+
 class Recorder:
     """Writes every outcome into the run folder the moment it arrives, and says what happened."""
 
@@ -93,6 +100,7 @@ class Recorder:
         self.folder, self.order, self.suite, self.run, self.log = folder, order, suite, run, log
         self.said: set[str] = set()
         self.failed_groups: set[str] = set()
+        self.tables_written_at = -math.inf
 
     def say(self, message: str, once: bool = False) -> None:
         if not (once and message in self.said):
@@ -121,14 +129,18 @@ class Recorder:
         note = self.folder.save_cell(result.cell_id, result.rows, result.bins, result.predictions)
         if note:
             self.say(note)
-        self.write_tables()
+        self.write_tables(every_s=TABLES_EVERY_S)
 
-    def write_tables(self) -> None:
-        """Rebuild the tables; a failure is said (once) and the run goes on: the cells' files are kept."""
+    def write_tables(self, every_s: float = 0.0) -> None:
+        """Rebuild the tables (unless they were rebuilt less than ``every_s`` ago); a failure is said
+        (once) and the run goes on: the cells' files are kept."""
+        if time.monotonic() - self.tables_written_at < every_s:
+            return
         try:
             self.folder.write_tables(self.order)
         except TableWriteError as exc:
             self.say(str(exc), once=True)
+        self.tables_written_at = time.monotonic()
 
     def record_figures(self, group: list[Cell], outcome: Outcome) -> None:
         if outcome.error is not None:
@@ -176,8 +188,8 @@ def run(
                 for outcome in executor.execute(tasks):
                     recorder.record(outcome)
                     bar.done(outcome.task)
-        except KeyboardInterrupt:
-            recorder.write_tables()  # the table holds every cell finished before the interrupt
+        except BaseException:  # Ctrl-C, a dying executor: the table holds every cell finished before it
+            recorder.write_tables()
             raise
     return folder.write_tables(order)
 
