@@ -10,7 +10,7 @@
 #
 # Settings (environment variables):
 #   THREADS    torch CPU threads (default: every core, nproc)
-#   REPEATS    timed repeats per cell (default 7)
+#   REPEATS    timed repeats per cell (default 7); MAX_TIME seconds of timing per cell (default 10)
 #   PER_CLASS  test images per class, 0 = the whole digits test split of 360 (default 0); 10 is quicker
 #   DIFFBENCH  the diffbench command (default: diffbench); PYTHON the python that has diffbench (default: python)
 set -euo pipefail
@@ -23,11 +23,12 @@ model=$1
 out=${2:-results/diffusers-efficiency-$(date +%Y%m%d-%H%M%S)}
 threads=${THREADS:-$(nproc)}
 repeats=${REPEATS:-7}
+max_time=${MAX_TIME:-10}
 per_class=${PER_CLASS:-0}
 export HF_HUB_OFFLINE=1 # a local folder: nothing to download
 
 "${DIFFBENCH:-diffbench}" run -d "digits[per_class=$per_class]" -m "diffusers[path=$model]" -e shared-noise \
-    --trials 8,16 --scenario offline --device cpu --threads "$threads" --repeats "$repeats" \
+    --trials 8,16 --scenario offline --device cpu --threads "$threads" --repeats "$repeats" --max-time "$max_time" \
     --out "$out" --no-plots --no-report
 
 "${PYTHON:-python}" - "$out" <<'EOF'
