@@ -89,7 +89,8 @@ def build_tasks(
 
 
 # A finished cell is in its own file at once (``--resume`` rebuilds from those); the run's tables, rebuilt
-# from all of them, are rewritten at most this often while cells finish, and always at the end or on an interrupt.
+# from all of them, are rewritten at most this often while cells and figures finish, and always at the end or on
+# any exception.
 TABLES_EVERY_S = 5.0
 
 
@@ -150,7 +151,7 @@ class Recorder:
             return
         for kind, frame in outcome.result.items():
             self.folder.save_part(group[0].group_id, kind, frame)
-        self.write_tables()
+        self.write_tables(every_s=TABLES_EVERY_S)
 
 
 def run(

@@ -202,23 +202,33 @@ def evenly_spaced(n: int, m: int) -> torch.Tensor:
     return torch.linspace(0, n - 1, m).round().long()
 
 
-def settling(rates: list[float], efficiencies: list[float], min_repeats: int) -> str:
-    """Why the repeats so far have not settled yet ("" once they have)."""
-    if len(rates) < max(min_repeats, MIN_SETTLED_REPEATS):
-        return f"only {len(rates)} repeat(s)"
-    spread = half_width(rates)
+def unsettled(values: list[float], efficiencies: list[float], minimum: int, unit: str, metric: str) -> str:
+    """Why ``values`` (rates or latencies) and their efficiencies have not settled yet ("" once they have).
+
+    Settled: at least ``minimum`` of them, the CONFIDENCE interval of their median within SETTLED_RATE
+    of it, and that of the median efficiency within SETTLED_EFFICIENCY.
+    """
+    if len(values) < minimum:
+        return f"only {len(values)} {unit}(s)"
+    spread = half_width(values)
     if spread > SETTLED_RATE:
-        return f"samples/s median known to +-{spread:.0%} ({CONFIDENCE:.0%} interval)"
+        return f"{metric} median known to +-{spread:.0%} ({CONFIDENCE:.0%} interval)"
     eff_spread = half_width(efficiencies, scale=1.0)
     if eff_spread > SETTLED_EFFICIENCY:
         return f"efficiency median known to +-{eff_spread:.3f} ({CONFIDENCE:.0%} interval)"
-    efficiency = statistics.median(efficiencies)
-    if efficiency > EFFICIENCY_CEILING:
-        return (
-            f"efficiency {efficiency:.3f} above {EFFICIENCY_CEILING}: the bare network ran slower than inside "
-            "the estimator (a machine that changed speed between regions)"
-        )
     return ""
+
+
+def settling(rates: list[float], efficiencies: list[float], min_repeats: int) -> str:
+    """Why the offline repeats so far have not settled yet ("" once they have): ``unsettled``, or above the ceiling."""
+    note = unsettled(rates, efficiencies, max(min_repeats, MIN_SETTLED_REPEATS), "repeat", "samples/s")
+    efficiency = statistics.median(efficiencies)
+    if note or efficiency <= EFFICIENCY_CEILING:
+        return note
+    return (
+        f"efficiency {efficiency:.3f} above {EFFICIENCY_CEILING}: the bare network ran slower than inside "
+        "the estimator (a machine that changed speed between regions)"
+    )
 
 
 def measure(
@@ -348,7 +358,7 @@ def measure_latency(
         bare_s.append(timed(bare_for(rows), device) if rows else 0.0)
         ratios.append(bare_s[-1] / call_s[-1])
         count = len(call_s)
-        note = latency_settling(call_s, ratios, min_count)
+        note = unsettled(call_s, ratios, max(min_count, 1), "call", "latency")
         if count >= max_count or (count >= min_count and (not note or clock() - started >= max_time_s)):
             break
     p50, iqr = median_iqr(call_s)
@@ -370,16 +380,3 @@ def measure_latency(
         samples_per_s=1.0 / p50,
         timing_note=note,
     )
-
-
-def latency_settling(call_s: list[float], ratios: list[float], min_count: int) -> str:
-    """Why the single-sample calls so far have not settled yet ("" once they have)."""
-    if len(call_s) < max(min_count, 1):
-        return f"only {len(call_s)} call(s)"
-    spread = half_width(call_s)
-    if spread > SETTLED_RATE:
-        return f"latency median known to +-{spread:.0%} ({CONFIDENCE:.0%} interval)"
-    eff_spread = half_width(ratios, scale=1.0)
-    if eff_spread > SETTLED_EFFICIENCY:
-        return f"efficiency median known to +-{eff_spread:.3f} ({CONFIDENCE:.0%} interval)"
-    return ""
