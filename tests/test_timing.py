@@ -375,8 +375,11 @@ def test_timed_samples_keeps_the_whole_test_set_when_a_pass_fits_a_region():
     assert timing.timed_samples(1, 10.0, 3, 1024) == 1
 
 
-def test_timed_samples_cuts_a_long_pass_to_about_25_ms_but_keeps_two_full_chunks():
-    assert timing.timed_samples(1000, 0.2, 96, 1024) == 125, "an eighth of a 0.2 s pass (22 samples fill 2 chunks)"
+def test_timed_samples_cuts_a_long_pass_to_about_12_ms_but_keeps_two_full_chunks():
+    assert timing.TIMED_PASS_S == 0.012
+    assert timing.timed_samples(1000, 0.2, 96, 1024) == 60, "6% of a 0.2 s pass (22 samples fill 2 chunks)"
+    assert timing.timed_samples(1000, 0.2, 1024, 1024) == 60, "the 12 ms of work beat 2 chunks' 2 samples"
+    assert timing.timed_samples(1000, 0.2, 8, 1024) == 256, "2 chunks of 1024 rows beat 12 ms' 60 samples"
     assert timing.timed_samples(10_000, 2.0, 3, 1024) == 683, "2 chunks of 1024 rows at 3 rows per sample"
     assert timing.timed_samples(100, 10.0, 3, 1024) == 100, "never more than the test set"
 
