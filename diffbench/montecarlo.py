@@ -123,7 +123,7 @@ def class_errors(
 
     Costs B x R x K NFE (or the marked count), read from the model's counter like any call.
     Rows go to the model in (sample, trial, class) order through ``model.eps_error``, which
-    reduces each chunk of predictions to per-row errors as it goes.
+    reduces the predictions to per-row errors (chunk by chunk where they would be big).
     """
     if weighting != "simple":
         per_t = timestep_weights(model, weighting)[t]

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import diffbench.model as model_module
 from diffbench.model import sample
 from diffbench.montecarlo import pointwise_loss
 from diffbench.schedule import NoiseSchedule, q_sample
@@ -53,7 +54,10 @@ def test_model_rejects_a_non_positive_max_batch():
 
 @pytest.mark.parametrize("loss", ["l2", "l1", "huber"])
 @pytest.mark.parametrize("max_batch", [100, 3])
-def test_eps_error_is_the_row_mean_of_the_loss_of_eps(loss, max_batch):
+@pytest.mark.parametrize("gathered", [True, False], ids=["one-loss", "loss-per-chunk"])
+def test_eps_error_is_the_row_mean_of_the_loss_of_eps(loss, max_batch, gathered, monkeypatch):
+    if not gathered:  # rows too many to keep the predictions: each chunk is reduced as it comes
+        monkeypatch.setattr(model_module, "GATHERED_PREDICTIONS", 0)
     module = Recorder(dim=2, num_classes=3)
     model = make_model(module, max_batch=max_batch)
     x, t, c = rows(10)
@@ -65,6 +69,25 @@ def test_eps_error_is_the_row_mean_of_the_loss_of_eps(loss, max_batch):
     assert err.shape == (10,) and torch.allclose(err, expected, rtol=1e-6, atol=0)
     assert model.nfe == 10, "each row is one NFE, as through eps"
     assert [len(call[0]) for call in module.calls] == [min(max_batch, 10 - i) for i in range(0, 10, max_batch)]
+
+
+@pytest.mark.parametrize("size", [(2,), (3, 5, 4)])
+def test_eps_error_gives_the_same_bits_whether_chunks_are_reduced_at_once_or_one_by_one(size, monkeypatch):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(math.prod(size), math.prod(size))
+
+    class Flat(torch.nn.Module):
+        def forward(self, x_t, t, c):
+            return net(x_t.flatten(1)).view_as(x_t)
+
+    model = model_module.ConditionalModel(Flat(), NoiseSchedule("linear", 1000), 3, size, max_batch=7)
+    n = 40
+    x, target = torch.randn(n, *size, generator=gen()), torch.randn(n, *size, generator=gen(4))
+    t, c = torch.randint(0, 1000, (n,), generator=gen(1)), torch.randint(0, 3, (n,), generator=gen(2))
+    at_once = model.eps_error(x, t, c, target)
+    monkeypatch.setattr(model_module, "GATHERED_PREDICTIONS", 0)
+    assert torch.equal(model.eps_error(x, t, c, target), at_once)
+    assert model.nfe == 2 * n
 
 
 def test_eps_error_defaults_to_squared_error_and_checks_the_target(recorder_model):
