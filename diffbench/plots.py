@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import multiprocessing
-import os
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -328,52 +325,30 @@ def image_grid(part: pd.DataFrame, shape: list[int]) -> np.ndarray:
 
 
 def plot_run(run_dir: Path, out: Path | None = None) -> list[Path]:
-    """Draw every plot of a run folder from its saved tables (into ``out``, default the folder); returns the PNGs.
-
-    The plots are independent: where the platform can fork, they are drawn by two worker
-    processes at once (``drawn``), which halves the wall time of this step on two or more cores.
-    """
+    """Draw every plot of a run folder from its saved tables (into ``out``, default the folder); returns the PNGs."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir
     frame = results.with_variant_labels(results.read_table(run_dir, results.PLOTTED))
     every = frame[frame["status"] == "ok"]
     ok = results.offline(every)
+    made: list[Path] = []
     if every.empty:
-        return []
-    jobs: list[tuple] = []
+        return made
     if not ok.empty:
-        jobs.append((accuracy_vs_nfe, ok, out / "accuracy_vs_nfe.png"))
-    jobs += [(throughput, every, out / "throughput.png"), (flip_rates, ok, out / "flip_rate.png")]
-    jobs.append((truncation_windows, ok, out / "truncation_windows.png"))
+        made.append(accuracy_vs_nfe(ok, out / "accuracy_vs_nfe.png"))
+    made.append(throughput(every, out / "throughput.png"))
+    flips = flip_rates(ok, out / "flip_rate.png")
+    if flips is not None:
+        made.append(flips)
+    windows = truncation_windows(ok, out / "truncation_windows.png")
+    if windows is not None:
+        made.append(windows)
     if (run_dir / results.RELIABILITY).is_file():
-        jobs.append((reliability, results.read_parquet_file(run_dir / results.RELIABILITY), out / "reliability.png"))
+        made.append(reliability(results.read_parquet_file(run_dir / results.RELIABILITY), out / "reliability.png"))
     if (run_dir / results.SAMPLES).is_file():
         points = results.read_parquet_file(run_dir / results.SAMPLES)
         if (run_dir / results.REGIONS).is_file():
             regions = results.read_parquet_file(run_dir / results.REGIONS)
-            jobs.append((decision_regions, regions, points, out / "decision_regions.png"))
-        jobs.append((model_samples, points, out / "model_samples.png"))
-    return [path for path in drawn(jobs) if path is not None]
-
-
-PLOT_WORKERS = 2  # processes drawing plots at once (where fork is available and there are cores for them)
-
-
-def _draw(job: tuple) -> Path | None:
-    return job[0](*job[1:])
-
-
-def drawn(jobs: list[tuple]) -> list[Path | None]:
-    """``fn(*args)`` for each ``(fn, *args)`` job, in order: on forked workers, else one after another.
-
-    A forked worker inherits the imported plotting libraries and the frames, so it starts at
-    once; only the jobs' results (paths) travel back. Without fork (Windows, macOS's default),
-    on one core or for a single job, the jobs run here. An error in a job is raised here either way.
-    """
-    workers = min(PLOT_WORKERS, len(jobs), os.cpu_count() or 1)
-    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [_draw(job) for job in jobs]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork of a threaded process (the workers only draw)
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            return pool.map(_draw, jobs, chunksize=1)
+            made.append(decision_regions(regions, points, out / "decision_regions.png"))
+        made.append(model_samples(points, out / "model_samples.png"))
+    return made

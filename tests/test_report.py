@@ -175,34 +175,3 @@ def test_the_flip_rate_plot_needs_no_full_mc(tmp_path):
     assert plots.flip_rates(frame, tmp_path / "f.png").stat().st_size > 1000
     assert plots.flip_rates(frame.assign(flip_rate=np.nan), tmp_path / "g.png") is None
 
-
-def _page(path: Path, text: str) -> Path:
-    """A stand-in plot job: writes ``text`` and names the process that wrote it."""
-    import os
-
-    path.write_text(f"{text} {os.getpid()}")
-    return path
-
-
-def _broken(path: Path) -> Path:
-    raise ValueError(f"cannot draw {path.name}")
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_plot_jobs_come_back_in_order_from_any_number_of_workers(tmp_path, monkeypatch, workers):
-    import os
-
-    monkeypatch.setattr(plots, "PLOT_WORKERS", workers)
-    jobs = [(_page, tmp_path / f"{i}.txt", f"plot{i}") for i in range(5)]
-    assert plots.drawn(jobs) == [tmp_path / f"{i}.txt" for i in range(5)]
-    writers = {int(p.read_text().split()[1]) for p in tmp_path.glob("*.txt")}
-    assert [p.read_text().split()[0] for p in sorted(tmp_path.glob("*.txt"))] == [f"plot{i}" for i in range(5)]
-    forked = workers > 1 and (os.cpu_count() or 1) > 1 and "fork" in plots.multiprocessing.get_all_start_methods()
-    assert (os.getpid() not in writers) == forked  # drawn by workers exactly when they may be used
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_plot_that_fails_fails_plot_run_with_its_own_error(tmp_path, monkeypatch, workers):
-    monkeypatch.setattr(plots, "PLOT_WORKERS", workers)
-    with pytest.raises(ValueError, match="cannot draw b.png"):
-        plots.drawn([(_page, tmp_path / "a.txt", "a"), (_broken, tmp_path / "b.png")])
