@@ -174,4 +174,3 @@ def test_the_flip_rate_plot_needs_no_full_mc(tmp_path):
     )
     assert plots.flip_rates(frame, tmp_path / "f.png").stat().st_size > 1000
     assert plots.flip_rates(frame.assign(flip_rate=np.nan), tmp_path / "g.png") is None
-
