@@ -251,3 +251,23 @@ def test_a_missing_checkpoint_is_one_line(cli, tmp_path):
     result = cli("run", "-m", "mlp", "--checkpoint", tmp_path / "none.pt", "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert error_lines(result)[-1] == f"diffbench: error: checkpoint '{tmp_path / 'none.pt'}' does not exist"
+
+
+def test_training_uses_the_fused_adam_where_torch_has_one_and_plain_adam_elsewhere(monkeypatch):
+    from diffbench import training
+
+    module = torch.nn.Linear(3, 2)
+    fused_cpu = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4)
+    optimizer = training.adam(module, 0.01)
+    assert optimizer.defaults["lr"] == 0.01
+    assert bool(optimizer.defaults.get("fused")) == fused_cpu
+    real = torch.optim.Adam
+
+    def no_fused_kernel(params, lr, fused=None):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, lr=lr)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused_kernel)
+    plain = training.adam(module, 0.01)
+    assert not plain.defaults.get("fused") and len(plain.param_groups[0]["params"]) == 2
