@@ -246,3 +246,22 @@ def test_timed_regions_never_include_training_or_plotting(tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     assert state["timed"] > 0 and state["trained"] == 1 and state["plotted"] > 0
     assert state["overlaps"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "steps"),
+    [
+        ([], 2000),  # the quick suite's own grid: its [train.mlp] table (tuned on spirals)
+        (["-e", "shared-noise", "--trials", "4"], 2000),  # still spirals
+        (["-d", "checkerboard"], 4000),  # other data: mlp's own defaults
+        (["-d", "spirals"], 4000),  # data chosen on the command line, even the same
+        (["--suite", "quick", "-d", "checkerboard"], 2000),  # the suite named: all of it applies
+    ],
+)
+def test_the_quick_suites_training_table_applies_to_its_own_grid_only(args, steps):
+    from diffbench import cli
+
+    context = cli.run.make_context("run", ["--device", "cpu", *args])
+    suite, _, cells = cli.build_grid(context.params)
+    assert {suite.train_settings(c.denoiser).steps for c in cells} == {steps}
+    assert {suite.train_settings(c.denoiser).lr for c in cells} == {0.004 if steps == 2000 else 0.002}
