@@ -197,14 +197,15 @@ class ConditionalModel:
             with torch.inference_mode():
                 elementwise = loss(self._forward(x_t, t, c), target)
             return _row_mean(elementwise.reshape(n, size))  # made outside inference mode: an ordinary tensor
-        chunks = zip(*(rows.split(self.max_batch) for rows in (x_t, t, c, target)), strict=True)
         if n * size <= GATHERED_PREDICTIONS:  # small rows: the chunks' predictions, then one loss over them all
+            inputs = zip(*(rows.split(self.max_batch) for rows in (x_t, t, c)), strict=True)
             with torch.inference_mode():
-                predicted = torch.cat([self._forward(x_i, t_i, c_i) for x_i, t_i, c_i, _ in chunks])
+                predicted = torch.cat([self._forward(x_i, t_i, c_i) for x_i, t_i, c_i in inputs])
                 elementwise = loss(predicted, target)
             return _row_mean(elementwise.reshape(n, size))
         out: torch.Tensor | None = None
         outs: tuple[torch.Tensor, ...] = ()
+        chunks = zip(*(rows.split(self.max_batch) for rows in (x_t, t, c, target)), strict=True)
         with torch.inference_mode():
             for i, (x_i, t_i, c_i, target_i) in enumerate(chunks):
                 elementwise = loss(self._forward(x_i, t_i, c_i), target_i).reshape(x_i.shape[0], size)
