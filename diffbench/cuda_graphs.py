@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -138,16 +138,24 @@ def warm_up(call: OneSample, static_x: torch.Tensor, model: ConditionalModel) ->
     refused here rather than by a failed capture (the first call may compile or fill caches,
     which may synchronise harmlessly).
     """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    with on_side_stream():
         for i in range(WARMUP_CALLS):
             model.nfe = 0
             out = synchronisation_checked(call, static_x) if i == 1 else call(static_x)
-    torch.cuda.current_stream().wait_stream(side)
     if not isinstance(out, torch.Tensor):
         raise CaptureRefused(f"the eager call returns {type(out).__name__}, not a tensor")
     return out, model.nfe
+
+
+@contextlib.contextmanager
+def on_side_stream() -> Iterator[None]:
+    """Run the block on a fresh side stream, joined to the current stream before and after (the warm-up
+    calls before a capture must not run on the default stream)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        yield
+    torch.cuda.current_stream().wait_stream(side)
 
 
 def synchronisation_checked(call: OneSample, static_x: torch.Tensor) -> torch.Tensor:
@@ -210,12 +218,9 @@ def bare_runner(mode: str, device: torch.device) -> Callable[[Callable[[], objec
 def graphed_thunk(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
     """``fn`` (no arguments, static shapes, no randomness) captured in a CUDA graph: its replay."""
     with torch.cuda.device(device):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with on_side_stream():
             for _ in range(WARMUP_CALLS):
                 fn()
-        torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         record(graph, fn)
     return graph.replay
