@@ -22,7 +22,8 @@ from diffbench.preparation import Prepared, model_of
 from diffbench.provenance import device_name, provenance
 from diffbench.results import param_columns
 from diffbench.suite import Suite
-from diffbench.timing import evenly_spaced, measure, measure_latency, median_iqr, timed, timed_samples
+from diffbench.summary import median_iqr
+from diffbench.timing import evenly_spaced, measure, measure_latency, timed, timed_samples
 
 GAP_SAMPLES = 128  # test samples behind gap_variance
 GAP_REPEATS = 4  # independent repeats behind gap_variance

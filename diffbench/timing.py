@@ -1,11 +1,12 @@
-"""Timing an estimator against the bare module's forward passes, interleaved, on one device.
+"""Clocks and timing loops: an estimator against the bare module's forward passes, interleaved, on one device.
 
-Also single-sample latency: one test sample classified alone per call.
+Also single-sample latency: one test sample classified alone per call. What the timed values
+come to (medians, IQRs, intervals of the median, and when the repeats have settled) is
+``diffbench.summary``'s.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 import time
@@ -15,14 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from diffbench.model import ConditionalModel
+from diffbench.summary import EFFICIENCY_CEILING, Summary, ninetieth_percentile, settle
 
 MIN_REGION_S = 0.005  # each timed region (one side of a repeat) lasts at least this long
 TIMED_PASS_S = 0.012  # a longer pass is timed on a subset of about this much work (see timed_samples)
 WARMUP_S = 0.05  # untimed passes (the caller's first one included) before anything is timed
-CONFIDENCE = 0.9  # of the distribution-free interval around each reported median
-SETTLED_RATE = 0.1  # timing stops once the median samples/s (latency) is known to within this share of itself
-SETTLED_EFFICIENCY = 0.03  # ... and the median efficiency to within this (absolute)
-EFFICIENCY_CEILING = 1.02  # an estimator cannot outrun the network it calls: above this, keep timing, then flag
 MIN_LATENCY_CALLS = 20  # single-sample calls before the interval of their median is trusted
 MIN_SETTLED_REPEATS = 10  # repeats before the intervals may settle (5 is the fewest whose range reaches 90%)
 
@@ -43,45 +41,6 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return clock() - start
 
 
-def median_iqr(values: list[float]) -> tuple[float, float]:
-    if len(values) == 1:
-        return values[0], 0.0
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return statistics.median(values), q[2] - q[0]
-
-
-@functools.lru_cache(maxsize=512)
-def _median_ranks(n: int, confidence: float) -> int:
-    """The largest k with P(x_(k) <= median <= x_(n+1-k)) >= confidence for n i.i.d. draws (1 if none)."""
-    k, below = 1, 0.0  # below = P(Binomial(n, 1/2) <= k - 1)
-    while k < (n + 1) // 2:
-        below += math.comb(n, k - 1) / 2**n
-        if 1 - 2 * (below + math.comb(n, k) / 2**n) < confidence:
-            break
-        k += 1
-    return k
-
-
-def median_ci(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """A distribution-free interval around the median: order statistics x_(k) and x_(n+1-k).
-
-    k is the largest rank whose interval covers the true median with at least ``confidence``
-    (a binomial count of draws below it); unlike the IQR, the interval narrows as repeats are
-    added, so a stopping rule on it ends on a busy machine too. Fewer than 5 values cannot
-    reach 90%: their interval is the whole range.
-    """
-    ordered = sorted(values)
-    k = _median_ranks(len(ordered), confidence)
-    return ordered[k - 1], ordered[len(ordered) - k]
-
-
-def half_width(values: list[float], scale: float | None = None) -> float:
-    """Half the width of ``median_ci(values)``, relative to ``scale`` (default: the median itself)."""
-    low, high = median_ci(values)
-    scale = statistics.median(values) if scale is None else scale
-    return (high - low) / 2 / scale if scale > 0 else math.inf
-
-
 @dataclass
 class Throughput:
     samples_per_s: float
@@ -96,10 +55,34 @@ class Throughput:
     efficiency_ci_high: float
     inner_passes: int
     repeats: int
-    noisy: bool  # the intervals never narrowed to SETTLED (or efficiency stayed above EFFICIENCY_CEILING)
+    noisy: bool  # the repeats never settled (summary.settle), or efficiency stayed above EFFICIENCY_CEILING
     rel_iqr: float  # IQR / median of samples_per_s
     warmup_s: float  # untimed warm-up, the caller's first pass included
     timing_note: str  # why the cell is noisy, empty when it is not
+
+    @classmethod
+    def of(
+        cls, rates: Summary, efficiency: Summary, evals_per_s: float, bare_rows_per_s: float, inner: int, warmup_s: float
+    ) -> Throughput:
+        """The table's offline timing columns from the summaries of samples/s and efficiency over the repeats."""
+        return cls(
+            samples_per_s=rates.median,
+            samples_per_s_iqr=rates.iqr,
+            samples_per_s_ci_low=rates.ci_low,
+            samples_per_s_ci_high=rates.ci_high,
+            evals_per_s=evals_per_s,
+            bare_rows_per_s=bare_rows_per_s,
+            efficiency=efficiency.median,
+            efficiency_iqr=efficiency.iqr,
+            efficiency_ci_low=efficiency.ci_low,
+            efficiency_ci_high=efficiency.ci_high,
+            inner_passes=inner,
+            repeats=rates.count,
+            noisy=not rates.settled,
+            rel_iqr=rates.rel_iqr,
+            warmup_s=warmup_s,
+            timing_note=rates.unsettled,
+        )
 
 
 @dataclass
@@ -116,9 +99,28 @@ class Latency:
     efficiency: float  # median over calls of (bare call's time) / (the estimator call's time just before it)
     efficiency_ci_low: float
     efficiency_ci_high: float
-    noisy: bool  # the intervals never narrowed to SETTLED within the time cap, or fewer than MIN_LATENCY_CALLS
+    noisy: bool  # the calls never settled (summary.settle) within the time cap, or fewer than MIN_LATENCY_CALLS
     samples_per_s: float  # 1 / p50: one sample per call
     timing_note: str
+
+    @classmethod
+    def of(cls, call_s: list[float], calls: Summary, efficiency: Summary, bare_s: list[float]) -> Latency:
+        """The table's single-sample columns from the calls' seconds, their summaries, and the bare calls' seconds."""
+        return cls(
+            latency_p50_ms=calls.median * 1e3,
+            latency_p90_ms=ninetieth_percentile(call_s) * 1e3,
+            latency_iqr_ms=calls.iqr * 1e3,
+            latency_ci_low_ms=calls.ci_low * 1e3,
+            latency_ci_high_ms=calls.ci_high * 1e3,
+            repeats=calls.count,
+            bare_latency_p50_ms=Summary.of(bare_s).median * 1e3,
+            efficiency=efficiency.median,
+            efficiency_ci_low=efficiency.ci_low,
+            efficiency_ci_high=efficiency.ci_high,
+            noisy=not calls.settled,
+            samples_per_s=1.0 / calls.median,
+            timing_note=calls.unsettled,
+        )
 
 
 class BareForward:
@@ -203,33 +205,42 @@ def evenly_spaced(n: int, m: int) -> torch.Tensor:
     return torch.linspace(0, n - 1, m).round().long()
 
 
-def unsettled(values: list[float], efficiencies: list[float], minimum: int, unit: str, metric: str) -> str:
-    """Why ``values`` (rates or latencies) and their efficiencies have not settled yet ("" once they have).
+class InterleavedRegions:
+    """The timed regions of ``measure``: ``inner`` estimator passes, and the bare module on the same rows.
 
-    Settled: at least ``minimum`` of them, the CONFIDENCE interval of their median within SETTLED_RATE
-    of it, and that of the median efficiency within SETTLED_EFFICIENCY.
+    The bare reference is (re)built on the rows per pass the estimator last evaluated, and warmed
+    as long as one region before it is first timed.
     """
-    if len(values) < minimum:
-        return f"only {len(values)} {unit}(s)"
-    spread = half_width(values)
-    if spread > SETTLED_RATE:
-        return f"{metric} median known to +-{spread:.0%} ({CONFIDENCE:.0%} interval)"
-    eff_spread = half_width(efficiencies, scale=1.0)
-    if eff_spread > SETTLED_EFFICIENCY:
-        return f"efficiency median known to +-{eff_spread:.3f} ({CONFIDENCE:.0%} interval)"
-    return ""
 
+    def __init__(self, run_pass: Callable[[], object], model: ConditionalModel, inner: int, generator) -> None:
+        self.run_pass, self.model, self.inner, self.generator = run_pass, model, inner, generator
+        self.bare: BareForward | None = None
 
-def settling(rates: list[float], efficiencies: list[float], min_repeats: int) -> str:
-    """Why the offline repeats so far have not settled yet ("" once they have): ``unsettled``, or above the ceiling."""
-    note = unsettled(rates, efficiencies, max(min_repeats, MIN_SETTLED_REPEATS), "repeat", "samples/s")
-    efficiency = statistics.median(efficiencies)
-    if note or efficiency <= EFFICIENCY_CEILING:
-        return note
-    return (
-        f"efficiency {efficiency:.3f} above {EFFICIENCY_CEILING}: the bare network ran slower than inside "
-        "the estimator (a machine that changed speed between regions)"
-    )
+    def estimator(self) -> tuple[float, int]:
+        """Seconds of one estimator region and the NFE it spent."""
+        self.model.reset_nfe()
+        seconds = max(timed(lambda: [self.run_pass() for _ in range(self.inner)], self.model.device), 1e-9)
+        return seconds, self.model.reset_nfe()
+
+    def bare_region(self) -> float:
+        return max(timed(lambda ref=self.bare: [ref() for _ in range(self.inner)], self.model.device), 1e-9)
+
+    def repeat(self, bare_first: bool) -> tuple[float, int, float, int]:
+        """One repeat: the estimator's seconds and NFE, the bare region's seconds and rows per pass.
+
+        ``bare_first`` times the bare region first, once there is a warm one to time.
+        """
+        if self.bare is not None and bare_first:
+            bare_s = self.bare_region()
+            est_s, nfe = self.estimator()
+        else:
+            est_s, nfe = self.estimator()
+            rows = max(1, nfe // self.inner)
+            if self.bare is None or self.bare.rows != rows:
+                self.bare = BareForward(self.model, rows, self.generator)
+                [self.bare() for _ in range(self.inner)]  # warm the reference as long as one region
+            bare_s = self.bare_region()
+        return est_s, nfe, bare_s, self.bare.rows
 
 
 def measure(
@@ -250,70 +261,38 @@ def measure(
     and a bare region on the same rows, side by side, in alternating order (so a machine that
     speeds up or slows down during a repeat favours neither). Short regions and many repeats:
     on a shared machine the noise between adjacent regions hardly shrinks with their length, so
-    more, shorter repeats pin the medians down faster. Repeats go on until, after at least
-    ``min_repeats`` (and MIN_SETTLED_REPEATS), the CONFIDENCE intervals of the median
-    samples/s (within SETTLED_RATE of it) and of the median efficiency (SETTLED_EFFICIENCY)
-    have narrowed and efficiency is not above EFFICIENCY_CEILING; or until ``max_time_s`` has
-    been spent repeating (at least one repeat) or ``max_repeats``. A cell that stops unsettled
-    is ``noisy``, with the reason in ``timing_note``. NFE is read from the model's counter
-    over the timed regions.
+    more, shorter repeats pin the medians down faster. Repeats go on until they have settled
+    (``summary.settle``: after at least ``min_repeats`` and MIN_SETTLED_REPEATS, the CONFIDENCE
+    intervals of the median samples/s and of the median efficiency have narrowed, and efficiency
+    is not above EFFICIENCY_CEILING); or until ``max_time_s`` has been spent repeating (at least
+    one repeat) or ``max_repeats``. A cell that stops unsettled is ``noisy``, with the reason in
+    ``timing_note``. NFE is read from the model's counter over the timed regions.
     """
-    device = model.device
-    warmup_s, pass_s = warm_up(run_pass, device, first_pass_s)
-    inner = calibrate(run_pass, device, pass_s)
+    warmup_s, pass_s = warm_up(run_pass, model.device, first_pass_s)
+    inner = calibrate(run_pass, model.device, pass_s)
+    regions = InterleavedRegions(run_pass, model, inner, generator)
     est_rates, eval_rates, bare_rates, efficiencies = [], [], [], []
-    bare: BareForward | None = None
-
-    def estimator_region() -> tuple[float, int]:
-        model.reset_nfe()
-        seconds = max(timed(lambda: [run_pass() for _ in range(inner)], device), 1e-9)
-        return seconds, model.reset_nfe()
-
-    def bare_region() -> float:
-        return max(timed(lambda ref=bare: [ref() for _ in range(inner)], device), 1e-9)
-
     started = clock()
     while True:
-        if bare is not None and len(est_rates) % 2:  # odd repeats: the bare network first
-            bare_s = bare_region()
-            est_s, nfe = estimator_region()
-        else:
-            est_s, nfe = estimator_region()
-            if bare is None or bare.rows != max(1, nfe // inner):
-                bare = BareForward(model, max(1, nfe // inner), generator)
-                [bare() for _ in range(inner)]  # warm the reference as long as one region
-            bare_s = bare_region()
+        est_s, nfe, bare_s, bare_rows = regions.repeat(bare_first=len(est_rates) % 2 == 1)
         evals_rate = nfe / est_s
-        bare_rate = bare.rows * inner / bare_s
+        bare_rate = bare_rows * inner / bare_s
         est_rates.append(n_samples * inner / est_s)
         eval_rates.append(evals_rate)
         bare_rates.append(bare_rate)
         efficiencies.append(evals_rate / bare_rate)
-        note = settling(est_rates, efficiencies, min_repeats)
-        if not note or len(est_rates) >= max_repeats or clock() - started >= max_time_s:
+        rates, efficiency = settle(
+            est_rates,
+            efficiencies,
+            minimum=max(min_repeats, MIN_SETTLED_REPEATS),
+            unit="repeat",
+            metric="samples/s",
+            ceiling=EFFICIENCY_CEILING,
+        )
+        if rates.settled or len(est_rates) >= max_repeats or clock() - started >= max_time_s:
             break
-    samples, samples_iqr = median_iqr(est_rates)
-    eff, eff_iqr = median_iqr(efficiencies)
-    samples_low, samples_high = median_ci(est_rates)
-    eff_low, eff_high = median_ci(efficiencies)
-    return Throughput(
-        samples_per_s=samples,
-        samples_per_s_iqr=samples_iqr,
-        samples_per_s_ci_low=samples_low,
-        samples_per_s_ci_high=samples_high,
-        evals_per_s=statistics.median(eval_rates),
-        bare_rows_per_s=statistics.median(bare_rates),
-        efficiency=eff,
-        efficiency_iqr=eff_iqr,
-        efficiency_ci_low=eff_low,
-        efficiency_ci_high=eff_high,
-        inner_passes=inner,
-        repeats=len(est_rates),
-        noisy=bool(note),
-        rel_iqr=samples_iqr / samples if samples > 0 else math.inf,
-        warmup_s=warmup_s,
-        timing_note=note,
-    )
+    evals_per_s, bare_rows_per_s = Summary.of(eval_rates).median, Summary.of(bare_rates).median
+    return Throughput.of(rates, efficiency, evals_per_s, bare_rows_per_s, inner, warmup_s)
 
 
 def measure_latency(
@@ -329,11 +308,12 @@ def measure_latency(
     """Single-stream latency (MLPerf): ``run_one(i)`` classifies the i-th test sample alone.
 
     One untimed warm-up call, then timed calls i = 0, 1, ..., each followed by the bare
-    module timed on that call's NFE rows. Stops once ``min_count`` calls are done and the
-    CONFIDENCE intervals of the median latency (relative) and of the median per-call efficiency
-    are within SETTLED_RATE and SETTLED_EFFICIENCY; or after ``max_count`` calls, or once ``max_time_s`` has gone by and
-    ``min_count`` calls are done (always at least one). Unsettled is ``noisy``. ``bare_as``
-    wraps each bare reference to run the way the calls run (a CUDA graph: ``cuda_graphs.bare_runner``).
+    module timed on that call's NFE rows. Stops once ``min_count`` calls are done and they have
+    settled (``summary.settle``: the CONFIDENCE intervals of the median latency (relative) and of
+    the median per-call efficiency are within SETTLED_RATE and SETTLED_EFFICIENCY); or after
+    ``max_count`` calls, or once ``max_time_s`` has gone by and ``min_count`` calls are done
+    (always at least one). Unsettled is ``noisy``. ``bare_as`` wraps each bare reference to run
+    the way the calls run (a CUDA graph: ``cuda_graphs.bare_runner``).
     """
     device = model.device
     bares: dict[int, Callable[[], object]] = {}
@@ -359,25 +339,7 @@ def measure_latency(
         bare_s.append(timed(bare_for(rows), device) if rows else 0.0)
         ratios.append(bare_s[-1] / call_s[-1])
         count = len(call_s)
-        note = unsettled(call_s, ratios, max(min_count, 1), "call", "latency")
-        if count >= max_count or (count >= min_count and (not note or clock() - started >= max_time_s)):
+        calls, efficiency = settle(call_s, ratios, minimum=max(min_count, 1), unit="call", metric="latency")
+        if count >= max_count or (count >= min_count and (calls.settled or clock() - started >= max_time_s)):
             break
-    p50, iqr = median_iqr(call_s)
-    p90 = statistics.quantiles(call_s, n=10, method="inclusive")[8] if count > 1 else call_s[0]
-    low, high = median_ci(call_s)
-    eff_low, eff_high = median_ci(ratios)
-    return Latency(
-        latency_p50_ms=p50 * 1e3,
-        latency_p90_ms=p90 * 1e3,
-        latency_iqr_ms=iqr * 1e3,
-        latency_ci_low_ms=low * 1e3,
-        latency_ci_high_ms=high * 1e3,
-        repeats=count,
-        bare_latency_p50_ms=statistics.median(bare_s) * 1e3,
-        efficiency=statistics.median(ratios),
-        efficiency_ci_low=eff_low,
-        efficiency_ci_high=eff_high,
-        noisy=bool(note),
-        samples_per_s=1.0 / p50,
-        timing_note=note,
-    )
+    return Latency.of(call_s, calls, efficiency, bare_s)

@@ -10,7 +10,8 @@ import torch
 
 from diffbench import batch_size, timing
 from diffbench.batch_size import BATCH_SIZE_CACHE, cached_batch_size, parse_batch_size, tune_batch_size
-from diffbench.timing import MIN_REGION_S, _median_ranks, measure, measure_latency, median_ci, median_iqr, timed
+from diffbench.summary import _median_ranks, median_ci, median_iqr
+from diffbench.timing import MIN_REGION_S, measure, measure_latency, timed
 from tests.helpers import ClassConstant, make_model
 
 CPU = torch.device("cpu")
