@@ -6,22 +6,27 @@ Rules (also in the README and ``diffbench compare --help``):
   ``scenario, dtype, compile`` where a run has them. A run that predates one of these columns is taken
   to hold one value of it: the other run's value when that run holds just one, else the value every
   run measured before the column existed (``OLDER_RUNS_MEASURED``). Only cells ``ok`` in both compare.
-- Accuracy: pooled two-proportion z-test on ``accuracy`` and ``n_test``; beyond noise when |z| > 1.96
-  (95%, two-sided). It treats the two test sets as independent samples, which is conservative when
-  both runs classified the same points.
+- Accuracy, where both runs stored per-sample predictions of the same test points (``diffbench compare``,
+  through ``paired.compare_folders``): McNemar's exact test on the points one run got right and the
+  other wrong, beyond noise when p < 0.05 (two-sided), with a paired bootstrap 95% CI of the
+  difference (columns ``accuracy_test``, ``accuracy_p``, ``accuracy_diff_ci_low``/``_high``).
+- Accuracy otherwise (runs without predictions, or of different test points; and ``compare_runs`` alone):
+  pooled two-proportion z-test on ``accuracy`` and ``n_test``; beyond noise when |z| > 1.96 (95%,
+  two-sided). It treats the two test sets as independent samples, which is conservative when both
+  runs classified the same points.
 - Speed (``samples_per_s``, higher is better; ``latency_p50_ms``/``latency_p90_ms``, lower is better):
-  beyond noise when |B - A| exceeds the sum of both runs' spreads, the IQR over timed repeats
-  (``samples_per_s_iqr``, ``latency_iqr_ms``; for latency without an IQR column, p90 - p50). One
-  repeat has an IQR of 0, so then every difference counts.
+  beyond noise when |B - A| exceeds the noise band, both runs' IQRs over timed repeats added
+  (``summary.noise_band``: ``samples_per_s_iqr``, ``latency_iqr_ms``; for latency without an IQR
+  column, p90 - p50). One repeat has an IQR of 0, so then every difference counts.
 - Machine speed: a shared machine's speed drifts by 10-25% between runs minutes apart, and the bare network
   (timed in every cell beside the estimator) drifts with it. Where both runs of a cell ran on the same host and
   device and timed the bare network, B's speed is first put at A's machine speed (multiplied by
   ``bare_A / bare_B``: ``bare_rows_per_s`` for samples/s, ``bare_latency_p50_ms`` for latency), and the verdict
   and the regression gate judge that (``*_ratio_vs_network``); the raw ``B/A`` is shown beside it.
   ``absolute=True`` (``--absolute-speed``) judges the raw figures, e.g. after changing the network or torch.
-- Regression at PCT: accuracy worse beyond noise and lower by more than PCT percentage points, or a
-  speed metric worse beyond noise and by more than PCT percent (samples/s ratio B/A < 1 - PCT/100,
-  latency ratio > 1 + PCT/100).
+- Regression at PCT: accuracy worse beyond noise (by whichever test decided the cell) and lower by more
+  than PCT percentage points, or a speed metric worse beyond noise and by more than PCT percent
+  (samples/s ratio B/A < 1 - PCT/100, latency ratio > 1 + PCT/100).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from diffbench.cell import KEY
+from diffbench.summary import noise_band, within_noise
 
 OLDER_RUNS_MEASURED = {"scenario": "offline", "dtype": "float32", "compile": False}  # before these columns were
 IDENTITY = [k for k in (*KEY, "scenario") if k not in OLDER_RUNS_MEASURED]  # in every run's table
@@ -84,10 +90,10 @@ def accuracy_verdict(z: pd.Series) -> pd.Series:
 
 
 def speed_verdict(a: pd.Series, b: pd.Series, spread: pd.Series, higher_is_better: bool) -> pd.Series:
-    """faster / slower when |B - A| exceeds ``spread`` (the sum of both runs' IQRs), else same."""
+    """faster / slower when |B - A| exceeds ``spread`` (the noise band of both runs' IQRs), else same."""
     improved = b > a if higher_is_better else b < a
     verdict = np.select(
-        [a.isna() | b.isna() | spread.isna(), (b - a).abs() <= spread, improved],
+        [a.isna() | b.isna() | spread.isna(), within_noise(a, b, spread), improved],
         [NOT_MEASURED, SAME_SPEED, "faster"],
         "slower",
     )
@@ -130,8 +136,10 @@ def cell_names(frame: pd.DataFrame, columns: list[str]) -> list[str]:
 def compare_runs(a: pd.DataFrame, b: pd.DataFrame, absolute: bool = False) -> Comparison:
     """Side-by-side accuracy and speed of every cell finished in both runs, with verdicts.
 
-    Speed verdicts judge B put at A's machine speed where both runs timed the bare network on the
-    same host and device (see the module docstring), unless ``absolute``.
+    Accuracy verdicts here are the unpaired z-test's; ``paired.compare_folders`` replaces them with
+    McNemar's where both runs stored predictions of the same points. Speed verdicts judge B put at
+    A's machine speed where both runs timed the bare network on the same host and device (see the
+    module docstring), unless ``absolute``.
     """
     key, a, b = aligned(a, b)
     both = a[key + ["status"]].merge(b[key + ["status"]], on=key, how="outer", suffixes=("_a", "_b"), indicator=True)
@@ -197,14 +205,16 @@ def machine_factor(cells: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def speed_spread(cells: pd.DataFrame, metric: str, factor_b: pd.Series | float = 1.0) -> pd.Series:
-    """The noise band of a speed metric: both runs' IQRs added, B's scaled by ``factor_b`` (latency without an
-    IQR: p90 - p50)."""
+    """The noise band of a speed metric (``summary.noise_band``): both runs' IQRs added, B's scaled by ``factor_b``.
+
+    Latency without an IQR column (older runs) takes p90 - p50 for the IQR.
+    """
     if metric == "samples_per_s":
-        return cells["samples_per_s_iqr_a"] + cells["samples_per_s_iqr_b"] * factor_b
+        return noise_band(cells["samples_per_s_iqr_a"], cells["samples_per_s_iqr_b"], factor_b)
     if "latency_iqr_ms_a" in cells:
-        return cells["latency_iqr_ms_a"] + cells["latency_iqr_ms_b"] * factor_b
+        return noise_band(cells["latency_iqr_ms_a"], cells["latency_iqr_ms_b"], factor_b)
     spread = {run: cells[f"latency_p90_ms_{run}"] - cells[f"latency_p50_ms_{run}"] for run in "ab"}
-    return spread["a"] + spread["b"] * factor_b
+    return noise_band(spread["a"], spread["b"], factor_b)
 
 
 def find_regressions(comparison: Comparison, pct: float) -> list[str]:
