@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from diffbench import metrics, pretrained, streaming, subsets
+from diffbench import batching, metrics, pretrained, subsets
 from diffbench.acceleration import accelerate, unsupported
 from diffbench.batch_size import cached_batch_size
 from diffbench.cell import Cell
@@ -104,10 +104,10 @@ def quality(
         model.check_finite(f"during a pass of estimator '{name}'")  # blame the module, not the estimator
         return check_errors(errors, inputs.shape[0], k, name)
 
-    per_call = streaming.samples_per_call(trials, k, model.data_shape)  # the same batches on every device
+    per_call = batching.samples_per_call(trials, k, model.data_shape)  # the same batches on every device
 
     def classify(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return streaming.in_batches(lambda part: one_call(part, generator), inputs, per_call)
+        return batching.in_batches(lambda part: one_call(part, generator), inputs, per_call)
 
     errors: list[torch.Tensor] = []
     first_s = timed(lambda: errors.append(classify(x, generator)), model.device)

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from diffbench.cell import PEER_KEY
-from diffbench.noise import with_flip_rate_ratio
+from diffbench.flip_rate import with_flip_rate_ratio
 
 TABLE = "results.parquet"
 CSV = "results.csv"

@@ -1,10 +1,10 @@
-"""The quality passes hand the estimator bounded batches of samples (``diffbench.streaming``)."""
+"""The quality passes hand the estimator bounded batches of samples (``diffbench.batching``)."""
 
 from __future__ import annotations
 
 import torch
 
-from diffbench import measurement, streaming
+from diffbench import batching, measurement
 from diffbench.cell import Cell
 from tests.helpers import Recorder, estimator, gen, make_model, points
 
@@ -14,7 +14,7 @@ N, HELD, TRIALS, K, DIM = 40, 30, 2, 3, 2
 def sizes_seen(per_call_elements: int | None, monkeypatch, max_batch: int = 4096):
     """Quality of shared-noise on a fixed model and data: its columns, predictions and the sizes errors() got."""
     if per_call_elements is not None:
-        monkeypatch.setattr(streaming, "MAX_CALL_ELEMENTS", per_call_elements)
+        monkeypatch.setattr(batching, "MAX_CALL_ELEMENTS", per_call_elements)
     seen: list[int] = []
     shared = estimator("shared-noise")
     original = type(shared).errors
@@ -35,9 +35,9 @@ def sizes_seen(per_call_elements: int | None, monkeypatch, max_batch: int = 4096
 
 
 def test_samples_per_call_bounds_samples_trials_classes_and_sample_size():
-    assert streaming.samples_per_call(4, 10, (3, 32, 32)) == streaming.MAX_CALL_ELEMENTS // (4 * 10 * 3 * 32 * 32)
-    assert streaming.samples_per_call(100, 1000, (3, 256, 256)) == 1, "at least one sample, however large"
-    assert streaming.samples_per_call(1, 2, (2,)) == streaming.MAX_CALL_ELEMENTS // 4
+    assert batching.samples_per_call(4, 10, (3, 32, 32)) == batching.MAX_CALL_ELEMENTS // (4 * 10 * 3 * 32 * 32)
+    assert batching.samples_per_call(100, 1000, (3, 256, 256)) == 1, "at least one sample, however large"
+    assert batching.samples_per_call(1, 2, (2,)) == batching.MAX_CALL_ELEMENTS // 4
 
 
 def test_below_the_bound_each_pass_is_one_call_as_before(monkeypatch):
@@ -62,12 +62,12 @@ def test_above_the_bound_every_pass_is_streamed_in_fixed_batches(monkeypatch):
     assert again["temperature"] == columns["temperature"] and again["flip_rate"] == columns["flip_rate"]
 
 
-def test_streamed_errors_are_the_calls_on_consecutive_slices_concatenated():
+def test_batched_errors_are_the_calls_on_consecutive_slices_concatenated():
     x = points(N, DIM, seed=1)
     shared = estimator("shared-noise")
     model = make_model(Recorder(DIM, K), num_classes=K, dim=DIM, timesteps=50)
     generator = gen(0)
-    streamed = streaming.in_batches(lambda part: shared.errors(model, part, TRIALS, generator), x, 16)
+    batched = batching.in_batches(lambda part: shared.errors(model, part, TRIALS, generator), x, 16)
     generator = gen(0)
     parts = [shared.errors(model, x[i : i + 16], TRIALS, generator) for i in (0, 16, 32)]
-    assert torch.equal(streamed, torch.cat(parts)) and streamed.shape == (N, K)
+    assert torch.equal(batched, torch.cat(parts)) and batched.shape == (N, K)

@@ -1,12 +1,13 @@
-"""How noisy an estimator's answers are, against the baseline (full-mc) at the same compute.
+"""Flip rate against the baseline (full-mc) at the same compute: how noisy an estimator's answers are.
 
-``flip_rate`` (per cell, measured by the runner) is the share of test samples whose predicted
-class changes between two independent repeats. Because it falls as NFE grow, an estimator is
-compared with the baseline (full-mc) at the *same NFE per sample*: the baseline's flip rate
-is interpolated, linearly in log2(NFE), between the baseline cells of the same dataset,
-denoiser, device, seed, scenario, dtype and compile. ``flip_rate_vs_full_mc`` < 1 means the
-estimator's answers flip less often than full-mc's would for the same compute; it is NaN
-where the NFE lie outside the baseline's measured range or the baseline never flipped.
+``flip_rate`` (per cell, measured by the runner, ``metrics.flip_rate``) is the share of test samples
+whose predicted class changes between two independent repeats. Because it falls as NFE grow, an
+estimator is compared with the baseline (full-mc) at the *same NFE per sample*: the baseline's flip
+rate is interpolated, linearly in log2(NFE), between the baseline cells that are the cell's peers at
+any number of trials (``SAME_SETTING``: the same dataset, denoiser, device, seed, scenario, dtype and
+compile). ``flip_rate_vs_full_mc`` < 1 means the estimator's answers flip less often than full-mc's
+would for the same compute; it is NaN where the NFE lie outside the baseline's measured range or the
+baseline never flipped.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-GROUP = ["dataset_label", "denoiser_label", "device", "seed", "scenario", "dtype", "compile"]
+from diffbench.cell import PEER_KEY
+
+#: The cells whose flip rates are compared: a cell's peers (``cell.PEER_KEY``) at any number of trials.
+SAME_SETTING = tuple(k for k in PEER_KEY if k != "trials")
 RATIO = "flip_rate_vs_full_mc"
 
 
@@ -34,7 +38,7 @@ def with_flip_rate_ratio(frame: pd.DataFrame) -> pd.DataFrame:
     """
     if not {"flip_rate", "variance_baseline"} <= set(frame.columns):
         return frame
-    group = [g for g in GROUP if g in frame]
+    group = [k for k in SAME_SETTING if k in frame]
     ratio = pd.Series(np.nan, index=frame.index)
     ok = frame["flip_rate"].notna() & (frame["nfe_per_sample"] > 0) & (frame.get("status", "ok") == "ok")
     for _, part in frame[ok].groupby(group, dropna=False, sort=False):

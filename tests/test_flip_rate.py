@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffbench import metrics
-from diffbench.noise import RATIO, with_flip_rate_ratio
+from diffbench.flip_rate import RATIO, with_flip_rate_ratio
 
 
 def test_flip_rate_is_the_mean_disagreement_over_pairs_of_repeats():
@@ -49,3 +49,20 @@ def test_no_ratio_without_a_baseline_in_the_same_group_or_when_the_baseline_neve
     other = cells([("full-mc", 2, 0.2), ("shared-noise", 2, 0.1)]).assign(device=["cpu", "cuda"])
     assert with_flip_rate_ratio(other)[RATIO].tolist()[0] == 1.0
     assert np.isnan(with_flip_rate_ratio(other)[RATIO].tolist()[1])
+
+
+@pytest.mark.parametrize(
+    ("column", "other"),
+    [("dataset_label", "e"), ("denoiser_label", "n"), ("device", "cuda"), ("seed", 1), ("scenario", "single"),
+     ("dtype", "float16"), ("compile", True)],
+)  # fmt: skip
+def test_a_cell_meets_only_the_baseline_of_its_own_setting(column, other):
+    frame = cells([("full-mc", 2, 0.2), ("shared-noise", 2, 0.1)])
+    frame[column] = [frame[column].iloc[0], other]
+    assert np.isnan(with_flip_rate_ratio(frame)[RATIO].iloc[1]), f"a baseline of another {column} is not its own"
+
+
+def test_the_baseline_at_another_number_of_trials_is_the_same_setting():
+    """The same compute is what counts: full-mc at 1 trial (2 NFE) is the baseline of an estimator at 2 trials."""
+    frame = cells([("full-mc", 2, 0.2), ("shared-noise", 2, 0.1)]).assign(trials=[1, 2])
+    assert with_flip_rate_ratio(frame)[RATIO].tolist() == [1.0, 0.5]
