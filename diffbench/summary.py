@@ -88,7 +88,7 @@ class Summary:
 
 
 def median_iqr(values: Sequence[float]) -> tuple[float, float]:
-    """The median of ``values`` and their IQR (0 for one value): ``Summary.of(values)``'s, for callers that need no more."""
+    """The median of ``values`` and their IQR (0 for one value), for callers that need no more of ``Summary``."""
     summary = Summary.of(values)
     return summary.median, summary.iqr
 

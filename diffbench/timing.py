@@ -62,7 +62,13 @@ class Throughput:
 
     @classmethod
     def of(
-        cls, rates: Summary, efficiency: Summary, evals_per_s: float, bare_rows_per_s: float, inner: int, warmup_s: float
+        cls,
+        rates: Summary,
+        efficiency: Summary,
+        evals_per_s: float,
+        bare_rows_per_s: float,
+        inner: int,
+        warmup_s: float,
     ) -> Throughput:
         """The table's offline timing columns from the summaries of samples/s and efficiency over the repeats."""
         return cls(
