@@ -2,15 +2,12 @@
 
 import itertools
 import json
-import math
-import time
 
 import pytest
 import torch
 
 from diffbench import batch_size, timing
 from diffbench.batch_size import BATCH_SIZE_CACHE, cached_batch_size, parse_batch_size, tune_batch_size
-from diffbench.summary import _median_ranks, median_ci, median_iqr
 from diffbench.timing import MIN_REGION_S, measure, measure_latency, timed
 from tests.helpers import ClassConstant, make_model
 
@@ -63,16 +60,6 @@ def fake_pass(model, clock: FakeClock, durations, rows: int = 12):
     return run_pass
 
 
-def sleepy_pass(model, rows: int, seconds: float):
-    x, t, c = torch.zeros(rows, 2), torch.zeros(rows, dtype=torch.long), torch.zeros(rows, dtype=torch.long)
-
-    def run_pass():
-        time.sleep(seconds)
-        model.eps(x, t, c)
-
-    return run_pass
-
-
 def measure_repeats(monkeypatch, clock, durations, **kw):
     """``measure`` with one pass per region and no warm-up, so region i takes ``durations[i]``."""
     monkeypatch.setattr(timing, "calibrate", lambda *args: 1)
@@ -80,27 +67,27 @@ def measure_repeats(monkeypatch, clock, durations, **kw):
     return measure(fake_pass(model, clock, durations), model, 4, torch.Generator(), first_pass_s=1.0, **kw)
 
 
-def test_measure_counts_evaluations_through_the_model():
-    model = make_model(ClassConstant(torch.zeros(3, 2)))
-    run_pass = sleepy_pass(model, 12, 0.01)
-    speed = measure(
-        run_pass, model, 4, torch.Generator().manual_seed(0), first_pass_s=0.01, min_repeats=2, max_repeats=2
-    )
-    assert speed.repeats == 2
-    assert 1 <= speed.inner_passes <= 6, "passes of at least 0.01 s fill a 0.05 s region in 5 (+20% when scaled up)"
-    assert speed.evals_per_s == pytest.approx(3 * speed.samples_per_s), "12 rows for 4 samples"
-    assert speed.samples_per_s < 4 / 0.01, "a pass takes at least its sleep"
-    assert 0 < speed.efficiency < 1, "sleeping passes are slower than the bare forward"
-    assert speed.warmup_s >= timing.WARMUP_S
+def test_measure_counts_evaluations_through_the_model(clock):
+    """Passes of 20 rows for 4 samples: 5 evaluations per sample, read from the model's counter."""
+    model = make_model(Ticking(clock, lambda rows: 1 / 128))
+    run_pass = fake_pass(model, clock, itertools.repeat(1 / 128), rows=20)
+    speed = measure(run_pass, model, 4, torch.Generator(), first_pass_s=1 / 64, min_repeats=2, max_repeats=2)
+    assert speed.repeats == 2, "max_repeats stops before the 10 repeats that may settle"
+    assert speed.inner_passes == 1, "a warm pass of 1/64 s fills a 5 ms region"
+    assert (speed.samples_per_s, speed.evals_per_s, speed.bare_rows_per_s) == (4 * 64, 20 * 64, 20 * 128)
+    assert speed.efficiency == 0.5, "half of each pass is the module's call"
+    assert speed.warmup_s == 4 / 64, "the caller's pass and three warm ones pass WARMUP_S"
+    assert speed.noisy and speed.timing_note == "only 2 repeat(s)"
 
 
-def test_each_timed_region_lasts_at_least_min_region_s():
-    model = make_model(ClassConstant(torch.zeros(3, 2)))
-    warm_s, cold_s = 0.002, 0.05
-    run_pass = sleepy_pass(model, 6, warm_s)
-    speed = measure(run_pass, model, 2, torch.Generator().manual_seed(0), first_pass_s=cold_s, max_repeats=1)
+def test_each_timed_region_lasts_at_least_min_region_s(clock):
+    """A cold first pass of 50 ms would time one 2 ms warm pass per region: warm regions are checked and scaled up."""
+    model = make_model(Ticking(clock))
+    run_pass = fake_pass(model, clock, itertools.repeat(0.002), rows=6)
+    speed = measure(run_pass, model, 2, torch.Generator(), first_pass_s=0.05, max_repeats=1)
     region_s = speed.inner_passes * 2 / speed.samples_per_s
-    assert region_s >= 0.9 * MIN_REGION_S
+    assert speed.inner_passes > 1 and region_s >= MIN_REGION_S
+    assert region_s == pytest.approx(speed.inner_passes * 0.002)
 
 
 def test_measure_rates_and_efficiency_on_a_fake_clock(clock):
@@ -205,22 +192,6 @@ def test_efficiency_above_the_ceiling_keeps_timing_then_flags(monkeypatch, clock
     assert speed.repeats == 21, "repeats of 6/64 s (the first 11/64 s, warming the bare) pass the 2 s cap at the 21st"
 
 
-@pytest.mark.parametrize("n", range(1, 80))
-def test_median_interval_covers_with_the_confidence_and_is_the_narrowest_that_does(n):
-    def coverage(k):  # P(x_(k) <= median <= x_(n+1-k)) = 1 - 2 P(Binomial(n, 1/2) <= k - 1)
-        return 1 - 2 * sum(math.comb(n, j) for j in range(k)) / 2**n
-
-    k = _median_ranks(n, 0.9)
-    assert k == 1 or coverage(k) >= 0.9
-    assert k + 1 > (n + 1) // 2 or coverage(k + 1) < 0.9
-
-
-def test_median_ci_takes_order_statistics():
-    assert median_ci([5.0, 1.0, 4.0, 2.0, 3.0]) == (1.0, 5.0), "5 values: the 93.75% interval is the range"
-    assert median_ci([float(v) for v in range(10, 0, -1)]) == (2.0, 9.0), "10 values: ranks 2 and 9 (97.9%)"
-    assert median_ci([7.0]) == (7.0, 7.0)
-
-
 def test_timed_synchronizes_cuda_before_and_after(monkeypatch, clock):
     events = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", device)))
@@ -230,10 +201,10 @@ def test_timed_synchronizes_cuda_before_and_after(monkeypatch, clock):
     assert events == [("sync", cuda), "fn", ("sync", cuda)]
 
 
-def test_timed_does_not_synchronize_cpu(monkeypatch):
+def test_timed_does_not_synchronize_cpu(monkeypatch, clock):
     calls = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
-    assert timed(lambda: None, CPU) >= 0
+    assert timed(lambda: clock.advance(0.25), CPU) == 0.25
     assert calls == []
 
 
@@ -353,11 +324,6 @@ def test_cached_batch_size_replaces_a_corrupt_cache(monkeypatch, tmp_path):
     model = make_model(ClassConstant(torch.zeros(3, 2)))
     assert cached_batch_size(model, tmp_path, "k") == (4096, False)
     assert cached_batch_size(model, tmp_path, "k") == (4096, True)
-
-
-def test_median_iqr():
-    assert median_iqr([3.0]) == (3.0, 0.0)
-    assert median_iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 2.0)
 
 
 @pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), (64, 64), ("64", 64), (1, 1)])
