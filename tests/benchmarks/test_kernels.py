@@ -2,6 +2,7 @@
 
     python -m pytest tests/benchmarks --benchmark-only --benchmark-autosave      # save a run
     python -m pytest tests/benchmarks --benchmark-only --benchmark-compare      # against the last saved
+    python -m pytest tests/benchmarks -o addopts= --benchmark-disable           # each once, as a test
 
 Fixed shapes on a small `mlp` with untrained weights (speed does not depend on training): 256
 two-dimensional samples x 8 trials x 2 classes = 4096 rows, chunked at 1024 rows per call, one
@@ -85,11 +86,11 @@ def test_bare_forward_same_rows(benchmark, model):
 
     @torch.inference_mode()
     def bare():
-        for _ in range(ROWS // CHUNK):
-            model.module(x, t, c)
+        return [model.module(x, t, c) for _ in range(ROWS // CHUNK)]
 
     benchmark.extra_info["rows"] = ROWS
-    benchmark(bare)
+    outs = benchmark(bare)
+    assert [out.shape for out in outs] == [(CHUNK, D)] * (ROWS // CHUNK)
 
 
 @pytest.mark.benchmark(group="overhead")
@@ -123,8 +124,11 @@ def test_bare_module_chunked(benchmark, model):
 
     @torch.inference_mode()
     def bare():
-        for start in range(0, ROWS, CHUNK):
+        return [
             model.module(x[start : start + CHUNK], t[start : start + CHUNK], c[start : start + CHUNK])
+            for start in range(0, ROWS, CHUNK)
+        ]
 
     benchmark.extra_info["rows"] = ROWS
-    benchmark(bare)
+    outs = benchmark(bare)
+    assert torch.equal(torch.cat(outs), model.eps(x, t, c)), "the same rows in the same chunks as ConditionalModel.eps"
