@@ -218,11 +218,13 @@ class InterleavedRegions:
     as long as one region before it is first timed.
     """
 
-    def __init__(self, run_pass: Callable[[], object], model: ConditionalModel, inner: int, generator) -> None:
+    def __init__(
+        self, run_pass: Callable[[], object], model: ConditionalModel, inner: int, generator: torch.Generator
+    ) -> None:
         self.run_pass, self.model, self.inner, self.generator = run_pass, model, inner, generator
         self.bare: BareForward | None = None
 
-    def estimator(self) -> tuple[float, int]:
+    def estimator_region(self) -> tuple[float, int]:
         """Seconds of one estimator region and the NFE it spent."""
         self.model.reset_nfe()
         seconds = max(timed(lambda: [self.run_pass() for _ in range(self.inner)], self.model.device), 1e-9)
@@ -238,9 +240,9 @@ class InterleavedRegions:
         """
         if self.bare is not None and bare_first:
             bare_s = self.bare_region()
-            est_s, nfe = self.estimator()
+            est_s, nfe = self.estimator_region()
         else:
-            est_s, nfe = self.estimator()
+            est_s, nfe = self.estimator_region()
             rows = max(1, nfe // self.inner)
             if self.bare is None or self.bare.rows != rows:
                 self.bare = BareForward(self.model, rows, self.generator)
