@@ -15,6 +15,7 @@ import torch
 from diffbench import limits, plugins, pretrained, provenance, results
 from diffbench.atomic import replace_atomically
 from diffbench.batch_size import parse_batch_size
+from diffbench.checkpoints import CheckpointError, default_cache_dir, non_finite_weights, read_state_dict
 from diffbench.compare import CompareError, find_regressions, format_comparison
 from diffbench.contract import DataError, ParamError
 from diffbench.rundir import FolderError, ResumeError, RunFolder, TableWriteError, check_writable_folder
@@ -31,7 +32,6 @@ from diffbench.suite import (
     resolve_devices,
     suite_from_dict,
 )
-from diffbench.training import CheckpointError, default_cache_dir, non_finite_weights, read_state_dict
 
 INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError, ResumeError, DataError)
 

@@ -24,19 +24,13 @@ import torch
 import diffbench
 from diffbench import interrupts, rundir
 from diffbench.acceleration import unsupported
+from diffbench.checkpoints import CheckpointError, TrainingError, load_checkpoint, save_cached_checkpoint
 from diffbench.contract import PluginOutputError, Splits, check_splits
 from diffbench.executor import LocalExecutor, Task
 from diffbench.runner import run
 from diffbench.schedule import NoiseSchedule
 from diffbench.suite import Suite
-from diffbench.training import (
-    CheckpointError,
-    TrainingError,
-    TrainSettings,
-    load_checkpoint,
-    save_cached_checkpoint,
-    train,
-)
+from diffbench.training import TrainSettings, train
 from tests.helpers import TINY_DENOISER, error_lines, make_model, write_suite
 from tests.test_runner import TrainingFails, grid
 
