@@ -10,11 +10,14 @@ import math
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+import pandas as pd
 
 from diffbench import limits, plugins, pretrained, provenance, results
 from diffbench.atomic import replace_atomically
+from diffbench.cell import Cell
 from diffbench.checkpoints import CheckpointError, non_finite_weights, read_state_dict
 from diffbench.cli_grid import (
     InputError,
@@ -29,6 +32,9 @@ from diffbench.cli_grid import (
 from diffbench.compare import CompareError, find_regressions, format_comparison
 from diffbench.rundir import ResumeError, RunFolder, TableWriteError
 from diffbench.suite import Suite
+
+if TYPE_CHECKING:  # the executors are imported when `run` chooses one
+    from diffbench.executor import Executor
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -170,7 +176,7 @@ def check_executor_options(executor: str, workers: int | None, scheduler: str | 
 def resumed_run(out: Path | None, resume: Path | None, suite_name: str | None) -> tuple[Path | None, Suite | None]:
     """The run's folder and the suite to start from: with --resume DIR, DIR and the suite it was started with.
 
-    A suite given with --suite is used as given (the runner checks that it matches the run's).
+    A suite given with --suite is used as given: it must match the run's (the run folder checks, on resuming).
     """
     if resume is None:
         return out, None
@@ -179,7 +185,7 @@ def resumed_run(out: Path | None, resume: Path | None, suite_name: str | None) -
     return resume, (None if suite_name else resumed_suite(resume))
 
 
-def check_checkpoint(checkpoint: Path, cells: list) -> None:
+def check_checkpoint(checkpoint: Path, cells: list[Cell]) -> None:
     """InputError unless --checkpoint can serve the grid: one denoiser diffbench builds, a readable state dict.
 
     Whether the weights fit the module is checked once it is built; here only what needs no model.
@@ -199,7 +205,9 @@ def check_checkpoint(checkpoint: Path, cells: list) -> None:
         raise InputError(f"checkpoint '{checkpoint}' holds NaN in {', '.join(broken[:3])}: these weights are broken")
 
 
-def choose_executor(ctx: click.Context, executor: str, workers: int | None, scheduler: str | None, threads: int | None):
+def choose_executor(
+    ctx: click.Context, executor: str, workers: int | None, scheduler: str | None, threads: int | None
+) -> Executor:
     """The executor the cells run on: this process, or a dask cluster (local with --workers, or --scheduler's)."""
     from diffbench.executor import LocalExecutor
 
@@ -222,7 +230,7 @@ def check_output_folder(out: Path, resuming: bool) -> None:
         raise InputError(f"'{out}' already holds a run; choose another --out, or finish it with --resume {out}")
 
 
-def finish_run(frame, out: Path, plots: bool, report: bool) -> None:
+def finish_run(frame: pd.DataFrame, out: Path, plots: bool, report: bool) -> None:
     """After the grid: the plots and report, the summary table, and exit 1 when no cell ran or any cell failed."""
     if frame.empty:
         raise click.ClickException("no cell ran: every dataset x denoiser pair was skipped (see above)")
