@@ -1,53 +1,40 @@
-"""The `diffbench` command line: run, list, plot."""
+"""The `diffbench` command line: run, train, list, env, plot, report, compare.
+
+The options that choose a grid, and the grid they build, are ``diffbench.cli_grid``'s.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
+import pandas as pd
 
 from diffbench import limits, plugins, pretrained, provenance, results
 from diffbench.atomic import replace_atomically
-from diffbench.batch_size import parse_batch_size
-from diffbench.compare import CompareError, find_regressions, format_comparison
-from diffbench.contract import DataError, ParamError
-from diffbench.rundir import FolderError, ResumeError, RunFolder, TableWriteError, check_writable_folder
-from diffbench.schedule import SCHEDULES
-from diffbench.selectors import SelectorError, parse_int_list
-from diffbench.suite import (
-    DEVICES,
-    Suite,
-    SuiteError,
-    check_grid,
-    check_suite,
-    expand,
-    load_suite,
-    resolve_devices,
-    suite_from_dict,
+from diffbench.cell import Cell
+from diffbench.checkpoints import CheckpointError, non_finite_weights, read_state_dict
+from diffbench.cli_grid import (
+    InputError,
+    build_grid,
+    cache_folder,
+    check_folders,
+    grid_options,
+    log,
+    resumed_suite,
+    show_progress,
 )
-from diffbench.training import CheckpointError, default_cache_dir, non_finite_weights, read_state_dict
+from diffbench.compare import CompareError, find_regressions, format_comparison
+from diffbench.rundir import ResumeError, RunFolder, TableWriteError
+from diffbench.suite import Suite
 
-INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError, ResumeError, DataError)
-
-
-class InputError(click.ClickException):
-    """Bad input: one line on stderr, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        one_line = " ".join(self.format_message().split())
-        click.echo(f"diffbench: error: {one_line}", err=True)
-
-
-def log(message: str) -> None:
-    click.echo(message, err=True)
+if TYPE_CHECKING:  # the executors are imported when `run` chooses one
+    from diffbench.executor import Executor
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,144 +107,6 @@ def json_safe(value):
     return value
 
 
-def grid_options(command):
-    """The options that choose a grid, shared by `run` and `train`."""
-    options = [
-        click.option(
-            "-d", "--dataset", "datasets", multiple=True, metavar="SELECTOR", help="Dataset selector (repeatable)."
-        ),
-        click.option(
-            "-m", "--denoiser", "denoisers", multiple=True, metavar="SELECTOR", help="Denoiser selector (repeatable)."
-        ),
-        click.option(
-            "-e",
-            "--estimator",
-            "estimators",
-            multiple=True,
-            metavar="SELECTOR",
-            help='Estimator selector (repeatable), e.g. -e "truncated[t_min=100,t_max=[300,600]]".',
-        ),
-        click.option("--trials", metavar="LIST", help="Trials per class, comma-separated, e.g. 1,2,4,8."),
-        click.option("--device", type=click.Choice(DEVICES), help="cpu, cuda, or auto (every device present)."),
-        click.option(
-            "--seed", type=click.IntRange(0, limits.MAX_SEED), help="Seed for data, training and estimator noise."
-        ),
-        click.option(
-            "--threads", type=click.IntRange(1, limits.MAX_THREADS), help="torch CPU threads for this run (recorded)."
-        ),
-        click.option(
-            "--repeats", type=click.IntRange(1, limits.MAX_REPEATS), help="Timed repeats per cell (median and IQR)."
-        ),
-        click.option("--schedule", type=click.Choice(SCHEDULES), help="Noise schedule."),
-        click.option(
-            "--batch-size",
-            metavar="N|auto",
-            help="Most rows per denoiser call; auto (default) tunes it per device by a short sweep, cached.",
-        ),
-        click.option(
-            "--dtype", "dtypes", metavar="LIST", help="Precisions, comma-separated: float32,bfloat16,float16."
-        ),
-        click.option("--compile", "compiled", is_flag=True, default=None, help="Run the denoiser under torch.compile."),
-        click.option("--scenario", "scenarios", metavar="LIST", help="offline, single or offline,single (default)."),
-        click.option(
-            "--max-time",
-            "max_time_s",
-            type=click.FloatRange(0, limits.MAX_TIME_S, min_open=True),
-            help="Timing seconds per cell cap.",
-        ),
-        click.option(
-            "--suite",
-            "suite_name",
-            metavar="NAME|FILE.toml",
-            help="A built-in suite (quick, full, gpu-reference) or a suite file; default quick.",
-        ),
-        click.option(
-            "--cache",
-            "cache_dir",
-            type=click.Path(path_type=Path),
-            help="Checkpoint cache folder (default $DIFFBENCH_CACHE or ~/.cache/diffbench).",
-        ),
-        click.option(
-            "--progress/--no-progress",
-            default=None,
-            help="Show progress bars over training and cells (default: on a terminal).",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def split_list(text: str | None) -> list[str] | None:
-    return [part.strip() for part in text.split(",") if part.strip()] if text else None
-
-
-def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str], list]:
-    """Suite (built-in, file or ``base``, overridden by the command line), devices and cells.
-
-    Raises InputError on bad input.
-    """
-    if opts.get("threads"):
-        torch.set_num_threads(opts["threads"])
-    try:
-        suite = base if base is not None else load_suite(opts["suite_name"] or "quick")
-        if base is None and not opts["suite_name"] and opts["datasets"]:
-            # the default quick suite's [train] tables are tuned for its own data (spirals): on data chosen
-            # with -d, each denoiser trains with its own defaults (checkerboard loses 6 points otherwise)
-            suite = replace(suite, train={})
-        overrides = {
-            "datasets": list(opts["datasets"]),
-            "denoisers": list(opts["denoisers"]),
-            "estimators": list(opts["estimators"]),
-            "trials": parse_int_list(opts["trials"]) if opts["trials"] else None,
-            "devices": [opts["device"]] if opts["device"] else None,
-            "seed": opts["seed"],
-            "repeats": opts["repeats"],
-            "schedule": opts["schedule"],
-            "batch_size": parse_batch_size(opts["batch_size"], "--batch-size") if opts["batch_size"] else None,
-            "dtypes": split_list(opts["dtypes"]),
-            "compile": [True] if opts["compiled"] else None,
-            "scenarios": split_list(opts["scenarios"]),
-            "max_time_s": opts["max_time_s"],
-        }
-        suite = replace(suite, **{k: v for k, v in overrides.items() if v not in (None, [])})
-        check_suite(suite, "the command line")
-        devices = resolve_devices(suite.devices, log=log)
-        cells = expand(suite, devices)
-        for denoiser in {repr(c.denoiser): c.denoiser for c in cells}.values():
-            suite.train_settings(denoiser)
-        for dataset in {repr(c.dataset): c.dataset for c in cells}.values():
-            dataset.check()  # missing or incomplete files: one line before anything trains
-        pretrained.check_pairs(cells)  # a pretrained model that cannot serve its dataset: before anything runs
-        check_grid(suite, cells)
-    except INPUT_ERRORS as exc:
-        raise InputError(str(exc)) from None
-    except (TypeError, ValueError) as exc:  # a denoiser's own `train` defaults are malformed
-        raise InputError(str(exc)) from None
-    if not cells:
-        raise InputError("the grid is empty: no device is available for the devices asked for")
-    return suite, devices, cells
-
-
-def check_folders(out: RunFolder | None, cache: Path | None) -> None:
-    """InputError (one line, exit 2) unless the run folder and the cache can be written: before anything trains."""
-    try:
-        if out is not None:
-            out.check_writable()
-        if cache is not None:
-            check_writable_folder(cache, "--cache")
-    except FolderError as exc:
-        raise InputError(str(exc)) from None
-
-
-def cache_folder(opts: dict, no_cache: bool = False) -> Path | None:
-    return None if no_cache else (opts["cache_dir"] or default_cache_dir())
-
-
-def show_progress(opts: dict) -> bool:
-    return sys.stderr.isatty() if opts["progress"] is None else opts["progress"]
-
-
 @main.command()
 @grid_options
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default results/<timestamp>).")
@@ -283,51 +132,16 @@ def show_progress(opts: dict) -> bool:
 def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no_plots, no_report, **opts) -> None:
     """Run a benchmark grid (default: the built-in quick suite) and write table and plots."""
     from diffbench import runner
-    from diffbench.executor import ExecutorError, LocalExecutor
+    from diffbench.executor import ExecutorError
 
-    if executor == "local" and (workers or scheduler):
-        raise InputError("--workers and --scheduler need --executor dask")
-    if workers and scheduler:
-        raise InputError("give --workers (a local cluster) or --scheduler (an existing one), not both")
-    if resume is not None:
-        if out is not None and out != resume:
-            raise InputError("--resume DIR writes into DIR; drop --out")
-        out = resume
-        base = None if opts["suite_name"] else resumed_suite(resume)  # a given suite must match the run's
-    else:
-        base = None
+    check_executor_options(executor, workers, scheduler)
+    out, base = resumed_run(out, resume, opts["suite_name"])
     suite, devices, cells = build_grid(opts, base)
     if checkpoint is not None:
-        if len({repr(c.denoiser) for c in cells}) != 1:
-            raise InputError("--checkpoint holds one model: select exactly one denoiser (-m NAME[params])")
-        if pretrained.arrives_trained(cells[0].denoiser):
-            raise InputError(
-                f"--checkpoint loads weights into a model diffbench builds, but {cells[0].denoiser!r} arrives trained "
-                "with its own weights: drop --checkpoint (or select a denoiser diffbench builds)"
-            )
-        try:  # missing or unreadable: one line before anything runs (whether it fits is checked once built)
-            broken = non_finite_weights(read_state_dict(checkpoint), set())  # NaN anywhere; inf once built
-        except CheckpointError as exc:
-            raise InputError(str(exc)) from None
-        if broken:
-            raise InputError(
-                f"checkpoint '{checkpoint}' holds NaN in {', '.join(broken[:3])}: these weights are broken"
-            )
-    if executor == "dask":
-        from diffbench import dask_executor
-
-        missing = dask_executor.missing_dependency()
-        if missing:
-            raise InputError(missing)
-        plugin_specs = ctx.parent.params.get("plugin_specs", ())
-        running = dask_executor.DaskExecutor(workers, scheduler, opts["threads"], plugin_specs, log)
-    else:
-        running = LocalExecutor()
+        check_checkpoint(checkpoint, cells)
+    running = choose_executor(ctx, executor, workers, scheduler, opts["threads"])
     out = out or Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out '{out}' is a file, not a folder; give a folder for the run's results")
-    if resume is None and RunFolder(out).holds_run():
-        raise InputError(f"'{out}' already holds a run; choose another --out, or finish it with --resume {out}")
+    check_output_folder(out, resuming=resume is not None)
     check_folders(RunFolder(out), cache_folder(opts, no_cache))
     try:
         frame = runner.run(
@@ -348,14 +162,84 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
     except KeyboardInterrupt:
         log(f"interrupted: every finished cell is saved in {out}; finish the run with: diffbench run --resume {out}")
         sys.exit(130)
+    finish_run(frame, out, plots=not no_plots, report=not no_report)
+
+
+def check_executor_options(executor: str, workers: int | None, scheduler: str | None) -> None:
+    """InputError unless --workers and --scheduler come with --executor dask, and not both."""
+    if executor == "local" and (workers or scheduler):
+        raise InputError("--workers and --scheduler need --executor dask")
+    if workers and scheduler:
+        raise InputError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+
+
+def resumed_run(out: Path | None, resume: Path | None, suite_name: str | None) -> tuple[Path | None, Suite | None]:
+    """The run's folder and the suite to start from: with --resume DIR, DIR and the suite it was started with.
+
+    A suite given with --suite is used as given: it must match the run's (the run folder checks, on resuming).
+    """
+    if resume is None:
+        return out, None
+    if out is not None and out != resume:
+        raise InputError("--resume DIR writes into DIR; drop --out")
+    return resume, (None if suite_name else resumed_suite(resume))
+
+
+def check_checkpoint(checkpoint: Path, cells: list[Cell]) -> None:
+    """InputError unless --checkpoint can serve the grid: one denoiser diffbench builds, a readable state dict.
+
+    Whether the weights fit the module is checked once it is built; here only what needs no model.
+    """
+    if len({repr(c.denoiser) for c in cells}) != 1:
+        raise InputError("--checkpoint holds one model: select exactly one denoiser (-m NAME[params])")
+    if pretrained.arrives_trained(cells[0].denoiser):
+        raise InputError(
+            f"--checkpoint loads weights into a model diffbench builds, but {cells[0].denoiser!r} arrives trained "
+            "with its own weights: drop --checkpoint (or select a denoiser diffbench builds)"
+        )
+    try:  # missing or unreadable: one line before anything runs (whether it fits is checked once built)
+        broken = non_finite_weights(read_state_dict(checkpoint), set())  # NaN anywhere; inf once built
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    if broken:
+        raise InputError(f"checkpoint '{checkpoint}' holds NaN in {', '.join(broken[:3])}: these weights are broken")
+
+
+def choose_executor(
+    ctx: click.Context, executor: str, workers: int | None, scheduler: str | None, threads: int | None
+) -> Executor:
+    """The executor the cells run on: this process, or a dask cluster (local with --workers, or --scheduler's)."""
+    from diffbench.executor import LocalExecutor
+
+    if executor != "dask":
+        return LocalExecutor()
+    from diffbench import dask_executor
+
+    missing = dask_executor.missing_dependency()
+    if missing:
+        raise InputError(missing)
+    plugin_specs = ctx.parent.params.get("plugin_specs", ())
+    return dask_executor.DaskExecutor(workers, scheduler, threads, plugin_specs, log)
+
+
+def check_output_folder(out: Path, resuming: bool) -> None:
+    """InputError when --out is a file, or (unless resuming) a folder that already holds a run."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out '{out}' is a file, not a folder; give a folder for the run's results")
+    if not resuming and RunFolder(out).holds_run():
+        raise InputError(f"'{out}' already holds a run; choose another --out, or finish it with --resume {out}")
+
+
+def finish_run(frame: pd.DataFrame, out: Path, plots: bool, report: bool) -> None:
+    """After the grid: the plots and report, the summary table, and exit 1 when no cell ran or any cell failed."""
     if frame.empty:
         raise click.ClickException("no cell ran: every dataset x denoiser pair was skipped (see above)")
-    if not no_plots:
-        from diffbench import plots
+    if plots:
+        from diffbench import plots as plotting
 
-        for path in plots.plot_run(out):
+        for path in plotting.plot_run(out):
             log(f"plot: {path}")
-    if not no_report:
+    if report:
         write_run_report(out)
     click.echo(results.summary(frame))
     click.echo(f"\nresults: {out / results.TABLE} (and {results.CSV})")
@@ -396,20 +280,6 @@ def report_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     except (report.ReportError, CompareError) as exc:
         raise InputError(str(exc)) from None
     click.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
-
-
-def resumed_suite(folder: Path) -> Suite:
-    """The suite a run folder was started with (what --resume runs again)."""
-    try:
-        settings = RunFolder(folder).settings()
-    except ResumeError as exc:
-        raise InputError(str(exc)) from None
-    if settings is None:
-        raise InputError(f"'{folder}' holds no run.json: it is not a diffbench run folder to resume")
-    try:
-        return suite_from_dict(settings["suite"], f"'{folder}/run.json'")
-    except (KeyError, TypeError, SuiteError) as exc:
-        raise InputError(f"'{folder}/run.json' is not a diffbench run's settings ({exc})") from None
 
 
 @main.command()

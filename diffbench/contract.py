@@ -2,14 +2,14 @@
 
 Every plugin class has a unique ``name`` and a ``params`` dict of defaults (``check_class``).
 ``Cls(**overrides)`` checks each override's key and type against those defaults (a ``Choice``
-default takes only its choices) and keeps the merged values in ``self.params``. What a plugin
+default takes only its choices; ``diffbench.params`` holds those rules, re-exported here) and keeps
+the merged values in ``self.params``. What a plugin
 returns is checked by ``check_splits`` (a dataset's ``load``) and ``check_errors`` (an estimator's
 ``errors``); the runner and ``diffbench.testing`` apply the same checks.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -17,18 +17,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from diffbench import subsets
+from diffbench.params import (  # noqa: F401  (the param rules are part of the contract: re-exported here)
+    INT64_MAX,
+    Choice,
+    ParamError,
+    merge_params,
+    short_repr,
+)
 from diffbench.subsets import SUBSET_PARAMS
 
 if TYPE_CHECKING:  # through the package: model.py imports this module (check_module_output)
     import diffbench
-
-
-#: The largest integer a results table (parquet int64) and ``torch.Generator.manual_seed`` both take.
-INT64_MAX = 2**63 - 1
-
-
-class ParamError(ValueError):
-    """A plugin was given a parameter it does not have, or a value of the wrong type."""
 
 
 class PluginClassError(TypeError):
@@ -39,94 +38,8 @@ class PluginOutputError(RuntimeError):
     """A plugin returned something that breaks the contract."""
 
 
-class Choice(str):
-    """A string param that takes one of a fixed set of values; the first is the default.
-
-    ``params = {"loss": diffbench.Choice("l2", "l1", "huber")}``: the default is ``"l2"``, and
-    ``Cls(loss="l3")`` is a ParamError that lists the choices. It is a ``str`` equal to its default,
-    so ``cls.params["loss"] == "l2"``, JSON, labels and the results table see a plain string, and an
-    instance's ``self.params`` holds the plain chosen string.
-    """
-
-    choices: tuple[str, ...]
-
-    def __new__(cls, default: str, *others: str) -> Choice:
-        choices = (default, *others)
-        if not all(isinstance(choice, str) for choice in choices):
-            raise TypeError(f"Choice takes strings, got {choices!r}")
-        if len(set(choices)) != len(choices):
-            raise ValueError(f"Choice lists a value twice: {choices!r}")
-        self = super().__new__(cls, default)
-        self.choices = choices
-        return self
-
-    def __getnewargs__(self) -> tuple[str, ...]:  # type: ignore[override]
-        return self.choices
-
-    def __repr__(self) -> str:
-        return f"Choice({', '.join(repr(choice) for choice in self.choices)})"
-
-    def pick(self, kind: str, plugin: str, key: str, value: Any) -> str:
-        """Return ``value`` as a plain str if it is one of the choices, else raise ParamError."""
-        if isinstance(value, str) and value in self.choices:
-            return str(value)
-        close = difflib.get_close_matches(str(value), self.choices, n=1) if isinstance(value, str) else []
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ParamError(
-            f"{kind} '{plugin}' param '{key}' must be one of {', '.join(self.choices)}, got {value!r}{hint}"
-        )
-
-
 class DataError(ValueError):
     """A dataset's files are missing, incomplete or unreadable; the message says which and how to mend it."""
-
-
-def short_repr(value: Any, limit: int = 40) -> str:
-    """``repr(value)``, cut to ``limit`` characters for one-line errors (a 400-digit number, say)."""
-    if isinstance(value, int) and value.bit_length() > 128:  # repr of a huge int is slow, or refused past 4300 digits
-        return f"an integer of {value.bit_length()} bits"
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _type_name(value: Any) -> str:
-    return type(value).__name__
-
-
-def _coerce(kind: str, plugin: str, key: str, default: Any, value: Any) -> Any:
-    """Return ``value`` converted to the type of ``default`` or raise ParamError."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if default is None:
-        return value
-    if isinstance(default, Choice):
-        return default.pick(kind, plugin, key, value)
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, int):
-        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-        if is_number and whole:
-            if abs(int(value)) <= INT64_MAX:
-                return int(value)
-            raise ParamError(
-                f"{kind} '{plugin}' param '{key}' must be an integer of at most {INT64_MAX} in size, "
-                f"got {short_repr(value)}"
-            )
-    elif isinstance(default, float):
-        if is_number:
-            return float(value)
-    elif isinstance(default, (list, tuple)):
-        if isinstance(value, (list, tuple)):
-            return type(default)(value)
-    elif isinstance(value, type(default)):
-        return value
-    expected = "true or false" if isinstance(default, bool) else _type_name(default)
-    raise ParamError(f"{kind} '{plugin}' param '{key}' must be {expected}, got {value!r}")
-
-
-def _plain(default: Any) -> Any:
-    """A default as an instance keeps it: a Choice becomes its plain str."""
-    return str(default) if isinstance(default, Choice) else default
 
 
 class Plugin:
@@ -137,16 +50,7 @@ class Plugin:
     params: dict[str, Any] = {}
 
     def __init__(self, **overrides: Any) -> None:
-        defaults = type(self).params
-        merged = {key: _plain(default) for key, default in defaults.items()}
-        for key, value in overrides.items():
-            if key not in defaults:
-                close = difflib.get_close_matches(key, list(defaults), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                known = ", ".join(defaults) or "none"
-                raise ParamError(f"{self.kind} '{self.name}' has no param '{key}'{hint} (known params: {known})")
-            merged[key] = _coerce(self.kind, self.name, key, defaults[key], value)
-        self.params: dict[str, Any] = merged
+        self.params: dict[str, Any] = merge_params(self.kind, self.name, type(self).params, overrides)
         self.validate()
 
     def validate(self) -> None:
@@ -302,8 +206,11 @@ class Estimator(Plugin):
     ) -> None:
         """Optionally tune the estimator on held-out labelled training data before it classifies.
 
-        The runner calls this once per cell with samples the test set never sees; its NFE
-        are counted separately (``fit_nfe_per_sample``). The default does nothing.
+        The runner calls this once per cell, on the cell's own copy of the estimator, with samples the
+        test set never sees; its NFE are counted separately (``fit_nfe_per_sample``). Figure data
+        fits again: on 2-D data the decision-region figure refits a fresh copy for each estimator at
+        its largest trials, with the generator seeded as its cell's was, so ``fit`` may run more than
+        once for one setting and must depend only on its arguments. The default does nothing.
         """
 
     def errors(

@@ -12,7 +12,6 @@ registered with ``pm.register(obj)`` is found until ``pm.unregister(obj)``.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import importlib
 import importlib.metadata
@@ -30,6 +29,7 @@ import pluggy
 
 from diffbench import hookspecs
 from diffbench.contract import KINDS, Plugin, PluginClassError, check_class
+from diffbench.hints import did_you_mean
 
 ENTRY_POINT_GROUP = "diffbench"
 ENV_VAR = "DIFFBENCH_PLUGINS"
@@ -165,10 +165,9 @@ class PluginSet:
             if not isinstance(caller, pluggy.HookCaller) or caller.has_spec():
                 continue
             if any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls()):
-                close = difflib.get_close_matches(name, HOOKS, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise PluginError(
-                    f"plugin {source} implements unknown hook '{name}'{hint} (diffbench's hooks: {', '.join(HOOKS)})"
+                    f"plugin {source} implements unknown hook '{name}'{did_you_mean(name, HOOKS)} "
+                    f"(diffbench's hooks: {', '.join(HOOKS)})"
                 )
 
     def source(self, plugin: Any) -> str:
@@ -331,10 +330,9 @@ def get(kind: str, name: str) -> Registered:
     """Look up one plugin by kind and name, with a did-you-mean on a miss."""
     known = registry()[kind]
     if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = did_you_mean(name, known) or ";"  # "; did you mean 'x'?" or ";", then " known ..."
         raise PluginError(
-            f"unknown {kind} '{name}'; {hint}known {kind}s: {', '.join(sorted(known)) or 'none'} "
+            f"unknown {kind} '{name}'{hint} known {kind}s: {', '.join(sorted(known)) or 'none'} "
             "(`diffbench list` shows them all, --plugin loads more)"
         )
     return known[name]

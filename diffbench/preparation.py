@@ -12,11 +12,12 @@ import torch
 
 from diffbench import pretrained, subsets
 from diffbench.cell import Cell
+from diffbench.checkpoints import load_checkpoint
 from diffbench.contract import DataError, Dataset, Splits, check_log_posterior, check_splits
 from diffbench.model import ConditionalModel
 from diffbench.schedule import NoiseSchedule
 from diffbench.suite import Suite
-from diffbench.training import build_module, load_checkpoint, load_or_train
+from diffbench.training import build_module, load_or_train
 
 HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, subsets.HELDOUT_MAX  # training data held out for estimators' fit and calibration
 

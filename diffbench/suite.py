@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
@@ -16,6 +15,7 @@ from diffbench.acceleration import DTYPES
 from diffbench.batch_size import parse_batch_size
 from diffbench.cell import Cell
 from diffbench.contract import ParamError, Plugin
+from diffbench.hints import did_you_mean
 from diffbench.schedule import SCHEDULES
 from diffbench.training import TrainSettings
 
@@ -121,12 +121,6 @@ def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
     suite = replace(defaults, **values)
     check_suite(suite, where)
     return suite
-
-
-def did_you_mean(word: str, known) -> str:
-    """The hint "; did you mean 'x'?" for the closest known word, or an empty string."""
-    close = difflib.get_close_matches(word, list(known), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def check_train_table(table: Any, where: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from tests.helpers import error_lines
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from diffbench_plugins.diffusers_models import Diffusers, DiffusersUNet  # noqa: E402
+from diffbench_plugins.diffusers import Diffusers, DiffusersUNet  # noqa: E402
 
 T = 100
 RUN = [
@@ -398,13 +398,13 @@ def cache_hub_model(cache: Path, hub_id: str, folder: Path) -> str:
 
 
 def test_the_hub_cache_is_read_from_the_environment_as_set_now(monkeypatch, tmp_path):
-    from diffbench_plugins import diffusers_models
+    from diffbench_plugins.diffusers import hub
 
-    assert diffusers_models.hub_cache() == str(tmp_path / "hf-home" / "hub")
+    assert hub.hub_cache() == str(tmp_path / "hf-home" / "hub")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
-    assert diffusers_models.hub_cache() == str(tmp_path / "elsewhere")  # HF_HUB_CACHE before HF_HOME
+    assert hub.hub_cache() == str(tmp_path / "elsewhere")  # HF_HUB_CACHE before HF_HOME
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    assert not diffusers_models.offline_mode()
+    assert not hub.offline_mode()
 
 
 def test_a_cached_hub_id_loads_offline_with_its_snapshot_as_revision(tmp_path):

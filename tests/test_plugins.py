@@ -9,6 +9,7 @@ import torch
 import diffbench
 from diffbench import plugins
 from diffbench.contract import Plugin
+from diffbench.hints import did_you_mean
 from tests.helpers import error_lines, hooks_for
 
 PLUGIN_FILE = '''
@@ -69,8 +70,20 @@ def test_a_registered_plugin_object_is_found_and_forgotten_on_unregister(registe
 
 
 def test_unknown_name_gets_a_did_you_mean():
-    with pytest.raises(plugins.PluginError, match="did you mean 'shared-noise'"):
+    with pytest.raises(plugins.PluginError) as close:
         plugins.get("estimator", "shared-nosie")
+    message = str(close.value)
+    assert message.startswith("unknown estimator 'shared-nosie'; did you mean 'shared-noise'? known estimators: ")
+    with pytest.raises(plugins.PluginError) as far:
+        plugins.get("estimator", "zzzzzz")
+    assert str(far.value).startswith("unknown estimator 'zzzzzz'; known estimators: ")
+    assert str(far.value).endswith("(`diffbench list` shows them all, --plugin loads more)")
+
+
+def test_the_did_you_mean_hint_names_the_closest_known_word_or_nothing():
+    assert did_you_mean("stepz", ["lr", "steps", "batch_size"]) == "; did you mean 'steps'?"
+    assert did_you_mean("zzzz", ["lr", "steps"]) == ""
+    assert did_you_mean("steps", []) == ""
 
 
 def test_a_name_clash_names_both_sources(register_plugin):

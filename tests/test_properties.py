@@ -158,11 +158,17 @@ def test_any_toml_data_is_a_suite_or_a_suite_error(data):
 
 @FAST
 @given(st.dictionaries(st.sampled_from(SUITE_KEYS), TOML_VALUES, max_size=len(SUITE_KEYS)))
+@example({})  # generated data is rarely a valid suite: these make sure both outcomes are checked
+@example({"trials": 4, "devices": "cpu", "seed": 3, "max_time_s": 1, "train": {"steps": 10}})
+@example({"trials": [0]})
 def test_any_values_for_known_keys_are_a_suite_or_a_suite_error(data):
     try:
-        assert isinstance(suite_from_dict(data), Suite)
-    except SuiteError:
-        pass
+        suite = suite_from_dict(data)
+    except SuiteError as exc:
+        assert str(exc).startswith("suite: "), "a bad value is one error saying where"
+    else:
+        assert isinstance(suite, Suite)
+        assert suite_from_dict(suite.to_dict()) == suite, "an accepted suite reads back as itself (run.json, --resume)"
 
 
 # Regression (bug found by this file): dtypes = [[1]] raised TypeError (unhashable) instead of SuiteError.

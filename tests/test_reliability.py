@@ -24,19 +24,13 @@ import torch
 import diffbench
 from diffbench import interrupts, rundir
 from diffbench.acceleration import unsupported
+from diffbench.checkpoints import CheckpointError, TrainingError, load_checkpoint, save_cached_checkpoint
 from diffbench.contract import PluginOutputError, Splits, check_splits
 from diffbench.executor import LocalExecutor, Task
 from diffbench.runner import run
 from diffbench.schedule import NoiseSchedule
 from diffbench.suite import Suite
-from diffbench.training import (
-    CheckpointError,
-    TrainingError,
-    TrainSettings,
-    load_checkpoint,
-    save_cached_checkpoint,
-    train,
-)
+from diffbench.training import TrainSettings, train
 from tests.helpers import TINY_DENOISER, error_lines, make_model, write_suite
 from tests.test_runner import TrainingFails, grid
 
@@ -465,8 +459,22 @@ def test_params_impossible_on_the_schedule_are_exit_2_before_training(cli, tmp_p
         "diffbench: error: truncated t_max=100000 is outside the schedule's timesteps [0, 1000); give t_max below 1000"
     ]
     assert not (tmp_path / "run").exists()
-    plugin = diffbench.Estimator
-    assert plugin.check_schedule(plugin(), 10) is None, "the default accepts every schedule"
+
+
+def test_the_default_check_schedule_accepts_the_shortest_schedule_and_an_override_still_refuses(tmp_path):
+    from diffbench import cli
+
+    suite = write_suite(tmp_path / "s.toml", timesteps=2)  # T = 2, the shortest schedule a suite takes
+
+    def grid_of(estimator: str) -> list:
+        return cli.build_grid(cli.run.make_context("run", ["--suite", str(suite), "-e", estimator]).params)[2]
+
+    cells = grid_of("shared-noise")
+    assert type(cells[0].estimator).check_schedule is diffbench.Estimator.check_schedule, "it keeps the default"
+    assert [repr(c.estimator) for c in cells] == ["shared-noise", "shared-noise"], "its cells are in the grid"
+    assert len(grid_of("truncated[t_max=1]")) == 2
+    with pytest.raises(cli.InputError, match="truncated t_max=300 is outside the schedule's timesteps"):
+        grid_of("truncated")  # its own check_schedule runs
 
 
 def test_a_dataset_with_fewer_than_two_classes_is_refused():

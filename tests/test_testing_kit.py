@@ -25,7 +25,7 @@ IMAGE_SHAPE = (1, 8, 8)
 
 @pytest.mark.parametrize(("kind", "cls"), BUILTINS, ids=[f"{k}:{c.name}" for k, c in BUILTINS])
 def test_every_builtin_plugin_passes_its_check(kind, cls):
-    if cls.__module__ == "diffbench_plugins.diffusers_models":
+    if cls.__module__.startswith("diffbench_plugins.diffusers."):
         pytest.importorskip("diffusers", reason="diffusers-unet needs the diffusers extra")
     if kind == "dataset":
         splits = check_dataset(cls)

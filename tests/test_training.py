@@ -9,8 +9,9 @@ import torch
 from filelock import FileLock
 
 from diffbench import plugins
+from diffbench.checkpoints import file_sha256, hash_path
 from diffbench.schedule import NoiseSchedule
-from diffbench.training import TrainSettings, build_module, cache_key, file_sha256, hash_path, load_or_train, train
+from diffbench.training import TrainSettings, build_module, cache_key, load_or_train, train
 from tests.helpers import error_lines, write_suite
 
 CPU = torch.device("cpu")

@@ -1,0 +1,49 @@
+"""Denoisers `diffusers` (a trained model in diffusers' layout) and `diffusers-unet` (a UNet2DModel diffbench trains).
+
+`diffusers[path=DIR_OR_HUB_ID]` benchmarks a model saved by a diffusers pipeline's ``save_pretrained``:
+``unet/`` or ``transformer/``, ``scheduler/``, and where present ``vae/`` (a latent model: each image
+is encoded once) and ``text_encoder/`` + ``tokenizer/`` (text-to-image, zero-shot: class names become
+prompts). Three kinds of model are conditioned on a class:
+
+- ``UNet2DModel`` with ``num_class_embeds``: ``unet(x_t, t, class_labels=c).sample``;
+- ``DiTTransformer2DModel`` (or a ``Transformer2DModel`` with ``ada_norm_zero``), usually with a learned
+  variance and a VAE: ``transformer(z_t, timestep=t, class_labels=c).sample``, first half of the channels;
+- ``UNet2DConditionModel`` with a CLIP text encoder: ``unet(z_t, t, encoder_hidden_states=prompt[c]).sample``.
+
+The schedule and ``prediction_type`` come from the scheduler's config (DDPM family only: the noising is
+variance-preserving with its ``alphas_cumprod``). Only the config files are read until the model is
+needed, so bad input is caught before anything runs; diffusers is imported only then too.
+
+The package, one idea a module: ``hub`` (a folder or a hub id, and its files), ``layout`` (what the folder
+holds and whether diffbench can use it), ``labels`` (dataset classes to model labels), ``adapters``
+(diffusers' modules behind ``forward(x_t, t, c)``) and ``denoisers`` (the two plugins).
+"""
+
+from __future__ import annotations
+
+import diffbench
+
+from .adapters import ClassDiT, ClassUNet, PromptUNet
+from .denoisers import Diffusers, DiffusersUNet
+from .hub import content_hash, hub_cache, offline_mode
+from .layout import Layout, read_layout
+
+__all__ = [
+    "ClassDiT",
+    "ClassUNet",
+    "Diffusers",
+    "DiffusersUNet",
+    "Layout",
+    "PromptUNet",
+    "content_hash",
+    "hub_cache",
+    "offline_mode",
+    "read_layout",
+    "register_denoisers",
+]
+
+
+@diffbench.hookimpl
+def register_denoisers(register):
+    register(Diffusers)
+    register(DiffusersUNet)

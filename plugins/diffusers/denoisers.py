@@ -1,0 +1,127 @@
+"""The two denoisers: ``diffusers`` (a model a diffusers pipeline saved) and ``diffusers-unet`` (diffbench trains)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+import diffbench
+
+from .adapters import ClassUNet, alphas_cumprod, load_module, quiet_diffusers, vae_encoder
+from .hub import content_hash, fetch_weights, read_json
+from .labels import label_ids
+from .layout import TEXT_UNET, read_layout
+
+EXTRA_HINT = "install the extra: pip install 'diffbench[diffusers]'"
+
+
+class Diffusers(diffbench.Denoiser):
+    """A trained diffusers model: class-conditional UNet, DiT (+ VAE) or text-to-image UNet (+ CLIP), zero-shot."""
+
+    name = "diffusers"
+    params = {"path": "", "prompt": "a photo of a {}.", "classes": "", "prediction_type": "", "revision": ""}
+    accepts = "what the model was trained on (images in [-1, 1]; a latent model's VAE input)"
+
+    def validate(self) -> None:
+        p = self.params
+        if importlib.util.find_spec("diffusers") is None:
+            raise diffbench.ParamError(f"denoiser 'diffusers' needs the diffusers package: {EXTRA_HINT}")
+        if not p["path"]:
+            raise diffbench.ParamError(
+                "denoiser 'diffusers' needs path=FOLDER (or a hub id), e.g. diffusers[path=./ddpm-digits]"
+            )
+        if p["prediction_type"] and p["prediction_type"] not in diffbench.parameterisation.PREDICTION_TYPES:
+            known = ", ".join(diffbench.parameterisation.PREDICTION_TYPES)
+            raise diffbench.ParamError(
+                f"diffusers prediction_type must be one of {known}, got '{p['prediction_type']}'"
+            )
+        if "{}" not in p["prompt"]:
+            raise diffbench.ParamError(f"diffusers prompt needs a {{}} where the class name goes, got '{p['prompt']}'")
+        self.layout = read_layout(p["path"], p["revision"])
+        if self.layout.text and importlib.util.find_spec("transformers") is None:
+            raise diffbench.ParamError(f"a text-to-image model needs the transformers package: {EXTRA_HINT}")
+
+    def check_dataset(self, data_shape: tuple[int, ...], class_names: list[str]) -> None:
+        layout = self.layout
+        if layout.kind != TEXT_UNET:
+            label_ids(layout, class_names, self.params["classes"])
+        if layout.vae:
+            want = int(read_json(layout.root / "vae" / "config.json").get("in_channels", 3))
+            where = "its VAE takes"
+        else:
+            want, where = layout.in_channels, "it takes"
+        if len(data_shape) != 3 or data_shape[0] != want:
+            raise diffbench.ParamError(
+                f"the model cannot read the dataset's samples, shape {list(data_shape)}: {where} images [{want}, H, W]"
+            )
+
+    def build(self, data_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
+        raise diffbench.ParamError("denoiser 'diffusers' arrives trained: it is loaded, not built (no --checkpoint)")
+
+    def pretrained(self, data_shape: tuple[int, ...], num_classes: int, class_names: list[str]) -> diffbench.Pretrained:
+        quiet_diffusers()
+        self.check_dataset(data_shape, class_names)
+        layout = self.layout
+        fetch_weights(layout.source, layout.root, layout.weight_folders)
+        module = load_module(layout, class_names, self.params["classes"], self.params["prompt"])
+        encode = vae_encoder(layout) if layout.vae else None
+        scheduler = layout.scheduler_config
+        schedule = (
+            scheduler.get("beta_schedule", "linear") if scheduler.get("trained_betas") is None else "trained_betas"
+        )
+        return diffbench.Pretrained(
+            module=module.eval(),
+            alphas_cumprod=alphas_cumprod(layout),
+            prediction_type=self.params["prediction_type"] or scheduler.get("prediction_type", "epsilon"),
+            learned_variance=layout.learned_variance,
+            schedule=schedule,
+            source=str(layout.source),
+            revision=content_hash(layout.root),
+            encode=encode,
+        )
+
+
+class DiffusersUNet(diffbench.Denoiser):
+    """A small class-conditional ``UNet2DModel`` built from params and trained by diffbench (epsilon prediction)."""
+
+    name = "diffusers-unet"
+    params = {"channels": 32, "levels": 2, "layers_per_block": 1, "groups": 8, "attention": False}
+    accepts = "images [C, H, W] with H and W divisible by 2**(levels-1)"
+    train = {"steps": 2000, "batch_size": 128, "lr": 1e-3}
+
+    def validate(self) -> None:
+        p = self.params
+        if importlib.util.find_spec("diffusers") is None:
+            raise diffbench.ParamError(f"denoiser 'diffusers-unet' needs the diffusers package: {EXTRA_HINT}")
+        if p["channels"] < 1 or p["levels"] < 1 or p["layers_per_block"] < 1 or p["groups"] < 1:
+            raise diffbench.ParamError("diffusers-unet needs channels, levels, layers_per_block and groups >= 1")
+        if p["channels"] % p["groups"]:
+            raise diffbench.ParamError(
+                f"diffusers-unet needs channels divisible by groups, got {p['channels']} and {p['groups']}"
+            )
+
+    def supports(self, data_shape: tuple[int, ...]) -> bool:
+        factor = 2 ** (self.params["levels"] - 1)
+        return len(data_shape) == 3 and data_shape[1] % factor == 0 and data_shape[2] % factor == 0
+
+    def build(self, data_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
+        import diffusers
+
+        quiet_diffusers()
+        p = self.params
+        levels = p["levels"]
+        down = ["AttnDownBlock2D" if p["attention"] and i == levels - 1 else "DownBlock2D" for i in range(levels)]
+        up = ["AttnUpBlock2D" if p["attention"] and i == 0 else "UpBlock2D" for i in range(levels)]
+        unet = diffusers.UNet2DModel(
+            sample_size=data_shape[1],
+            in_channels=data_shape[0],
+            out_channels=data_shape[0],
+            layers_per_block=p["layers_per_block"],
+            block_out_channels=tuple(p["channels"] * 2**i for i in range(levels)),
+            down_block_types=tuple(down),
+            up_block_types=tuple(up),
+            norm_num_groups=p["groups"],
+            num_class_embeds=num_classes,
+        )
+        return ClassUNet(unet, list(range(num_classes)))
