@@ -174,3 +174,56 @@ def test_the_flip_rate_plot_needs_no_full_mc(tmp_path):
     )
     assert plots.flip_rates(frame, tmp_path / "f.png").stat().st_size > 1000
     assert plots.flip_rates(frame.assign(flip_rate=np.nan), tmp_path / "g.png") is None
+
+
+BROKEN_DATA = """
+import diffbench
+
+class Broken(diffbench.Dataset):
+    name = "broken-data"
+    params = {}
+
+    def load(self, seed):
+        raise OSError("the data files are gone")
+
+@diffbench.hookimpl
+def register_datasets(register):
+    register(Broken)
+"""
+
+
+def failures_listed(text: str) -> list[str]:
+    """The error column of the page's table of failed cells."""
+    section = re.search(r'<section id="failures">(.*?)</section>', text, re.S)[1]
+    return re.findall(r"<td[^>]*>([^<]*Error: [^<]*)</td>", section)
+
+
+def test_a_run_whose_every_cell_failed_writes_the_page_of_its_failures_and_exits_1(cli, tmp_path):
+    plugin, out = tmp_path / "broken_data.py", tmp_path / "run"
+    plugin.write_text(BROKEN_DATA)
+    args = ["-d", "broken-data", "-m", "mlp[width=16,depth=1]", "-e", "shared-noise", "--trials", "1,2"]
+    result = cli("--plugin", plugin, "run", *args, "--device", "cpu", "--out", out, "--no-cache")
+    assert result.exit_code == 1, result.output
+    assert "2 of 2 cells failed" in result.output
+    assert f"report: {out / 'report.html'}" in result.stderr and "not written" not in result.stderr
+    text = (out / "report.html").read_text()
+    assert "<p>2 cells failed:</p>" in text
+    assert failures_listed(text) == ["OSError: the data files are gone"] * 2
+    assert "No cell finished" in text
+
+
+def test_the_report_command_writes_the_page_of_a_run_whose_every_cell_failed(cli, tmp_path):
+    from diffbench.rundir import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.start({"suite": {"trials": [1, 2]}}, resume=False)
+    identity = {"dataset_label": "spirals", "denoiser_label": "mlp", "estimator_label": "shared-noise"}
+    for trials, error in ((1, "RuntimeError: out of memory"), (2, "ValueError: bad shape")):
+        row = {"cell_id": f"c{trials}", **identity, "trials": trials, "device": "cpu", "seed": 0}
+        folder.save_cell(f"c{trials}", [{**row, "status": "failed", "error": error}], [])
+    folder.write_tables(["c1", "c2"])
+    result = cli("report", folder.path)
+    assert result.exit_code == 0, result.output
+    text = (folder.path / "report.html").read_text()
+    assert failures_listed(text) == ["RuntimeError: out of memory", "ValueError: bad shape"]
+    assert "2 cells (0 finished, 2 failed)" in text and "No cell finished" in text
