@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffbench import plots, report
+from diffbench import part_plots, plots, report, table_plots
+from diffbench.report_format import esc, format_value
 from tests.helpers import write_suite
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
@@ -33,7 +34,7 @@ def test_the_page_is_self_contained_and_holds_every_row_and_figure(reference):
     data = table_json(text)
     assert len(data["rows"]) == len(frame) and [c["name"] for c in data["columns"]] != []
     assert {c["name"] for c in data["columns"]} == set(frame.columns)
-    figures = [f for f, _, _ in report.FIGURES if (reference / f).is_file()]
+    figures = [p.file for p in plots.PLOTS if (reference / p.file).is_file()]
     assert text.count('<img src="data:image/png;base64,') == len(figures) >= 5
     for title in ("Summary: the best estimator", "Ranking of estimators", "Failed and skipped", "Provenance"):
         assert title in text
@@ -69,7 +70,7 @@ def test_the_summary_names_the_best_estimator_at_each_budget(reference):
     ],
 )
 def test_numbers_are_formatted_per_metric(column, value, text):
-    assert report.format_value(column, value) == text
+    assert format_value(column, value) == text
 
 
 def test_several_runs_make_one_comparison_page(reference, tmp_path, cli):
@@ -91,9 +92,7 @@ def test_a_folder_without_a_run_is_one_error_line(cli, tmp_path):
     assert result.stderr.strip().startswith("diffbench: error: ") and "holds no results.parquet" in result.stderr
 
 
-def test_reliability_leaves_nearly_empty_bins_off_the_line_and_grey(monkeypatch, tmp_path):
-    drawn = {}
-    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.setdefault("fig", fig))
+def test_reliability_leaves_nearly_empty_bins_off_the_line_and_grey():
     bins = pd.DataFrame(
         {
             "dataset_label": "d",
@@ -107,8 +106,7 @@ def test_reliability_leaves_nearly_empty_bins_off_the_line_and_grey(monkeypatch,
             "count": [1, 80, 900],
         }  # fmt: skip
     )
-    plots.reliability(bins, tmp_path / "r.png")
-    top, hist = drawn["fig"].axes[:2]
+    top, hist = part_plots.reliability(bins).axes[:2]
     line = [ln for ln in top.get_lines() if ln.get_linestyle() == "-"][0]
     assert list(line.get_ydata()) == [0.6, 0.96], "the one-sample bin is not on the line"
     sparse = [c for c in top.collections if len(c.get_offsets()) and list(c.get_offsets()[0]) == [0.15, 0.0]]
@@ -138,7 +136,7 @@ def test_a_run_writes_its_report_predictions_and_flip_rate(cli, tmp_path):
     text = (out / "report.html").read_text()
     skipped = json.loads((out / "skipped.json").read_text()) if (out / "skipped.json").is_file() else []
     for line in skipped:  # float16 on a CPU that cannot run it is skipped with a reason, shown in the report
-        assert line.startswith("skipping ") and report.esc(line) in text
+        assert line.startswith("skipping ") and esc(line) in text
     assert "paired (McNemar exact)" in text
     compared = cli("compare", out, out)
     assert "paired (McNemar exact) test on the same test points" in compared.stdout
@@ -172,8 +170,8 @@ def test_the_flip_rate_plot_needs_no_full_mc(tmp_path):
             "flip_rate_vs_full_mc": [np.nan, np.nan],
         }  # fmt: skip
     )
-    assert plots.flip_rates(frame, tmp_path / "f.png").stat().st_size > 1000
-    assert plots.flip_rates(frame.assign(flip_rate=np.nan), tmp_path / "g.png") is None
+    assert plots.save(table_plots.flip_rates(frame), tmp_path / "f.png").stat().st_size > 1000
+    assert table_plots.flip_rates(frame.assign(flip_rate=np.nan)) is None
 
 
 BROKEN_DATA = """
