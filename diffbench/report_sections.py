@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from diffbench import plots, standings
+from diffbench import plots, rundir, standings
 from diffbench.report_format import esc, format_value, html_table, p_text, trials_text, verdict_tag
 from diffbench.report_runs import Run
 
@@ -211,7 +211,8 @@ def provenance_section(run: Run) -> str:
     table = html_table(pd.DataFrame(rows, columns=["what", "value"])) if rows else "<p>No provenance columns.</p>"
     suite = ""
     if run.suite is not None:
-        suite = f"<details><summary>suite settings (suite.json)</summary><pre>{esc(json.dumps(run.suite, indent=2))}</pre></details>"  # noqa: E501
+        settings = esc(json.dumps(run.suite, indent=2))
+        suite = f"<details><summary>suite settings ({rundir.SUITE})</summary><pre>{settings}</pre></details>"
     return table + suite
 
 
