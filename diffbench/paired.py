@@ -10,8 +10,8 @@ if they came from independent test sets:
   pair of outcomes together). The per-point difference takes only the values -1, 0, +1, so a
   resample is a multinomial draw of those three counts: exact, and O(resamples).
 
-Per-sample predictions live in a run folder as ``predictions.parquet`` (columns ``cell_id,
-sample, label, pred, test_digest``), written by the runner for the seeded classification pass.
+Per-sample predictions (columns ``cell_id, sample, label, pred, test_digest``) are written by the
+runner for the seeded classification pass and read back with ``RunFolder.read_predictions``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binom
 
-from diffbench.rundir import PREDICTIONS
+from diffbench.rundir import RunFolder
 
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 10_000
@@ -85,14 +85,6 @@ def paired_test(correct_a: np.ndarray, correct_b: np.ndarray) -> PairedResult:
     low, high = bootstrap_difference_ci(only_a, only_b, n)
     diff = (only_b - only_a) / n if n else math.nan
     return PairedResult(n, only_a, only_b, diff, low, high, mcnemar_exact(only_a, only_b))
-
-
-def read_predictions(run_dir: Path) -> pd.DataFrame:
-    """A run's per-sample predictions (empty for runs from before they were stored)."""
-    path = Path(run_dir) / PREDICTIONS
-    if not path.is_file():
-        return pd.DataFrame(columns=["cell_id", "sample", "label", "pred", "test_digest"])
-    return pd.read_parquet(path)
 
 
 def correctness(predictions: pd.DataFrame) -> dict[str, tuple[str, np.ndarray]]:
@@ -167,12 +159,12 @@ def compare_folders(run_a: Path, run_b: Path, absolute: bool = False):
     Returns the ``Comparison`` (its table gains the columns of ``with_paired_accuracy``) and the
     line saying which test was used.
     """
-    from diffbench import results
     from diffbench.compare import aligned, compare_runs
 
-    frame_a, frame_b = results.read_table(run_a), results.read_table(run_b)
+    folder_a, folder_b = RunFolder(run_a), RunFolder(run_b)
+    frame_a, frame_b = folder_a.read_table(), folder_b.read_table()
     comparison = compare_runs(frame_a, frame_b, absolute)
-    preds_a, preds_b = read_predictions(run_a), read_predictions(run_b)
+    preds_a, preds_b = folder_a.read_predictions(), folder_b.read_predictions()
     key, a, b = aligned(frame_a, frame_b)
     table = comparison.table
     ids = table[key].merge(a[key + ["cell_id"]] if "cell_id" in a else a[key].assign(cell_id=""), on=key, how="left")

@@ -9,8 +9,15 @@ Layout of ``DIR``:
   ``cells/<id>.predictions.parquet``: its per-sample labels and predictions (the seeded pass);
 - ``skipped.json``: the lines that said why a pair or a dtype was skipped;
 - ``parts/<group>.<kind>.parquet``: figure data (samples, regions) per trained model;
-- ``results.parquet``/``results.csv`` and the figure tables: rebuilt from the above after
-  every cell, atomically, so a run killed at any point leaves a readable table.
+- ``results.parquet``/``results.csv``, ``predictions.parquet`` and the figure tables: rebuilt
+  from the above, atomically, at most every few seconds while cells finish (the runner's
+  ``TABLES_EVERY_S``, 5 s), always at the end of a run and on any exception; a run killed at any
+  point leaves a readable table, and ``--resume`` rebuilds it from the cells' own files.
+
+The folder's file names are known here alone: the report, the plots, the paired tests and the
+throughput table read a run back through ``RunFolder``'s readers (``read_table``, ``read_suite``,
+``read_skipped``, ``read_predictions`` and the figure parts ``read_reliability_bins``,
+``read_samples``, ``read_regions``). The plots' PNG names are declared with the plots.
 """
 
 from __future__ import annotations
@@ -263,11 +270,10 @@ class RunFolder:
     # skips ------------------------------------------------------------------------------
     def note_skipped(self, line: str) -> None:
         """Keep a line that said why something was skipped (once), in ``skipped.json``."""
-        path = self.path / SKIPPED
-        lines = json.loads(path.read_text()) if path.is_file() else []
+        lines = self.read_skipped() or []
         if line not in lines:
             text = json.dumps([*lines, line], indent=1)
-            replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+            replace_atomically(self.path / SKIPPED, lambda tmp: Path(tmp).write_text(text))
 
     def keeping_skips(self, log: Callable[[str], None]) -> Callable[[str], None]:
         """``log`` that also keeps every 'skipping ...' line in the folder."""
@@ -278,3 +284,48 @@ class RunFolder:
                 self.note_skipped(message)
 
         return log_and_keep
+
+    # reading a run back (report, plots, compare) ------------------------------------------
+    def read_table(self, required_ok: tuple[str, ...] = results.REQUIRED_OK) -> pd.DataFrame:
+        """The saved results table; FileNotFoundError or TableError (one line) when it cannot be used.
+
+        A table whose cells finished must have the ``required_ok`` columns, numeric.
+        """
+        return results.read_table(self.path, required_ok)
+
+    def read_suite(self) -> dict[str, Any] | None:
+        """The suite that ran; None for a folder that does not hold it."""
+        path = self.path / SUITE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def read_skipped(self) -> list[str] | None:
+        """The lines that said why something was skipped; None for a folder that predates skip records."""
+        path = self.path / SKIPPED
+        if path.is_file():
+            return json.loads(path.read_text())
+        if (self.path / SETTINGS).is_file() and self.cells_dir.is_dir():
+            return []  # a run that keeps skip records and skipped nothing
+        return None
+
+    def read_predictions(self) -> pd.DataFrame:
+        """The per-sample predictions of every cell (empty for runs from before they were stored)."""
+        path = self.path / PREDICTIONS
+        if not path.is_file():
+            return pd.DataFrame(columns=["cell_id", "sample", "label", "pred", "test_digest"])
+        return pd.read_parquet(path)
+
+    def read_reliability_bins(self) -> pd.DataFrame | None:
+        """Every cell's reliability bins; None when the run saved none."""
+        return self.read_figure_table(results.RELIABILITY)
+
+    def read_samples(self) -> pd.DataFrame | None:
+        """The models' own samples beside test data (figure data); None when the run saved none."""
+        return self.read_figure_table(results.SAMPLES)
+
+    def read_regions(self) -> pd.DataFrame | None:
+        """The estimators' decision regions over the plane (figure data); None when the run saved none."""
+        return self.read_figure_table(results.REGIONS)
+
+    def read_figure_table(self, name: str) -> pd.DataFrame | None:
+        path = self.path / name
+        return results.read_parquet_file(path) if path.is_file() else None

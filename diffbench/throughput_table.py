@@ -1,6 +1,6 @@
 """Throughput of the same cells on several devices and variants, side by side, as a markdown table.
 
-Made from any run folders (results.parquet): each finished cell is keyed by data x denoiser,
+Made from any run folders (their results tables): each finished cell is keyed by data x denoiser,
 estimator and trials, and each (device, dtype, compile) variant found becomes a column. Two tables:
 ``offline`` (samples/s, efficiency in brackets) and ``single`` (latency p50, efficiency in
 brackets, ``graph`` where the call ran as a CUDA graph), each with the best CUDA variant's speed-up
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from diffbench.cuda_graphs import GRAPHED
-from diffbench.results import read_table
+from diffbench.rundir import RunFolder
 
 KEY = ["dataset_label", "denoiser_label", "estimator_label", "trials"]
 DTYPE_ORDER = {"float32": 0, "bfloat16": 1, "float16": 2}
@@ -25,7 +25,7 @@ def load_rows(folders: list[Path]) -> pd.DataFrame:
     """The finished rows of every folder, one per cell, scenario and variant (a later folder's row wins)."""
     frames = []
     for folder in folders:
-        frame = read_table(Path(folder))
+        frame = RunFolder(folder).read_table()
         frames.append(frame[frame["status"] == "ok"])
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if rows.empty:

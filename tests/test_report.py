@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffbench import plots, report
+from diffbench import part_plots, plots, report, table_plots
+from diffbench.report_format import esc, format_value
 from tests.helpers import write_suite
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
@@ -33,7 +34,7 @@ def test_the_page_is_self_contained_and_holds_every_row_and_figure(reference):
     data = table_json(text)
     assert len(data["rows"]) == len(frame) and [c["name"] for c in data["columns"]] != []
     assert {c["name"] for c in data["columns"]} == set(frame.columns)
-    figures = [f for f, _, _ in report.FIGURES if (reference / f).is_file()]
+    figures = [p.file for p in plots.PLOTS if (reference / p.file).is_file()]
     assert text.count('<img src="data:image/png;base64,') == len(figures) >= 5
     for title in ("Summary: the best estimator", "Ranking of estimators", "Failed and skipped", "Provenance"):
         assert title in text
@@ -69,7 +70,7 @@ def test_the_summary_names_the_best_estimator_at_each_budget(reference):
     ],
 )
 def test_numbers_are_formatted_per_metric(column, value, text):
-    assert report.format_value(column, value) == text
+    assert format_value(column, value) == text
 
 
 def test_several_runs_make_one_comparison_page(reference, tmp_path, cli):
@@ -91,9 +92,7 @@ def test_a_folder_without_a_run_is_one_error_line(cli, tmp_path):
     assert result.stderr.strip().startswith("diffbench: error: ") and "holds no results.parquet" in result.stderr
 
 
-def test_reliability_leaves_nearly_empty_bins_off_the_line_and_grey(monkeypatch, tmp_path):
-    drawn = {}
-    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.setdefault("fig", fig))
+def test_reliability_leaves_nearly_empty_bins_off_the_line_and_grey():
     bins = pd.DataFrame(
         {
             "dataset_label": "d",
@@ -107,8 +106,7 @@ def test_reliability_leaves_nearly_empty_bins_off_the_line_and_grey(monkeypatch,
             "count": [1, 80, 900],
         }  # fmt: skip
     )
-    plots.reliability(bins, tmp_path / "r.png")
-    top, hist = drawn["fig"].axes[:2]
+    top, hist = part_plots.reliability(bins).axes[:2]
     line = [ln for ln in top.get_lines() if ln.get_linestyle() == "-"][0]
     assert list(line.get_ydata()) == [0.6, 0.96], "the one-sample bin is not on the line"
     sparse = [c for c in top.collections if len(c.get_offsets()) and list(c.get_offsets()[0]) == [0.15, 0.0]]
@@ -138,7 +136,7 @@ def test_a_run_writes_its_report_predictions_and_flip_rate(cli, tmp_path):
     text = (out / "report.html").read_text()
     skipped = json.loads((out / "skipped.json").read_text()) if (out / "skipped.json").is_file() else []
     for line in skipped:  # float16 on a CPU that cannot run it is skipped with a reason, shown in the report
-        assert line.startswith("skipping ") and report.esc(line) in text
+        assert line.startswith("skipping ") and esc(line) in text
     assert "paired (McNemar exact)" in text
     compared = cli("compare", out, out)
     assert "paired (McNemar exact) test on the same test points" in compared.stdout
@@ -172,5 +170,58 @@ def test_the_flip_rate_plot_needs_no_full_mc(tmp_path):
             "flip_rate_vs_full_mc": [np.nan, np.nan],
         }  # fmt: skip
     )
-    assert plots.flip_rates(frame, tmp_path / "f.png").stat().st_size > 1000
-    assert plots.flip_rates(frame.assign(flip_rate=np.nan), tmp_path / "g.png") is None
+    assert plots.save(table_plots.flip_rates(frame), tmp_path / "f.png").stat().st_size > 1000
+    assert table_plots.flip_rates(frame.assign(flip_rate=np.nan)) is None
+
+
+BROKEN_DATA = """
+import diffbench
+
+class Broken(diffbench.Dataset):
+    name = "broken-data"
+    params = {}
+
+    def load(self, seed):
+        raise OSError("the data files are gone")
+
+@diffbench.hookimpl
+def register_datasets(register):
+    register(Broken)
+"""
+
+
+def failures_listed(text: str) -> list[str]:
+    """The error column of the page's table of failed cells."""
+    section = re.search(r'<section id="failures">(.*?)</section>', text, re.S)[1]
+    return re.findall(r"<td[^>]*>([^<]*Error: [^<]*)</td>", section)
+
+
+def test_a_run_whose_every_cell_failed_writes_the_page_of_its_failures_and_exits_1(cli, tmp_path):
+    plugin, out = tmp_path / "broken_data.py", tmp_path / "run"
+    plugin.write_text(BROKEN_DATA)
+    args = ["-d", "broken-data", "-m", "mlp[width=16,depth=1]", "-e", "shared-noise", "--trials", "1,2"]
+    result = cli("--plugin", plugin, "run", *args, "--device", "cpu", "--out", out, "--no-cache")
+    assert result.exit_code == 1, result.output
+    assert "2 of 2 cells failed" in result.output
+    assert f"report: {out / 'report.html'}" in result.stderr and "not written" not in result.stderr
+    text = (out / "report.html").read_text()
+    assert "<p>2 cells failed:</p>" in text
+    assert failures_listed(text) == ["OSError: the data files are gone"] * 2
+    assert "No cell finished" in text
+
+
+def test_the_report_command_writes_the_page_of_a_run_whose_every_cell_failed(cli, tmp_path):
+    from diffbench.rundir import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.start({"suite": {"trials": [1, 2]}}, resume=False)
+    identity = {"dataset_label": "spirals", "denoiser_label": "mlp", "estimator_label": "shared-noise"}
+    for trials, error in ((1, "RuntimeError: out of memory"), (2, "ValueError: bad shape")):
+        row = {"cell_id": f"c{trials}", **identity, "trials": trials, "device": "cpu", "seed": 0}
+        folder.save_cell(f"c{trials}", [{**row, "status": "failed", "error": error}], [])
+    folder.write_tables(["c1", "c2"])
+    result = cli("report", folder.path)
+    assert result.exit_code == 0, result.output
+    text = (folder.path / "report.html").read_text()
+    assert failures_listed(text) == ["RuntimeError: out of memory", "ValueError: bad shape"]
+    assert "2 cells (0 finished, 2 failed)" in text and "No cell finished" in text

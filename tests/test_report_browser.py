@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from diffbench import report
+from diffbench import plots, report
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
 CHROMIUM_ARGS = [
@@ -153,7 +153,7 @@ def test_filters_keep_the_matching_rows_and_the_csv_holds_exactly_them(single):
 
 def test_every_figure_shows(single):
     page, _, folder = single
-    expected = sum((folder / f).is_file() for f, _, _ in report.FIGURES)
+    expected = sum((folder / p.file).is_file() for p in plots.PLOTS)
     sizes = page.page.eval_on_selector_all(
         "figure img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])"
     )

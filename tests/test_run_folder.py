@@ -78,6 +78,7 @@ def test_out_must_be_a_folder(cli, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_with_one_line(cli, tmp_path):
     suite = write_suite(tmp_path / "tiny.toml", trials=[1], max_time_s=0.2)
     folder = tmp_path / "run"
@@ -102,9 +103,12 @@ def test_resume_needs_a_run_folder(cli, tmp_path):
 def test_a_folder_holding_a_run_is_refused_without_resume(cli, tmp_path):
     suite = write_suite(tmp_path / "tiny.toml", trials=[1], max_time_s=0.2)
     folder = tmp_path / "run"
-    assert cli("run", "--suite", suite, "--out", folder, "--cache", tmp_path / "c", "--no-plots").exit_code == 0
+    rundir.RunFolder(folder).start({"suite": {"trials": [1]}}, resume=False)  # a run started here (its settings)
+    before = (folder / "run.json").read_bytes()
     result = cli("run", "--suite", suite, "--out", folder, "--cache", tmp_path / "c")
     assert result.exit_code == 2 and f"--resume {folder}" in result.stderr
+    assert not (tmp_path / "c").exists(), "refused before training"
+    assert (folder / "run.json").read_bytes() == before and not (folder / "cells").exists()
 
 
 @pytest.mark.slow
@@ -152,3 +156,47 @@ def test_ctrl_c_says_how_to_resume_and_keeps_the_table(tmp_path):
     assert process.returncode == 130, stderr
     assert f"finish the run with: diffbench run --resume {folder}" in stderr
     assert pd.read_parquet(folder / "results.parquet")["cell_id"].nunique() >= 1
+
+
+def test_a_run_folder_reads_back_what_it_saved(tmp_path):
+    folder = rundir.RunFolder(tmp_path / "run")
+    assert folder.read_skipped() is None, "a folder from before skip records"
+    folder.start({"suite": {"trials": [1, 2]}}, resume=False)
+    assert folder.read_suite() == {"trials": [1, 2]}
+    row = {"cell_id": "a", "status": "ok", "dataset_label": "d", "denoiser_label": "m", "estimator_label": "e"}
+    bins = [{"cell_id": "a", "bin": 3, "count": 7}]
+    predictions = {"sample": [0, 1], "label": [1, 0], "pred": [1, 1], "test_digest": "x"}
+    folder.save_cell("a", [{**row, "trials": 1, "device": "cpu", "seed": 0, "accuracy": 0.5}], bins, predictions)
+    assert folder.read_skipped() == [], "a run that keeps skip records and skipped nothing"
+    assert folder.read_predictions().empty and folder.read_reliability_bins() is None, "no table written yet"
+    folder.save_part("g", "samples", pd.DataFrame({"x0": [0.5], "label": [1]}))
+    folder.write_tables(["a"])
+    folder.note_skipped("skipping d x m: m takes images")
+    assert folder.read_skipped() == ["skipping d x m: m takes images"]
+    assert folder.read_table(required_ok=())["accuracy"].tolist() == [0.5]
+    assert folder.read_predictions()[["cell_id", "pred"]].to_dict("list") == {"cell_id": ["a", "a"], "pred": [1, 1]}
+    assert folder.read_reliability_bins().to_dict("records") == bins
+    assert folder.read_samples().to_dict("list") == {"x0": [0.5], "label": [1]}
+    assert folder.read_regions() is None
+
+
+def test_only_the_run_folder_names_its_files_and_only_the_plots_name_their_pngs():
+    from pathlib import Path
+
+    import diffbench
+
+    owners = {"rundir.py", "results.py"}  # results.py declares the table names rundir reads and writes
+    for path in Path(diffbench.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        if path.name not in owners:
+            for name in (
+                '"suite.json"',
+                '"skipped.json"',
+                '/ "cells"',
+                "cells/",
+                'predictions.parquet"',
+                'regions.parquet"',
+            ):
+                assert name not in text, f"{path.name} names {name}: read it through RunFolder"
+        if path.name != "plots.py":
+            assert '.png"' not in text, f"{path.name} names a PNG: the plots declare them (plots.PLOTS)"
