@@ -139,7 +139,9 @@ def summary(frame: pd.DataFrame) -> str:
 
 def offline_summary(ok: pd.DataFrame) -> list[str]:
     """Accuracy by estimator x trials, and throughput at the largest trials, per dataset x denoiser x device."""
-    parts = []
+    parts: list[str] = []
+    if ok.empty:
+        return parts
     for (dataset, denoiser, device), group in ok.groupby(["dataset_label", "denoiser_label", "device"], sort=False):
         acc = group.pivot_table(index="estimator_label", columns="trials", values="accuracy", sort=False)
         last = group[group["trials"] == group["trials"].max()].set_index("estimator_label")
@@ -155,7 +157,9 @@ def offline_summary(ok: pd.DataFrame) -> list[str]:
 
 def single_summary(ok: pd.DataFrame) -> list[str]:
     """Median single-sample latency (ms) by estimator x trials, per dataset x denoiser x device."""
-    parts = []
+    parts: list[str] = []
+    if ok.empty:
+        return parts
     for (dataset, denoiser, device), group in ok.groupby(["dataset_label", "denoiser_label", "device"], sort=False):
         latency = group.pivot_table(index="estimator_label", columns="trials", values="latency_p50_ms", sort=False)
         parts.append(
