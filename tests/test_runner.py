@@ -189,3 +189,12 @@ def test_the_progress_bar_counts_cells_and_names_the_next_one(tmp_path, capsys):
 def test_no_progress_bar_when_disabled(tmp_path, capsys):
     run(Suite(), grid(), tmp_path / "run", TrainingFails(), None, progress=False, log=lambda _: None)
     assert "cells" not in capsys.readouterr().err
+
+
+def test_nothing_below_the_runner_meets_the_suite():
+    from tests.test_architecture import core_imports
+
+    graph = core_imports()
+    for below in ("measurement", "quality", "preparation", "figures", "dask_executor", "executor"):
+        assert "suite" not in graph[below], f"{below} imports the suite"
+    assert "suite" in graph["plan"] and "plan" in graph["runner"], "the plans are made from it, by the runner"
