@@ -60,12 +60,14 @@ def measured_rows(plan: CellPlan, model: ConditionalModel, data: CellData) -> tu
 
     In order: ``fit`` (a copy of the estimator) on held-out data; the answers (``quality``: one
     seeded pass over the test set, a temperature fitted on the held-out data, independent repeats
-    on a subset); then the timed scenarios. Timed are the seeded pass (once, as a whole: its
-    seconds choose how many samples a timed offline pass covers and count as the first of the
-    warm-up), the offline warm-up passes and repeats (estimator regions interleaved with the
-    bare network's), and the single-sample calls after one untimed warm-up call, each beside the
-    bare network. Fit, the calibration pass and the repeats are not timed. NFE are read from the
-    model's counter around each step.
+    on a subset); then the scenarios of the plan. Timed are: the seeded pass, as a whole (its
+    seconds choose how many samples a timed offline pass covers, and count as the first of the
+    warm-up); in ``offline`` the warm-up passes, the regions that choose how many passes a region
+    holds, and the repeats (estimator regions interleaved with the bare network's on the same
+    rows); in ``single`` every call after one untimed warm-up call, each followed by the bare
+    network on its rows. Not timed: fit, the calibration pass and the noise repeats (a tuned batch
+    size was timed before, by its own sweep of the bare module). NFE are read from the model's
+    counter around each step.
     """
     cell = plan.cell
     reset_peak_memory(model.device)
