@@ -1,10 +1,15 @@
-"""The runner: builds a grid's tasks, hands them to an executor, records every outcome in the run folder.
+"""The runner: resolves a grid into plans, builds their tasks, hands them to an executor, records every outcome.
 
-Per trained model (a *group* of cells) there is one training task, one task per cell that
-needs it, and one figure-data task after the group's cells. The runner knows no executor:
-it is given one (``diffbench.executor.LocalExecutor``, ``diffbench.dask_executor.DaskExecutor``,
-...) and reads back outcomes in whatever order they finish. One loop, ``Recorder.record``,
-writes everything into the run folder, so every executor leaves the same files.
+The runner is the last to see the ``Suite``: it resolves it once into a ``ModelPlan`` per trained
+model and a ``CellPlan`` per cell (``diffbench.plan``), and tasks are typed calls on those plans:
+``preparation.train(model plan) -> Trained``, ``measurement.measure_cell(cell plan, trained) ->
+CellResult`` and ``model_figures(model plan, cell plans, ...) -> frames``. Per trained model there
+is one training task, one task per cell that needs it, and one figure-data task after its cells.
+
+The runner knows no executor: it is given one (``diffbench.executor.LocalExecutor``,
+``diffbench.dask_executor.DaskExecutor``, ...) and reads back outcomes in whatever order they
+finish. One loop, ``Recorder.record``, writes everything into the run folder, so every executor
+leaves the same files.
 """
 
 from __future__ import annotations
