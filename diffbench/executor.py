@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from diffbench.interrupts import contained
+
+if TYPE_CHECKING:
+    from diffbench.plan import CellPlan, ModelPlan
 
 
 class ExecutorError(RuntimeError):
@@ -34,15 +37,16 @@ class Result:
 class Task:
     """One unit of work: ``fn(*args)``, with ``Result`` placeholders resolved.
 
-    ``kind`` and ``about`` are the runner's own (what to do with the outcome); ``gpu`` asks
-    for exclusive use of the host's GPU while it runs.
+    ``kind`` and ``subject`` are the runner's own: what the task is ("train", "cell", "figures")
+    and the plan it works on (a model's for "train" and "figures", a cell's for "cell"), which
+    says what to do with the outcome. ``gpu`` asks for exclusive use of the host's GPU while it runs.
     """
 
     key: str
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     kind: str = ""
-    about: Any = None
+    subject: ModelPlan | CellPlan | None = None
     gpu: bool = False
 
     def dependencies(self) -> list[str]:

@@ -1,4 +1,7 @@
-"""The data behind the figures that the results table alone cannot give: model samples, decision regions."""
+"""The data behind the figures that the results table alone cannot give: model samples, decision regions.
+
+One task per trained model, after its cells: it receives the model's plan, its cells' plans and the prepared model.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,8 @@ from diffbench.cell import Cell
 from diffbench.contract import Splits
 from diffbench.measurement import fitted
 from diffbench.model import ConditionalModel, sample
-from diffbench.preparation import Prepared
-from diffbench.schedule import NoiseSchedule
-from diffbench.suite import Suite
+from diffbench.plan import CellPlan, ModelPlan
+from diffbench.preparation import Prepared, conditional_model, model_name
 
 REGION_GRID = 48  # decision regions are drawn on a REGION_GRID x REGION_GRID lattice
 SAMPLES_PER_CLASS = 300  # 2-D points per class drawn from the model
@@ -80,20 +82,19 @@ def samples_data(model: ConditionalModel, splits: Splits, seed: int, ids: dict) 
     return pd.concat(frames, ignore_index=True)
 
 
-def figures_data(cells: list[Cell], suite: Suite, prepared: Prepared | None) -> dict[str, pd.DataFrame]:
-    """The figure tables of one trained model: its samples and (2-D data) the decision regions of ``cells``."""
+def figures_data(model: ModelPlan, cells: list[CellPlan], prepared: Prepared | None) -> dict[str, pd.DataFrame]:
+    """The figure tables of one trained model: its samples and (2-D data) the decision regions of ``cells``.
+
+    The model runs as its cells run it (``conditional_model``), on the first cell's device in float32.
+    """
     if prepared is None or not cells or prepared.pretrained:  # T steps of sampling a big model cost too much
         return {}
-    first = cells[0]
-    ids = first.group_labels()
+    ids = model.group_labels()
     splits = prepared.splits
-    schedule = NoiseSchedule(suite.schedule, suite.timesteps)
-    device = torch.device(first.device)
-    module = prepared.module.to(device).eval()
-    name = f"denoiser '{first.denoiser!r}'"
-    model = ConditionalModel(module, schedule, splits.num_classes, splits.data_shape, device, name=name)
-    out = {"samples": samples_data(model, splits, first.seed, ids)}
-    plain = [c for c in cells if c.dtype == "float32" and not c.compile and c.device == first.device]
+    device = cells[0].cell.device
+    running = conditional_model(prepared, torch.device(device), model_name(model.denoiser))
+    out = {"samples": samples_data(running, splits, model.seed, ids)}
+    plain = [p.cell for p in cells if p.cell.dtype == "float32" and not p.cell.compile and p.cell.device == device]
     if splits.data_shape == (2,) and plain:
-        out["regions"] = regions_data(plain, model, prepared, first.seed, ids)
+        out["regions"] = regions_data(plain, running, prepared, model.seed, ids)
     return out

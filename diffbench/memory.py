@@ -14,6 +14,9 @@ PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
+_tuned = False  # whether tune_cpu_allocator succeeded in this process
+
+
 def tune_cpu_allocator() -> bool:
     """Keep freed tensor memory in the process instead of mmap/munmap for every large tensor.
 
@@ -21,17 +24,29 @@ def tune_cpu_allocator() -> bool:
     every call, which made the same CPU pass vary by 1.6x from repeat to repeat (and the
     estimator look faster than the bare forward it wraps). Raising the mmap threshold to
     its 32 MiB maximum and never trimming makes repeats stable and passes faster.
-    Returns whether glibc accepted the settings (False elsewhere, which changes nothing).
+    Returns whether glibc accepted the settings (False elsewhere, which changes nothing);
+    ``cpu_allocator_tuned()`` says it later without tuning again.
     """
+    global _tuned
     name = ctypes.util.find_library("c")
     if not name:
         return False
     try:
         libc = ctypes.CDLL(name)
         m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+        ok = bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
     except (OSError, AttributeError):
         return False
+    _tuned = _tuned or ok
+    return ok
+
+
+def cpu_allocator_tuned() -> bool:
+    """Whether ``tune_cpu_allocator`` has tuned this process's allocator (a row's ``cpu_allocator_tuned``).
+
+    The runner tunes once per run, a dask worker once when it starts; a cell only asks.
+    """
+    return _tuned
 
 
 def reset_peak_memory(device: torch.device) -> None:

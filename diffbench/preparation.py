@@ -1,22 +1,26 @@
-"""A group's preparation: its data (with a held-out part), and its model loaded, trained or cached."""
+"""A model's preparation: its data (with a held-out part), then its module loaded, trained or cached.
+
+``train(plan)`` is the runner's task: it runs ``prepare`` and hands back the ``Prepared`` model with
+the lines it said. The noise schedule is built here once per model and travels on ``Prepared``;
+``conditional_model`` wraps the module the one way cells and figures both run it.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from diffbench import pretrained, subsets
-from diffbench.cell import Cell
+from diffbench.acceleration import accelerate
 from diffbench.checkpoints import load_checkpoint
-from diffbench.contract import DataError, Dataset, Splits, check_log_posterior, check_splits
+from diffbench.contract import DataError, Dataset, Plugin, Splits, check_log_posterior, check_splits
 from diffbench.model import ConditionalModel
+from diffbench.plan import ModelPlan
 from diffbench.schedule import NoiseSchedule
-from diffbench.suite import Suite
 from diffbench.training import build_module, load_or_train
 
 HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, subsets.HELDOUT_MAX  # training data held out for estimators' fit and calibration
@@ -33,7 +37,26 @@ class Prepared:
     info: dict[str, Any]
     bayes_accuracy: float
     setup_s: float
+    schedule: NoiseSchedule  # the suite's, built once per model, or the one a pretrained model brought
     pretrained: pretrained.PretrainedSetup | None = None  # set when the denoiser arrived trained
+
+
+@dataclass
+class Trained:
+    """What a model's task hands back: the prepared model (None when the pair was skipped) and the lines it said."""
+
+    prepared: Prepared | None
+    messages: list[str]
+
+
+@dataclass
+class ModelData:
+    """A model's data: the fixed test subset, the training split less the held-out part, and that part."""
+
+    splits: Splits
+    heldout_x: torch.Tensor
+    heldout_y: torch.Tensor
+    columns: dict[str, Any]  # test_subset, test_digest, heldout_n, heldout_from
 
 
 def hold_out(
@@ -64,70 +87,71 @@ def bayes_accuracy(dataset: Dataset, splits: Splits) -> float:
     return (log_posterior.argmax(1) == splits.test_y).float().mean().item()
 
 
-def train_device(cells: list[Cell]) -> torch.device:
-    """Models are trained once, on CUDA when any cell uses it, and loaded onto every device."""
-    return torch.device("cuda" if any(c.device == "cuda" for c in cells) else "cpu")
-
-
-def prepare(
-    first: Cell,
-    suite: Suite,
-    device: torch.device,
-    cache_dir: Path | None,
-    checkpoint: Path | None,
-    progress: bool,
-    log,
-) -> Prepared | None:
-    """Data and trained module of one group; None (with one line said) when the pair does not fit."""
-    start = time.perf_counter()
-    schedule = NoiseSchedule(suite.schedule, suite.timesteps)
-    splits = check_splits(first.dataset.load(first.seed), first.dataset.name)
-    p = first.dataset.params
+def prepare_data(plan: ModelPlan) -> ModelData:
+    """Load the data, cut the fixed test subset (in content order), and hold out a seeded part of training."""
+    dataset = plan.dataset
+    splits = check_splits(dataset.load(plan.seed), dataset.name)
+    p = dataset.params
     splits, spare_x, spare_y = subsets.apply(p["per_class"], p["n_test"], splits)
     splits = subsets.in_content_order(splits)  # the same images in the same places, whichever reader listed them
     if splits.heldout_x is not None:  # a lazy reader decoded a held-out slice outside its subset
         spare_x, spare_y = torch.cat([splits.heldout_x, spare_x]), torch.cat([splits.heldout_y, spare_y])
-    splits, heldout_x, heldout_y = hold_out(splits, first.seed, (spare_x, spare_y))
-    heldout = {
+    splits, heldout_x, heldout_y = hold_out(splits, plan.seed, (spare_x, spare_y))
+    columns = {
         "test_subset": subsets.describe(p["per_class"], p["n_test"]),
         "test_digest": subsets.digest(splits.test_x, splits.test_y),
         "heldout_n": heldout_y.shape[0],
         "heldout_from": heldout_source(splits, heldout_y),
     }
-    pair = f"{first.dataset!r} x {first.denoiser!r}"
-    if not first.denoiser.supports(splits.data_shape):
+    return ModelData(splits, heldout_x, heldout_y, columns)
+
+
+def prepare(plan: ModelPlan, log) -> Prepared | None:
+    """Data and module of one model; None (with one line said) when the pair does not fit."""
+    start = time.perf_counter()
+    data = prepare_data(plan)
+    shape = data.splits.data_shape
+    if not plan.denoiser.supports(shape):
         log(
-            f"skipping {pair}: {first.denoiser.name} takes {first.denoiser.accepts}, "
-            f"but {first.dataset.name} has samples of shape {list(splits.data_shape)}"
+            f"skipping {plan.pair()}: {plan.denoiser.name} takes {plan.denoiser.accepts}, "
+            f"but {plan.dataset.name} has samples of shape {list(shape)}"
         )
         return None
-    bayes = bayes_accuracy(first.dataset, splits)
-    loaded = prepare_pretrained(first, splits, heldout_x, heldout_y, bayes, start, device, log)
+    prepared = prepare_module(plan, data, bayes_accuracy(plan.dataset, data.splits), start, log)
+    prepared.info.update(data.columns)
+    return prepared
+
+
+def prepare_module(plan: ModelPlan, data: ModelData, bayes: float, start: float, log) -> Prepared:
+    """The module: a pretrained one as it arrived, else weights from ``--checkpoint``, the cache, or trained now."""
+    device, pair = torch.device(plan.device), plan.pair()
+    loaded = prepare_pretrained(plan, data, bayes, start, device, log)
     if loaded is not None:
-        loaded.info.update(heldout)
         return loaded
-    if checkpoint is not None:
-        module = load_checkpoint(build_module(first.denoiser, splits, first.seed), checkpoint, pair)
-        log(f"{pair}: loaded weights from {checkpoint}")
-        info = {"cache_hit": False, "train_s": 0.0, "checkpoint": str(checkpoint), **heldout}
+    splits, held = data.splits, (data.heldout_x, data.heldout_y)
+    schedule = NoiseSchedule(plan.schedule, plan.timesteps)
+    if plan.checkpoint is not None:
+        module = load_checkpoint(build_module(plan.denoiser, splits, plan.seed), plan.checkpoint, pair)
+        log(f"{pair}: loaded weights from {plan.checkpoint}")
+        info = {"cache_hit": False, "train_s": 0.0, "checkpoint": str(plan.checkpoint)}
         setup_s = time.perf_counter() - start
-        return Prepared(splits, heldout_x, heldout_y, module.to(device).eval(), info, bayes, setup_s)
+        return Prepared(splits, *held, module.to(device).eval(), info, bayes, setup_s, schedule)
     if splits.train_x.shape[0] == 0:
         raise DataError(
-            f"dataset {first.dataset!r} has no training split to train {first.denoiser!r} on: "
+            f"dataset {plan.dataset!r} has no training split to train {plan.denoiser!r} on: "
             "give trained weights with --checkpoint, or a pretrained denoiser"
         )
     train_started = time.time()
     module, info = load_or_train(
-        first.dataset,
-        first.denoiser,
+        plan.dataset,
+        plan.denoiser,
         splits,
         schedule,
-        suite.train_settings(first.denoiser),
-        first.seed,
+        plan.train,
+        plan.seed,
         device,
-        cache_dir,
-        progress=progress,
+        plan.cache_dir,
+        progress=plan.progress,
         log=log,
     )
     if info["cache_hit"]:
@@ -135,37 +159,42 @@ def prepare(
     else:
         log(f"{pair}: trained in {info['train_s']:.1f}s")
         info.update(train_started_at=train_started, train_finished_at=time.time())
-    info.update(heldout)
-    return Prepared(splits, heldout_x, heldout_y, module, info, bayes, time.perf_counter() - start)
+    return Prepared(splits, *held, module, info, bayes, time.perf_counter() - start, schedule)
 
 
 def prepare_pretrained(
-    first: Cell,
-    splits: Splits,
-    heldout_x: torch.Tensor,
-    heldout_y: torch.Tensor,
-    bayes: float,
-    start: float,
-    device: torch.device,
-    log,
+    plan: ModelPlan, data: ModelData, bayes: float, start: float, device: torch.device, log
 ) -> Prepared | None:
     """A denoiser that arrived trained (``Denoiser.pretrained``): nothing trained or cached; None for the others."""
-    pair = f"{first.dataset!r} x {first.denoiser!r}"
-    got = pretrained.load(first.denoiser, splits, heldout_x, heldout_y, device, first.seed, log, pair)
+    got = pretrained.load(
+        plan.denoiser, data.splits, data.heldout_x, data.heldout_y, device, plan.seed, log, plan.pair()
+    )
     if got is None:
         return None
     setup_s = time.perf_counter() - start
-    return Prepared(got.splits, got.heldout_x, heldout_y, got.module, got.info, bayes, setup_s, got.setup)
+    splits, setup = got.splits, got.setup
+    return Prepared(splits, got.heldout_x, data.heldout_y, got.module, got.info, bayes, setup_s, setup.schedule, setup)
 
 
-def model_of(
-    prepared: Prepared, module: torch.nn.Module, suite: Suite, device: torch.device, name: str = "the denoiser"
+def train(plan: ModelPlan) -> Trained:
+    """The runner's task for one model: ``prepare``, with the lines it would say handed back for the runner to say."""
+    messages: list[str] = []
+    return Trained(prepare(plan, messages.append), messages)
+
+
+def model_name(denoiser: Plugin) -> str:
+    """How errors about the running module name it."""
+    return f"denoiser '{denoiser!r}'"
+
+
+def conditional_model(
+    prepared: Prepared, device: torch.device, name: str, dtype: str = "float32", compile: bool = False
 ) -> ConditionalModel:
-    """``module`` wrapped with the schedule and output type it runs under: the suite's, or a pretrained model's own."""
-    setup = prepared.pretrained
-    schedule = setup.schedule if setup else NoiseSchedule(suite.schedule, suite.timesteps)
-    options = setup.model_options() if setup else {}
-    splits = prepared.splits
+    """The prepared module as cells and figures run it: on ``device``, autocast to ``dtype`` (compiled if asked),
+    under the model's schedule and output type (a pretrained model's own)."""
+    module = accelerate(prepared.module.to(device).eval(), device, dtype, compile)
+    options = prepared.pretrained.model_options() if prepared.pretrained else {}
+    splits, schedule = prepared.splits, prepared.schedule
     return ConditionalModel(module, schedule, splits.num_classes, splits.data_shape, device, name=name, **options)
 
 
@@ -176,12 +205,3 @@ def heldout_source(splits: Splits, heldout_y: torch.Tensor) -> str:
     if heldout_y.shape[0] >= 2:
         return "test samples outside the subset (no training split)"
     return "none: no training split and no test sample outside the subset, so fit and calibration were skipped"
-
-
-def prepare_quietly(
-    first: Cell, suite: Suite, device: str, cache_dir: Path | None, checkpoint: Path | None, progress: bool
-) -> tuple[Prepared | None, list[str]]:
-    """``prepare`` as a task: the lines it would say come back with its result, for the runner to say."""
-    messages: list[str] = []
-    prepared = prepare(first, suite, torch.device(device), cache_dir, checkpoint, progress, messages.append)
-    return prepared, messages

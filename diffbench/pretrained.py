@@ -200,14 +200,15 @@ def load(
     return Loaded(splits, heldout_x, module, setup, info)
 
 
-def add_end_to_end(rows: list[dict[str, Any]], columns: dict[str, Any]) -> None:
-    """``end_to_end_samples_per_s``: the estimator's samples/s with each image's encode time added."""
+def end_to_end(measured: dict[str, Any], columns: dict[str, Any]) -> dict[str, float]:
+    """``end_to_end_samples_per_s`` of a measured row: its samples/s with each image's encode time added
+    (nothing where the row has no positive samples/s)."""
     per_image = columns.get("encode_s_per_image", math.nan)
-    for row in rows:
-        rate = row.get("samples_per_s")
-        if rate is not None and rate > 0:
-            extra = per_image if per_image == per_image else 0.0
-            row["end_to_end_samples_per_s"] = 1.0 / (1.0 / rate + extra)
+    rate = measured.get("samples_per_s")
+    if rate is None or not rate > 0:
+        return {}
+    extra = per_image if per_image == per_image else 0.0
+    return {"end_to_end_samples_per_s": 1.0 / (1.0 / rate + extra)}
 
 
 def arrives_trained(denoiser: Denoiser) -> bool:

@@ -1,7 +1,6 @@
 """The report's results table: its key columns and their help, and the data its script sorts and filters.
 
-``KEY_COLUMNS`` and ``HELP`` are the one place the report names the columns it shows by default
-and explains on hover.
+``KEY_COLUMNS`` (shown by default) and ``HELP`` (explained on hover) come from the row schema, ``diffbench.columns``.
 """
 
 from __future__ import annotations
@@ -10,48 +9,8 @@ import json
 
 import pandas as pd
 
+from diffbench.columns import HELP, KEY_COLUMNS
 from diffbench.report_format import esc, format_value, json_value
-
-KEY_COLUMNS = [
-    "run",
-    "dataset_label",
-    "denoiser_label",
-    "estimator_label",
-    "trials",
-    "device",
-    "scenario",
-    "dtype",
-    "compile",
-    "status",
-    "accuracy",
-    "accuracy_ci_low",
-    "accuracy_ci_high",
-    "nfe_per_sample",
-    "samples_per_s",
-    "efficiency",
-    "latency_p50_ms",
-    "latency_p90_ms",
-    "flip_rate",
-    "flip_rate_vs_full_mc",
-    "gap_variance",
-    "variance_reduction",
-    "ece",
-    "nll",
-    "peak_memory_mb",
-    "wall_s",
-    "error",
-]
-
-HELP = {
-    "accuracy": "share of test samples classified correctly (seeded pass)",
-    "nfe_per_sample": "denoiser evaluations per test sample, read from the model's counter",
-    "samples_per_s": "median samples classified per second over timed repeats",
-    "efficiency": "evals/s over the bare network's forward rows/s on the same device (1 = no overhead)",
-    "flip_rate": "share of samples whose predicted class changes between two independent repeats",
-    "flip_rate_vs_full_mc": "flip rate over full-mc's at the same NFE per sample (below 1: steadier)",
-    "gap_variance": "variance of the true-vs-rival error gap across repeats, times NFE",
-    "variance_reduction": "full-mc's gap_variance over this cell's at equal trials",
-}
 
 
 def constant_columns(frame: pd.DataFrame) -> dict[str, object]:

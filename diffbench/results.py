@@ -8,18 +8,15 @@ from typing import Any
 
 import pandas as pd
 
+from diffbench import columns
 from diffbench.cell import PEER_KEY
-from diffbench.flip_rate import with_flip_rate_ratio
+from diffbench.flip_rate import RATIO, with_flip_rate_ratio
 
 TABLE = "results.parquet"
 CSV = "results.csv"
 REGIONS = "regions.parquet"
 SAMPLES = "samples.parquet"
 RELIABILITY = "reliability.parquet"
-
-
-def param_columns(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
-    return {f"p_{prefix}_{k}": (str(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in params.items()}
 
 
 def with_variance_reduction(frame: pd.DataFrame) -> pd.DataFrame:
@@ -33,8 +30,9 @@ def with_variance_reduction(frame: pd.DataFrame) -> pd.DataFrame:
     keys = [k for k in PEER_KEY if k in frame]
     base = frame[frame["variance_baseline"].fillna(False).astype(bool) & (frame["status"] == "ok")]
     base = base.drop_duplicates(keys)[keys + ["gap_variance"]].rename(columns={"gap_variance": "_baseline"})
-    merged = frame.drop(columns=["variance_reduction"], errors="ignore").merge(base, on=keys, how="left")
-    merged["variance_reduction"] = merged["_baseline"] / merged["gap_variance"]
+    name = columns.derived("variance_reduction")
+    merged = frame.drop(columns=[name], errors="ignore").merge(base, on=keys, how="left")
+    merged[name] = merged["_baseline"] / merged["gap_variance"]
     return merged.drop(columns=["_baseline"])
 
 
@@ -59,13 +57,15 @@ def with_concurrency(frame: pd.DataFrame) -> pd.DataFrame:
             for host, start, end, cell in spans
         )
 
-    return frame.assign(concurrent=[overlaps(r) for r in frame.itertuples()])
+    return frame.assign(**{columns.derived("concurrent"): [overlaps(r) for r in frame.itertuples()]})
 
 
 def tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The results table from saved rows: with the concurrency marks, variance reduction and flip-rate ratio."""
+    """The results table from saved rows (``columns.row``'s) with the derived columns ``columns.DERIVED`` declares:
+    the concurrency marks, variance reduction and flip-rate ratio."""
     if not rows:
         return pd.DataFrame(columns=["status"])
+    columns.derived(RATIO)
     return with_flip_rate_ratio(with_variance_reduction(with_concurrency(pd.DataFrame(rows))))
 
 
@@ -80,6 +80,11 @@ def with_variant_labels(frame: pd.DataFrame) -> pd.DataFrame:
 def offline(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of the offline scenario (one per cell): what accuracy plots and summaries use."""
     return frame[frame["scenario"] == "offline"] if "scenario" in frame else frame
+
+
+def single(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the single-sample scenario (one per cell; none in a table that predates scenarios)."""
+    return frame[frame["scenario"] == "single"] if "scenario" in frame else frame.iloc[0:0]
 
 
 #: Columns every results table has had; a parquet without them is not a diffbench table.
@@ -125,11 +130,18 @@ def read_table(run_dir: Path, required_ok: tuple[str, ...] = REQUIRED_OK) -> pd.
 
 
 def summary(frame: pd.DataFrame) -> str:
-    """Accuracy by estimator x trials, and throughput at the largest trials, as text."""
-    ok = with_variant_labels(offline(frame[frame["status"] == "ok"]))
+    """As text: accuracy by estimator x trials and throughput at the largest trials (offline), and the
+    single-sample latency by estimator x trials (single), per dataset x denoiser x device."""
+    ok = frame[frame["status"] == "ok"]
+    parts = offline_summary(with_variant_labels(offline(ok))) + single_summary(with_variant_labels(single(ok)))
+    return "\n\n".join(parts) if parts else "no cell finished"
+
+
+def offline_summary(ok: pd.DataFrame) -> list[str]:
+    """Accuracy by estimator x trials, and throughput at the largest trials, per dataset x denoiser x device."""
+    parts: list[str] = []
     if ok.empty:
-        return "no cell finished"
-    parts = []
+        return parts
     for (dataset, denoiser, device), group in ok.groupby(["dataset_label", "denoiser_label", "device"], sort=False):
         acc = group.pivot_table(index="estimator_label", columns="trials", values="accuracy", sort=False)
         last = group[group["trials"] == group["trials"].max()].set_index("estimator_label")
@@ -140,4 +152,18 @@ def summary(frame: pd.DataFrame) -> str:
             f"{dataset} x {denoiser} on {device}: accuracy by trials{optimum}\n{acc.round(3).to_string()}\n"
             f"at {int(group['trials'].max())} trials:\n{speed.round(2).to_string()}"
         )
-    return "\n\n".join(parts)
+    return parts
+
+
+def single_summary(ok: pd.DataFrame) -> list[str]:
+    """Median single-sample latency (ms) by estimator x trials, per dataset x denoiser x device."""
+    parts: list[str] = []
+    if ok.empty:
+        return parts
+    for (dataset, denoiser, device), group in ok.groupby(["dataset_label", "denoiser_label", "device"], sort=False):
+        latency = group.pivot_table(index="estimator_label", columns="trials", values="latency_p50_ms", sort=False)
+        parts.append(
+            f"{dataset} x {denoiser} on {device}: single-sample latency p50 (ms) by trials\n"
+            f"{latency.round(3).to_string()}"
+        )
+    return parts

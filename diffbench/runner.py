@@ -1,10 +1,15 @@
-"""The runner: builds a grid's tasks, hands them to an executor, records every outcome in the run folder.
+"""The runner: resolves a grid into plans, builds their tasks, hands them to an executor, records every outcome.
 
-Per trained model (a *group* of cells) there is one training task, one task per cell that
-needs it, and one figure-data task after the group's cells. The runner knows no executor:
-it is given one (``diffbench.executor.LocalExecutor``, ``diffbench.dask_executor.DaskExecutor``,
-...) and reads back outcomes in whatever order they finish. One loop, ``Recorder.record``,
-writes everything into the run folder, so every executor leaves the same files.
+The runner is the last to see the ``Suite``: it resolves it once into a ``ModelPlan`` per trained
+model and a ``CellPlan`` per cell (``diffbench.plan``), and tasks are typed calls on those plans:
+``preparation.train(model plan) -> Trained``, ``measurement.measure_cell(cell plan, trained) ->
+CellResult`` and ``model_figures(model plan, cell plans, ...) -> frames``. Per trained model there
+is one training task, one task per cell that needs it, and one figure-data task after its cells.
+
+The runner knows no executor: it is given one (``diffbench.executor.LocalExecutor``,
+``diffbench.dask_executor.DaskExecutor``, ...) and reads back outcomes in whatever order they
+finish. One loop, ``Recorder.record``, writes everything into the run folder, so every executor
+leaves the same files.
 """
 
 from __future__ import annotations
@@ -18,73 +23,65 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from diffbench.cell import Cell, groups, unique
+from diffbench.cell import Cell, unique
 from diffbench.executor import Executor, Outcome, Result, Task
 from diffbench.figures import figures_data
 from diffbench.interrupts import watch_ctrl_c
-from diffbench.measurement import CellResult, failed_result, failure, run_cell
+from diffbench.measurement import CellResult, failed_result, failure, measure_cell
 from diffbench.memory import tune_cpu_allocator
-from diffbench.preparation import Prepared, prepare_quietly, train_device
+from diffbench.plan import CellPlan, ModelPlan, by_model, plan_cells, plan_models
+from diffbench.preparation import Trained, train
 from diffbench.provenance import run_info
 from diffbench.rundir import RunFolder, TableWriteError
 from diffbench.suite import Suite
 
 Log = Callable[[str], None]
-Trained = tuple[Prepared | None, list[str]]
 
 
-def group_figures(
-    group: list[Cell], suite: Suite, finished_before: set[str], trained: Trained, *results: CellResult
+def model_figures(
+    model: ModelPlan, cells: list[CellPlan], finished_before: set[str], trained: Trained, results: list[CellResult]
 ) -> dict[str, pd.DataFrame]:
     """Figure data of one model, over its cells that finished ok in this run (``results``) or before it."""
     ok = finished_before | {r.cell_id for r in results if r.rows and all(x["status"] == "ok" for x in r.rows)}
-    return figures_data([c for c in group if c.id in ok], suite, trained[0])
+    return figures_data(model, [p for p in cells if p.id in ok], trained.prepared)
 
 
-def train_task(
-    group: list[Cell], suite: Suite, device: str, cache_dir: Path | None, checkpoint: Path | None, progress: bool
-) -> Task:
-    """The task that loads or trains the model of ``group``."""
-    args = (group[0], suite, device, cache_dir, checkpoint, progress)
-    return Task(f"train-{group[0].group_id}", prepare_quietly, args, "train", group)
+def train_task(model: ModelPlan) -> Task:
+    """The task that loads or trains one model."""
+    return Task(f"train-{model.group_id}", train, (model,), "train", model)
 
 
-def say_training(group: list[Cell], outcome: Outcome, say: Log) -> bool:
-    """Say how a group's training went (its own lines, or why it failed); returns whether it failed."""
+def say_training(model: ModelPlan, outcome: Outcome, say: Log) -> bool:
+    """Say how a model's training went (its own lines, or why it failed); returns whether it failed."""
     if outcome.error is not None:
-        say(f"{group[0].dataset!r} x {group[0].denoiser!r} failed: {failure(outcome.error)}")
+        say(f"{model.pair()} failed: {failure(outcome.error)}")
         return True
-    for message in outcome.result[1]:
+    for message in outcome.result.messages:
         say(message)
     return False
 
 
-def build_tasks(
-    todo: list[Cell],
-    grid: list[Cell],
-    suite: Suite,
-    finished: set[str],
-    cache_dir: Path | None,
-    checkpoint: Path | None,
-    progress: bool,
-    run: dict[str, str],
-) -> list[Task]:
-    """The tasks that measure ``todo`` (cells of ``grid``, the rest already ``finished``), in a runnable order."""
-    device = train_device(grid).type
+def build_tasks(plans: list[CellPlan], finished: set[str]) -> list[Task]:
+    """The tasks that measure the cells of ``plans`` not yet ``finished``, in a runnable order.
+
+    Per model with cells to measure: its training, one task per such cell, and its figure data
+    over every cell of the model that finishes ok (now or before).
+    """
     tasks: list[Task] = []
-    for group in groups(todo):
-        first = group[0]
-        tasks.append(train_task(group, suite, device, cache_dir, checkpoint, progress))
-        train_key = tasks[-1].key
-        keys = []
-        for cell in group:
-            keys.append(f"cell-{cell.id}")
-            args = (cell, suite, Result(train_key), cache_dir, run)
-            tasks.append(Task(keys[-1], run_cell, args, "cell", cell, gpu=cell.device == "cuda"))
-        everyone = [c for c in grid if c.group_id == first.group_id]
-        before = {c.id for c in everyone if c.id in finished}
-        args = (everyone, suite, before, Result(train_key), *[Result(k) for k in keys])
-        tasks.append(Task(f"figures-{first.group_id}", group_figures, args, "figures", group))
+    for model, cells in by_model(plans):
+        todo = [p for p in cells if p.id not in finished]
+        if not todo:
+            continue
+        tasks.append(train_task(model))
+        trained = Result(tasks[-1].key)
+        measured = []
+        for plan in todo:
+            gpu = plan.cell.device == "cuda"
+            tasks.append(Task(f"cell-{plan.id}", measure_cell, (plan, trained), "cell", plan, gpu=gpu))
+            measured.append(Result(tasks[-1].key))
+        before = {p.id for p in cells if p.id in finished}
+        args = (model, cells, before, trained, measured)
+        tasks.append(Task(f"figures-{model.group_id}", model_figures, args, "figures", model))
     return tasks
 
 
@@ -97,8 +94,8 @@ TABLES_EVERY_S = 5.0
 class Recorder:
     """Writes every outcome into the run folder the moment it arrives, and says what happened."""
 
-    def __init__(self, folder: RunFolder, order: list[str], suite: Suite, run: dict[str, str], log: Log) -> None:
-        self.folder, self.order, self.suite, self.run, self.log = folder, order, suite, run, log
+    def __init__(self, folder: RunFolder, order: list[str], log: Log) -> None:
+        self.folder, self.order, self.log = folder, order, log
         self.said: set[str] = set()
         self.failed_groups: set[str] = set()
         self.tables_written_at = -math.inf
@@ -110,17 +107,17 @@ class Recorder:
 
     def record(self, outcome: Outcome) -> None:
         task = outcome.task
-        getattr(self, f"record_{task.kind}")(task.about, outcome)
+        getattr(self, f"record_{task.kind}")(task.subject, outcome)
 
-    def record_train(self, group: list[Cell], outcome: Outcome) -> None:
-        if say_training(group, outcome, self.say):
-            self.failed_groups.add(group[0].group_id)
+    def record_train(self, model: ModelPlan, outcome: Outcome) -> None:
+        if say_training(model, outcome, self.say):
+            self.failed_groups.add(model.group_id)
 
-    def record_cell(self, cell: Cell, outcome: Outcome) -> None:
-        if outcome.error is not None:  # the group's training failed, or the task itself died
-            if cell.group_id not in self.failed_groups:
-                self.say(f"{cell.describe()} failed: {failure(outcome.error)}")
-            result = failed_result(cell, self.suite, outcome.error, self.run)
+    def record_cell(self, plan: CellPlan, outcome: Outcome) -> None:
+        if outcome.error is not None:  # the model's training failed, or the task itself died
+            if plan.model.group_id not in self.failed_groups:
+                self.say(f"{plan.cell.describe()} failed: {failure(outcome.error)}")
+            result = failed_result(plan, outcome.error)
         else:
             result = outcome.result
         for message in result.messages:
@@ -143,14 +140,13 @@ class Recorder:
             self.say(str(exc), once=True)
         self.tables_written_at = time.monotonic()
 
-    def record_figures(self, group: list[Cell], outcome: Outcome) -> None:
+    def record_figures(self, model: ModelPlan, outcome: Outcome) -> None:
         if outcome.error is not None:
             if not outcome.upstream:  # an upstream failure was said with the training
-                pair = f"{group[0].dataset!r} x {group[0].denoiser!r}"
-                self.say(f"figure data for {pair} failed: {failure(outcome.error)}")
+                self.say(f"figure data for {model.pair()} failed: {failure(outcome.error)}")
             return
         for kind, frame in outcome.result.items():
-            self.folder.save_part(group[0].group_id, kind, frame)
+            self.folder.save_part(model.group_id, kind, frame)
         self.write_tables(every_s=TABLES_EVERY_S)
 
 
@@ -177,13 +173,12 @@ def run(
     tune_cpu_allocator()
     order = [c.id for c in grid]
     finished = folder.finished() & set(order)
-    todo = [c for c in grid if c.id not in finished]
     if resume:
         log(f"resuming {out}: {len(finished)} of {len(grid)} cells already finished")
-    info = run_info()
-    tasks = build_tasks(todo, grid, suite, finished, cache_dir, checkpoint, progress and executor.in_process, info)
+    plans = plan_cells(suite, grid, cache_dir, checkpoint, progress and executor.in_process, run_info())
+    tasks = build_tasks(plans, finished)
     with CellProgress(tasks, progress, executor.in_process) as bar:
-        recorder = Recorder(folder, order, suite, info, bar.wrap(log))
+        recorder = Recorder(folder, order, bar.wrap(log))
         try:
             with watch_ctrl_c():  # the user's Ctrl-C stops the run; a plugin's KeyboardInterrupt fails its cell
                 for outcome in executor.execute(tasks):
@@ -224,7 +219,7 @@ class CellProgress:
 
     def show(self, task: Task | None, when: str) -> None:
         if task is not None:
-            cell = task.about
+            cell = task.subject.cell
             self.bar.set_postfix_str(f"{when}: {cell.dataset!r} x {cell.denoiser!r}, {cell.describe()}")
 
     def done(self, task: Task) -> None:
@@ -243,7 +238,7 @@ def train_only(
     suite: Suite, grid: list[Cell], executor: Executor, cache_dir: Path | None, progress: bool = True, log: Log = print
 ) -> int:
     """Train (or confirm cached) every model a grid needs; returns how many failed."""
-    device = train_device(grid).type
-    tasks = [train_task(g, suite, device, cache_dir, None, progress and executor.in_process) for g in groups(grid)]
+    models = plan_models(suite, grid, cache_dir, None, progress and executor.in_process)
+    tasks = [train_task(model) for model in models.values()]
     with watch_ctrl_c():
-        return sum(say_training(o.task.about, o, log) for o in executor.execute(tasks))
+        return sum(say_training(o.task.subject, o, log) for o in executor.execute(tasks))

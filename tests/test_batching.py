@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diffbench import batching, measurement
+from diffbench import batching, quality
 from diffbench.cell import Cell
 from tests.helpers import Recorder, estimator, gen, make_model, points
 
@@ -25,11 +25,11 @@ def sizes_seen(per_call_elements: int | None, monkeypatch, max_batch: int = 4096
 
     monkeypatch.setattr(type(shared), "errors", recording)
     model = make_model(Recorder(DIM, K), num_classes=K, dim=DIM, timesteps=50, max_batch=max_batch)
-    data = measurement.CellData(
+    data = quality.CellData(
         points(N, DIM, seed=1), torch.arange(N) % K, points(HELD, DIM, seed=2), torch.arange(HELD) % K
     )
     cell = Cell(None, None, shared, TRIALS, "cpu", 0)
-    columns, _, _, predictions = measurement.quality(cell, shared, model, data, gen(0))
+    columns, _, _, predictions = quality.quality(cell, shared, model, data, gen(0))
     monkeypatch.undo()
     return columns, predictions, seen
 
@@ -42,7 +42,7 @@ def test_samples_per_call_bounds_samples_trials_classes_and_sample_size():
 
 def test_below_the_bound_each_pass_is_one_call_as_before(monkeypatch):
     columns, predictions, seen = sizes_seen(None, monkeypatch)
-    assert seen == [N, HELD] + [N] * measurement.GAP_REPEATS, "accuracy, calibration, then the repeats"
+    assert seen == [N, HELD] + [N] * quality.GAP_REPEATS, "accuracy, calibration, then the repeats"
     assert columns["samples_per_call"] == N
     whole = estimator("shared-noise")
     model = make_model(Recorder(DIM, K), num_classes=K, dim=DIM, timesteps=50)
@@ -53,7 +53,7 @@ def test_below_the_bound_each_pass_is_one_call_as_before(monkeypatch):
 def test_above_the_bound_every_pass_is_streamed_in_fixed_batches(monkeypatch):
     per_call = 16
     columns, predictions, seen = sizes_seen(per_call * TRIALS * K * DIM, monkeypatch)
-    assert seen == [16, 16, 8] + [16, 14] + [16, 16, 8] * measurement.GAP_REPEATS
+    assert seen == [16, 16, 8] + [16, 14] + [16, 16, 8] * quality.GAP_REPEATS
     assert columns["samples_per_call"] == per_call and columns["n_test"] == N
     assert len(predictions["pred"]) == N
     again, again_predictions, again_seen = sizes_seen(per_call * TRIALS * K * DIM, monkeypatch, max_batch=7)

@@ -225,7 +225,7 @@ def test_a_broken_plugin_estimator_fails_its_cells_only(tmp_path):
 
 @pytest.mark.slow
 def test_timed_regions_never_include_training_or_plotting(tmp_path, monkeypatch):
-    from diffbench import measurement, plots, timing, training
+    from diffbench import plots, quality, timing, training
 
     state = {"timing": False, "timed": 0, "trained": 0, "plotted": 0, "overlaps": []}
     real_timed, real_train, real_save = timing.timed, training.train, plots.save
@@ -247,7 +247,7 @@ def test_timed_regions_never_include_training_or_plotting(tmp_path, monkeypatch)
         return call
 
     monkeypatch.setattr(timing, "timed", watched_timed)
-    monkeypatch.setattr(measurement, "timed", watched_timed)
+    monkeypatch.setattr(quality, "timed", watched_timed)
     monkeypatch.setattr(training, "train", watched("trained", real_train))
     monkeypatch.setattr(plots, "save", watched("plotted", real_save))
     result = run_tiny(tmp_path)

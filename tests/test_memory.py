@@ -51,3 +51,14 @@ def test_peak_memory_on_cuda_uses_the_allocator_peak(monkeypatch, tmp_path):
 
 def test_the_cpu_allocator_is_tuned_where_glibc_is():
     assert tune_cpu_allocator() is (memory.ctypes.util.find_library("c") is not None)
+
+
+def test_asking_whether_the_allocator_was_tuned_does_not_tune_it(monkeypatch):
+    monkeypatch.setattr(memory, "_tuned", False)
+    calls = []
+    real = memory.ctypes.CDLL
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: calls.append(name) or real(name))
+    assert memory.cpu_allocator_tuned() is False and calls == [], "a query: nothing tuned"
+    tuned = memory.tune_cpu_allocator()
+    assert len(calls) == (1 if memory.ctypes.util.find_library("c") else 0)
+    assert memory.cpu_allocator_tuned() is tuned

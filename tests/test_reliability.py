@@ -428,6 +428,7 @@ def test_sys_exit_and_a_stray_keyboard_interrupt_fail_only_their_task():
 
 def test_the_users_ctrl_c_inside_a_task_still_stops_the_run_with_the_table_written(tmp_path, monkeypatch):
     from diffbench import runner
+    from diffbench.preparation import Trained
 
     calls = []
 
@@ -436,11 +437,11 @@ def test_the_users_ctrl_c_inside_a_task_still_stops_the_run_with_the_table_writt
         if len(calls) == 2:  # the second cell: the first is saved
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)  # the signal arrives during the task
-        return runner.failed_result(args[0], args[1], RuntimeError("measured"), {})
+        return runner.failed_result(args[0], RuntimeError("measured"))
 
-    monkeypatch.setattr(runner, "run_cell", pressed_ctrl_c)
-    monkeypatch.setattr(runner, "prepare_quietly", lambda *a: (None, []))
-    monkeypatch.setattr(runner, "group_figures", lambda *a: {})
+    monkeypatch.setattr(runner, "measure_cell", pressed_ctrl_c)
+    monkeypatch.setattr(runner, "train", lambda plan: Trained(None, []))
+    monkeypatch.setattr(runner, "model_figures", lambda *a: {})
     cells = grid(datasets=(4,), estimators=(1, 2, 3))
     with pytest.raises(KeyboardInterrupt):
         run(Suite(), cells, tmp_path / "run", LocalExecutor(), None, log=lambda _: None)

@@ -6,6 +6,7 @@ import pytest
 import diffbench
 from diffbench.cell import Cell
 from diffbench.executor import LocalExecutor, Outcome, Result, Task
+from diffbench.plan import CellPlan, ModelPlan, plan_cells
 from diffbench.runner import build_tasks, run
 from diffbench.suite import Suite
 
@@ -65,25 +66,56 @@ def test_a_failed_task_fails_its_dependents_without_running_them():
 # -- the tasks -----------------------------------------------------------------------------------------------------
 
 
+def plans(cells: list[Cell], suite: Suite | None = None) -> list[CellPlan]:
+    return plan_cells(suite or Suite(), cells, None, None, False, {"git_commit": "", "command": ""})
+
+
 def test_one_training_per_model_then_its_cells_then_its_figures():
-    cells = grid()
-    tasks = build_tasks(cells, cells, Suite(), set(), None, None, False, {"git_commit": "", "command": ""})
+    tasks = build_tasks(plans(grid()), set())
     assert [t.kind for t in tasks] == ["train", "cell", "cell", "figures"] * 2
     for train, first, second, figures in (tasks[:4], tasks[4:]):
         assert first.dependencies() == second.dependencies() == [train.key]
         assert figures.dependencies() == [train.key, first.key, second.key]
-        assert first.about.group_id == second.about.group_id == train.about[0].group_id
+        assert isinstance(train.subject, ModelPlan) and figures.subject is train.subject
+        assert first.subject.model is second.subject.model is train.subject
+        assert first.subject.cell.group_id == train.subject.group_id
     assert len({t.key for t in tasks}) == len(tasks)
 
 
 def test_figures_see_every_finished_cell_of_their_model_and_cuda_cells_ask_for_the_gpu():
     cells = grid(datasets=(4,), estimators=(1, 2, 3), device="cuda")
     done = {cells[0].id}
-    tasks = build_tasks(cells[1:], cells, Suite(), done, None, None, False, {})
+    tasks = build_tasks(plans(cells), done)
     figures = tasks[-1]
-    everyone, _, before = figures.args[:3]
-    assert everyone == cells and before == done
+    _, everyone, before = figures.args[:3]
+    assert [p.cell for p in everyone] == cells and before == done
     assert [t.gpu for t in tasks] == [False, True, True, False]
+    assert [t.subject.cell for t in tasks if t.kind == "cell"] == cells[1:], "the finished cell is not measured again"
+
+
+def test_a_model_whose_cells_all_finished_gets_no_task():
+    cells = grid(datasets=(4, 8), estimators=(1,))
+    tasks = build_tasks(plans(cells), {cells[0].id})
+    assert [(t.kind, t.subject.pair() if t.kind != "cell" else t.subject.cell.id) for t in tasks] == [
+        ("train", "data[n=8] x net"),
+        ("cell", cells[1].id),
+        ("figures", "data[n=8] x net"),
+    ]
+
+
+def test_plans_resolve_the_suite_once_and_pickle():
+    import pickle
+
+    suite = Suite(batch_size=64, scenarios=["single"], repeats=3, max_time_s=2.0, schedule="cosine", timesteps=50)
+    cells = grid(datasets=(4,), estimators=(1, 2), device="cuda")
+    first, second = plans(cells, suite)
+    assert first.model is second.model, "one plan per model, shared by its cells"
+    assert (first.batch_size, first.scenarios, first.repeats, first.max_time_s) == (64, ("single",), 3, 2.0)
+    assert (first.model.schedule, first.model.timesteps, first.model.device) == ("cosine", 50, "cuda")
+    assert first.model.train == suite.train_settings(cells[0].denoiser)
+    assert plans(cells, Suite(batch_size="auto"))[0].batch_size is None, "auto: tuned per device"
+    again = pickle.loads(pickle.dumps(first))
+    assert again.cell.id == first.cell.id and again.model.group_id == first.model.group_id == cells[0].group_id
 
 
 # -- the recording loop --------------------------------------------------------------------------------------------
@@ -157,3 +189,12 @@ def test_the_progress_bar_counts_cells_and_names_the_next_one(tmp_path, capsys):
 def test_no_progress_bar_when_disabled(tmp_path, capsys):
     run(Suite(), grid(), tmp_path / "run", TrainingFails(), None, progress=False, log=lambda _: None)
     assert "cells" not in capsys.readouterr().err
+
+
+def test_nothing_below_the_runner_meets_the_suite():
+    from tests.test_architecture import core_imports
+
+    graph = core_imports()
+    for below in ("measurement", "quality", "preparation", "figures", "dask_executor", "executor"):
+        assert "suite" not in graph[below], f"{below} imports the suite"
+    assert "suite" in graph["plan"] and "plan" in graph["runner"], "the plans are made from it, by the runner"
