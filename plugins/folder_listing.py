@@ -106,11 +106,12 @@ def once_inside(root: Path, classes: list[str], samples: list[tuple[str, int]]) 
 
     A file met again under the same label (a link loop, a second link) is dropped. Met under two labels, it
     keeps the label of the class folder it really lives in (a loop ``cat/loop -> ..`` lists dog's images
-    under cat too); where neither is, the folder is ambiguous and refused. A file that really lives
-    directly in ``root`` (reached through a loop) is not in any class folder and is dropped. Nothing is opened.
+    under cat too); where both or neither are (a hard link in two class folders), it is refused. A file that
+    really lives directly in ``root`` (reached through a loop) is in no class folder and is dropped. Nothing is
+    opened.
     """
     real_root = os.path.realpath(root)
-    kept: dict[tuple[int, int] | str, tuple[int, str, int]] = {}  # identity -> (listing position, path, label)
+    kept: dict[tuple[int, int] | str, tuple[int, str, int, bool]] = {}  # identity -> position, path, label, own
     for position, (path, label) in enumerate(samples):
         real = os.path.realpath(path)
         if not _inside(real, real_root):
@@ -118,21 +119,17 @@ def once_inside(root: Path, classes: list[str], samples: list[tuple[str, int]]) 
         home = os.path.relpath(real, real_root).split(os.sep)
         if len(home) < 2:
             continue  # directly in root: no class folder holds it
-        identity = _identity(path, real)
-        if identity not in kept:
-            kept[identity] = (position, path, label)
-            continue
-        _, first_path, first_label = kept[identity]
-        if first_label == label or classes[first_label] == home[0]:
-            continue
-        if classes[label] != home[0]:
+        identity, own = _identity(path, real), classes[label] == home[0]
+        first = kept.get(identity)
+        if first is None or (own and not first[3] and first[2] != label):
+            kept[identity] = (position, path, label, own)
+        elif first[2] != label and own == first[3]:
             raise diffbench.DataError(
-                f"image folder '{root}': '{first_path}' and '{path}' are one file, in the classes "
-                f"'{classes[first_label]}' and '{classes[label]}'; keep each image in one class folder"
+                f"image folder '{root}': '{first[1]}' and '{path}' are one file, in the classes "
+                f"'{classes[first[2]]}' and '{classes[label]}'; keep each image in one class folder"
             )
-        kept[identity] = (position, path, label)
     chosen = sorted(kept.values(), key=lambda entry: (entry[2], entry[0]))  # ImageFolder's order: by class
-    return _with_every_class(root, classes, [(path, label) for _, path, label in chosen])
+    return _with_every_class(root, classes, [(path, label) for _, path, label, _ in chosen])
 
 
 def _identity(path: str, real: str) -> tuple[int, int] | str:
