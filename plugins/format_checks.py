@@ -46,6 +46,9 @@ def pixels(values: Any, path: Path | str) -> np.ndarray:
 
 def labels(values: Any, n_images: int, n_classes: int, path: Path | str) -> np.ndarray:
     """``values`` as int64 labels, one per image and each a class index, or refused naming ``path``."""
+    if isinstance(values, (list, tuple)) and not all(type(v) is int or isinstance(v, np.integer) for v in values):
+        kinds = sorted({type(v).__name__ for v in values if type(v) is not int and not isinstance(v, np.integer)})
+        raise malformed(path, f"holds labels that are not integers ({', '.join(kinds)})")
     try:
         array = np.asarray(values)
     except (ValueError, TypeError) as exc:
