@@ -192,7 +192,7 @@ def test_mutated_stl10_files_are_refused_or_read_as_they_hold(data, which):
 
 # image headers -----------------------------------------------------------------------------------------------------
 @FUZZ
-@given(data=st.data(), ext=st.sampled_from([".png", ".jpg", ".bmp"]))
+@given(data=st.data(), ext=st.sampled_from([".png", ".jpg", ".bmp", ".tif", ".webp", ".ppm"]))
 def test_a_mutated_image_file_is_refused_naming_it_or_decoded(data, ext):
     x, y = images(2, 2, 8, 3)
     with tempfile.TemporaryDirectory() as tmp:
