@@ -113,7 +113,7 @@ def load_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as file:
             return ArrayUnpickler(file, encoding="latin1").load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - damaged bytes fail in many ways (an unknown codec: LookupError)
         raise unreadable(path, exc) from None
 
 

@@ -153,6 +153,15 @@ def test_cifar_pixels_outside_0_255_are_refused_not_wrapped(tmp_path):
     assert torch.equal(dataset("cifar10", root=str(tmp_path), train=False).load(0).test_x, as_written)
 
 
+def test_a_cifar_pickle_damaged_into_an_unknown_codec_is_refused_in_one_line(tmp_path):
+    """Found by the reader fuzz: the arrays' bytes are rebuilt with a codec the pickle names."""
+    write_cifar(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(batch.read_bytes().replace(b"latin1", b"latinX", 1))
+    with pytest.raises(diffbench.DataError, match="cannot read .*test_batch' \\(LookupError: unknown encoding"):
+        dataset("cifar10", root=str(tmp_path), train=False).load(0)
+
+
 def test_labels_beyond_the_class_list_are_refused_naming_the_file(tmp_path):
     write_cifar(tmp_path)
     batch = tmp_path / "cifar-10-batches-py" / "test_batch"
