@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import struct
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -26,6 +27,8 @@ import diffbench
 #: The extensions torchvision's ImageFolder takes (``torchvision.datasets.folder.IMG_EXTENSIONS``).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 PILLOW_MISSING = "reading images needs Pillow: pip install 'diffbench[images]' (or pip install pillow)"
+#: What Pillow raises on a damaged file (a broken PNG chunk is a SyntaxError, a short field a struct.error).
+PILLOW_FAILURES = (OSError, ValueError, SyntaxError, struct.error, IndexError, EOFError)
 #: Largest ``size`` an image dataset takes (a 2048x2048 colour image is 50 MB as floats).
 MAX_SIZE = 2048
 #: Bytes held per decoded value beyond the float32 tensor itself: the copy the core makes when it cuts
@@ -95,7 +98,7 @@ def check_readable(paths: Sequence[str]) -> None:
         try:
             with Image.open(path):
                 pass
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except (*PILLOW_FAILURES, Image.DecompressionBombError) as exc:
             raise unreadable_image(path, exc) from None
 
 
@@ -111,7 +114,7 @@ def decode_images(paths: Sequence[str], size: int, channels: int) -> torch.Tenso
         try:
             with Image.open(path) as image:
                 pixels = np.asarray(fit_square(image.convert(mode), size), dtype=np.uint8)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except (*PILLOW_FAILURES, Image.DecompressionBombError) as exc:
             raise unreadable_image(path, exc) from None
         out[i] = to_pixels(pixels.reshape(size, size, channels)[None])[0]
     return out

@@ -122,6 +122,17 @@ def test_a_fifo_named_like_an_image_is_refused_without_opening_it(tmp_path):
     assert str(fifo) in str(exc) and "a FIFO, not a regular file" in str(exc)
 
 
+def test_an_image_with_a_broken_chunk_is_named_not_a_syntax_error(tmp_path):
+    """Found by the reader fuzz: Pillow raises SyntaxError on a PNG chunk whose length is damaged."""
+    x, y = images(2, 2, 8, 3)
+    paths = write_folder(tmp_path / "pics", x, y, ["cat", "dog"])
+    damaged = bytearray(paths[0].read_bytes())
+    damaged[36] = 36  # in the length of the chunk after IHDR: the header still opens
+    paths[0].write_bytes(bytes(damaged))
+    with pytest.raises(diffbench.DataError, match=f"cannot read image '{paths[0]}' \\(broken PNG file"):
+        dataset("image-folder", root=str(tmp_path / "pics"), size=8, train=False).load(0)
+
+
 # 3. a label per image, pixels in 0..255, per file -------------------------------------------------------------
 def rewrite_pickle(path: Path, **changes) -> None:
     with open(path, "rb") as file:
