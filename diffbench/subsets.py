@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:  # what ``apply`` takes and gives: diffbench.contract.Splits, which imports this module
@@ -110,13 +112,35 @@ def content_order(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     PNG files in class folders) thus gives each picture the same position.
     """
     labels, keys = y.detach().to("cpu", torch.long).numpy(), []
-    for start in range(0, y.shape[0], ORDER_CHUNK):  # a chunk at a time: no copy of a large test set
+    for i, row, picture in _pictures(x):
+        seen = hashlib.blake2b(picture.tobytes() + labels[i].tobytes(), digest_size=8).digest()
+        keys.append((seen, hashlib.blake2b(row.tobytes(), digest_size=8).digest(), i))
+    return torch.tensor([i for *_, i in sorted(keys)], dtype=torch.long)
+
+
+def _pictures(x: torch.Tensor) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(position, exact float32 values, 8-bit pixels: ``[-1, 1]`` to 0..255, rounded) of each sample of ``x``."""
+    for start in range(0, x.shape[0], ORDER_CHUNK):  # a chunk at a time: no copy of a large test set
         exact = x[start : start + ORDER_CHUNK].detach().to("cpu", torch.float32).flatten(1)
         pixels = exact.clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8).numpy()
-        for i, (row, picture) in enumerate(zip(exact.numpy(), pixels, strict=True), start):
-            seen = hashlib.blake2b(picture.tobytes() + labels[i].tobytes(), digest_size=8).digest()
-            keys.append((seen, hashlib.blake2b(row.tobytes(), digest_size=8).digest(), i))
-    return torch.tensor([i for *_, i in sorted(keys)], dtype=torch.long)
+        yield from zip(range(start, start + len(pixels)), exact.numpy(), pixels, strict=True)
+
+
+def unseen(x: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Sorted indices of the samples of ``x`` whose 8-bit picture is not among ``seen``'s, whatever the labels.
+
+    What keeps a training (or held-out) split disjoint by content from the test split it sits beside: one
+    image reached twice on disk (a copy, a link) is the same picture after decoding, so it is found here
+    whichever way it was reached.
+    """
+    if x.shape[0] == 0 or seen.shape[0] == 0 or x.shape[1:] != seen.shape[1:]:
+        return torch.arange(x.shape[0])
+    tested = {_picture_key(picture) for _, _, picture in _pictures(seen)}
+    return torch.tensor([i for i, _, picture in _pictures(x) if _picture_key(picture) not in tested], dtype=torch.long)
+
+
+def _picture_key(picture: np.ndarray) -> bytes:
+    return hashlib.blake2b(picture.tobytes(), digest_size=16).digest()
 
 
 def in_content_order(splits: Splits) -> Splits:

@@ -14,19 +14,22 @@ CIFAR and STL-10 classes also compare each file's md5 with the official release'
 the unlabelled images too); here the labelled files' presence is checked and their form by reading
 them, so those sums are not compared (a full read of every file at each run, and tests' small files
 could not pass it). Without torchvision the same formats are parsed here; CIFAR's pickles then go through an
-unpickler that only rebuilds numpy arrays, lists, dicts and strings (no other code runs).
+unpickler that only rebuilds numpy arrays, lists, dicts and strings (no other code runs). Whichever reads,
+what it gives is checked (``format_checks``): a label per image, each a class, pixels in 0..255.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffbench_plugins import format_checks
+from diffbench_plugins.folder_listing import once_inside, scan_folder
+from diffbench_plugins.format_checks import malformed, unreadable
 from diffbench_plugins.image_files import torchvision_datasets
-
-import diffbench
 
 MNIST_CLASSES = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four"]
 MNIST_CLASSES += ["5 - five", "6 - six", "7 - seven", "8 - eight", "9 - nine"]
@@ -45,13 +48,6 @@ def missing(paths: list[Path]) -> list[Path]:
     return [p for p in paths if not p.is_file()]
 
 
-def unreadable(path: Path | str, exc: BaseException) -> diffbench.DataError:
-    return diffbench.DataError(
-        f"cannot read '{path}' ({type(exc).__name__}: {' '.join(str(exc).split())}); "
-        "the file is damaged or not in the expected format: obtain it again"
-    )
-
-
 # MNIST and Fashion-MNIST: idx files --------------------------------------------------------------------------
 def read_idx(path: Path) -> np.ndarray:
     """An idx file of unsigned bytes (magic 0x0000080N: N dims, big-endian sizes, then the data)."""
@@ -59,9 +55,11 @@ def read_idx(path: Path) -> np.ndarray:
     if data.size < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError("not an idx file of unsigned bytes (its magic number is wrong)")
     dims = int(data[3])
+    if data.size < 4 + 4 * dims:
+        raise ValueError(f"ends inside its header ({data.size} bytes, where it announces {dims} sizes)")
     shape = tuple(int(v) for v in data[4 : 4 + 4 * dims].view(">u4"))
     body = data[4 + 4 * dims :]
-    if body.size != int(np.prod(shape)):
+    if body.size != math.prod(shape):
         raise ValueError(f"holds {body.size} bytes of data where its header says {shape}")
     return body.reshape(shape)
 
@@ -69,6 +67,7 @@ def read_idx(path: Path) -> np.ndarray:
 def read_mnist(folder: Path, split: str, fashion: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """MNIST-format idx files of one split under ``folder/raw`` (folder = root/MNIST or root/FashionMNIST)."""
     datasets = torchvision_datasets()
+    image_file, label_file = (folder / "raw" / name for name in IDX_FILES[split])
     if datasets is not None:
         cls = datasets.FashionMNIST if fashion else datasets.MNIST
         try:
@@ -77,7 +76,6 @@ def read_mnist(folder: Path, split: str, fashion: bool) -> tuple[np.ndarray, np.
             raise unreadable(folder / "raw", exc) from None
         images, labels, classes = data.data.numpy(), data.targets.numpy(), list(data.classes)
     else:
-        image_file, label_file = (folder / "raw" / name for name in IDX_FILES[split])
         images, labels = [], []
         for path, into in ((image_file, images), (label_file, labels)):
             try:
@@ -86,9 +84,11 @@ def read_mnist(folder: Path, split: str, fashion: bool) -> tuple[np.ndarray, np.
                 raise unreadable(path, exc) from None
         images, labels = images[0], labels[0]
         classes = FASHION_CLASSES if fashion else MNIST_CLASSES
-    if images.ndim != 3 or labels.shape != images.shape[:1]:
-        raise unreadable(folder / "raw", ValueError(f"{len(labels)} labels for images of shape {images.shape}"))
-    return images[..., None], labels.astype(np.int64), classes
+    if images.ndim != 3:
+        raise malformed(
+            image_file, f"holds an array of shape {list(images.shape)}, where images are [N, rows, columns]"
+        )
+    return images[..., None], format_checks.labels(labels, len(images), len(classes), label_file), classes
 
 
 # CIFAR-10 and CIFAR-100: python pickles ----------------------------------------------------------------------
@@ -113,7 +113,7 @@ def load_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as file:
             return ArrayUnpickler(file, encoding="latin1").load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - damaged bytes fail in many ways (an unknown codec: LookupError)
         raise unreadable(path, exc) from None
 
 
@@ -132,21 +132,30 @@ def read_cifar(folder: Path, split: str, fine: bool) -> tuple[np.ndarray, np.nda
             data = Present(str(folder.parent), train=split == "train", download=False)
         except Exception as exc:
             raise unreadable(folder, exc) from None
-        return data.data, np.asarray(data.targets, dtype=np.int64), list(data.classes)
+        images, classes = format_checks.pixels(data.data, folder), format_checks.class_names(data.classes, folder)
+        return images, format_checks.labels(data.targets, len(images), len(classes), folder), classes
     files = CIFAR100_FILES if fine else CIFAR10_FILES
+    meta = load_pickle(folder / files["meta"])
+    names = meta.get("fine_label_names" if fine else "label_names") if isinstance(meta, dict) else None
+    classes = format_checks.class_names(names, folder / files["meta"])
     images, labels = [], []
     for name in files[split]:
-        entry = load_pickle(folder / name)
-        try:
-            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(entry["fine_labels" if fine else "labels"])
-        except (KeyError, ValueError) as exc:
-            raise unreadable(folder / name, exc) from None
-    meta = load_pickle(folder / files["meta"])
-    classes = meta.get("fine_label_names" if fine else "label_names")
-    if classes is None:
-        raise unreadable(folder / files["meta"], KeyError("no class names"))
-    return np.vstack(images).transpose(0, 2, 3, 1), np.asarray(labels, dtype=np.int64), list(classes)
+        batch_images, batch_labels = cifar_batch(folder / name, "fine_labels" if fine else "labels", len(classes))
+        images.append(batch_images)
+        labels.append(batch_labels)
+    return np.vstack(images).transpose(0, 2, 3, 1), np.concatenate(labels), classes
+
+
+def cifar_batch(path: Path, label_key: str, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR pickle's images ``[N, 3, 32, 32]`` and labels, each checked against the other."""
+    entry = load_pickle(path)
+    if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
+        raise malformed(path, f"holds no 'data' and '{label_key}' entries, as a CIFAR batch does")
+    images = format_checks.pixels(entry["data"], path)
+    if images.size % (3 * 32 * 32):
+        raise malformed(path, f"holds {images.size} pixel values, not a whole number of 32x32 colour images")
+    images = images.reshape(-1, 3, 32, 32)
+    return images, format_checks.labels(entry[label_key], len(images), n_classes, path)
 
 
 # STL-10: binaries ----------------------------------------------------------------------------------------------
@@ -159,12 +168,15 @@ def read_stl10(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[s
             def _check_integrity(self) -> bool:  # torchvision's also asks for the 2.6 GB unlabelled_X.bin
                 return not missing([folder / name for name in (*STL10_FILES[split], "class_names.txt")])
 
+        classes = format_checks.class_names(format_checks.utf8_lines(folder / "class_names.txt"), folder)
         try:
             data = Present(str(folder.parent), split=split, download=False)
         except Exception as exc:
             raise unreadable(folder, exc) from None
-        return data.data.transpose(0, 2, 3, 1), data.labels.astype(np.int64), list(data.classes)
+        labels = format_checks.labels(data.labels, len(data.data), len(classes), folder / STL10_FILES[split][1])
+        return data.data.transpose(0, 2, 3, 1), labels, classes
     image_file, label_file = (folder / name for name in STL10_FILES[split])
+    classes = format_checks.class_names(format_checks.utf8_lines(folder / "class_names.txt"), folder)
     try:
         raw = np.memmap(image_file, dtype=np.uint8, mode="r")
         side = STL10_SIDE
@@ -172,13 +184,13 @@ def read_stl10(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[s
             raise ValueError(f"{raw.size} bytes is not a whole number of {side}x{side} colour images")
         # stored [N, C, W, H]; as torchvision: transpose to [N, C, H, W], then channels last
         images = raw.reshape(-1, 3, side, side).transpose(0, 3, 2, 1)
-        labels = np.fromfile(label_file, dtype=np.uint8).astype(np.int64) - 1
-        classes = (folder / "class_names.txt").read_text().splitlines()
     except (OSError, ValueError) as exc:
         raise unreadable(image_file, exc) from None
-    if labels.shape != images.shape[:1]:
-        raise unreadable(label_file, ValueError(f"{len(labels)} labels for {len(images)} images"))
-    return images, labels, classes
+    try:
+        labels = np.fromfile(label_file, dtype=np.uint8).astype(np.int64) - 1
+    except (OSError, ValueError) as exc:
+        raise unreadable(label_file, exc) from None
+    return images, format_checks.labels(labels, len(images), len(classes), label_file), classes
 
 
 # ImageNet: meta.bin and the val folder ------------------------------------------------------------------------
@@ -188,26 +200,27 @@ def imagenet_val(root: Path) -> tuple[list[str], list[str], list[int]]:
     A class's name is its first WordNet name; a name two classes share (ImageNet has two 'crane's)
     gets the wnid after it.
     """
-    from diffbench_plugins.image_files import scan_folder
-
+    meta_path = root / "meta.bin"
+    try:
+        meta = torch.load(meta_path, weights_only=True)
+    except Exception as exc:
+        raise unreadable(meta_path, exc) from None
+    wnid_to_classes = format_checks.imagenet_meta(meta, meta_path)
     datasets = torchvision_datasets()
     if datasets is not None:
         try:
             data = datasets.ImageNet(str(root), split="val")
         except Exception as exc:
-            raise unreadable(root / "meta.bin", exc) from None
-        wnids, names = list(data.wnids), [tuple(c) for c in data.classes]
-        paths, labels = [p for p, _ in data.samples], list(data.targets)
+            raise unreadable(meta_path, exc) from None
+        wnids = list(data.wnids)
+        samples = once_inside(root / "val", wnids, [(path, label) for path, label in data.samples])
+        paths, labels = [p for p, _ in samples], [c for _, c in samples]
     else:
-        try:
-            wnid_to_classes = torch.load(root / "meta.bin", weights_only=True)[0]
-        except Exception as exc:
-            raise unreadable(root / "meta.bin", exc) from None
         wnids, paths, labels = scan_folder(root / "val")
-        unknown = [w for w in wnids if w not in wnid_to_classes]
-        if unknown:
-            raise unreadable(root / "meta.bin", KeyError(f"no class names for {', '.join(unknown[:3])}"))
-        names = [tuple(wnid_to_classes[w]) for w in wnids]
+    unknown = [w for w in wnids if w not in wnid_to_classes]
+    if unknown:
+        raise malformed(meta_path, f"has no class names for {', '.join(unknown[:3])} (folders of {root / 'val'})")
+    names = [wnid_to_classes[w] for w in wnids]
     first = [n[0] if n else w for n, w in zip(names, wnids, strict=True)]
     shared = {n for n in first if first.count(n) > 1}
     return [f"{n} ({w})" if n in shared else n for n, w in zip(first, wnids, strict=True)], paths, labels

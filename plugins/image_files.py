@@ -1,21 +1,22 @@
-"""Image files to tensors: decoding with Pillow, torchvision's ImageFolder listing, pixels in [-1, 1].
+"""Image files to tensors: decoding with Pillow, pixels in [-1, 1], and the memory a decode needs.
 
 Every image dataset decodes through ``decode_images``: resize the shorter side to ``size`` (bicubic,
 as Li et al. and guided-diffusion do), centre-crop a square, convert to 1 or 3 channels, scale to
 [-1, 1]. Images are decoded one at a time into a preallocated tensor, so reading N images needs the
 memory of those N and no more.
 
-torchvision, where it imports, lists the files (``find_classes``/``make_dataset``, the
-``ImageFolder`` convention); where it does not (PyPI's torchvision fails to import beside a CPU
-build of torch from elsewhere), ``scan_folder`` lists them by the same rules.
+Before decoding, ``check_memory`` estimates what a decode holds and refuses, in one line, what
+cannot fit (``size=100000`` would ask for terabytes), naming a ``size`` that would. Where torchvision
+imports (``torchvision_datasets``) its readers are used; ``folder_listing`` lists image folders.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
+import struct
 from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -26,6 +27,13 @@ import diffbench
 #: The extensions torchvision's ImageFolder takes (``torchvision.datasets.folder.IMG_EXTENSIONS``).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 PILLOW_MISSING = "reading images needs Pillow: pip install 'diffbench[images]' (or pip install pillow)"
+#: What Pillow raises on a damaged file (a broken PNG chunk is a SyntaxError, a short field a struct.error).
+PILLOW_FAILURES = (OSError, ValueError, SyntaxError, struct.error, IndexError, EOFError)
+#: Largest ``size`` an image dataset takes (a 2048x2048 colour image is 50 MB as floats).
+MAX_SIZE = 2048
+#: Bytes held per decoded value beyond the float32 tensor itself: the copy the core makes when it cuts
+#: and orders a split (4); and, once per decode, one image's working set in Pillow and numpy (about 16).
+COPY_BYTES, WORKING_BYTES = 4, 16
 
 
 @functools.cache
@@ -48,49 +56,6 @@ def reader_name() -> str:
     import torchvision
 
     return f"torchvision {torchvision.__version__}"
-
-
-def scan_folder(root: Path) -> tuple[list[str], list[str], list[int]]:
-    """Class names (sorted subfolders), image paths and labels, in ImageFolder's order.
-
-    Raises DataError when ``root`` has no class folder or a class has no image.
-    """
-    datasets = torchvision_datasets()
-    try:
-        if datasets is not None:
-            classes, class_to_idx = datasets.folder.find_classes(str(root))
-            samples = datasets.folder.make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
-        else:
-            classes, samples = _scan(root)
-    except FileNotFoundError as exc:
-        raise diffbench.DataError(
-            f"image folder '{root}': {' '.join(str(exc).split())} "
-            f"(expected one subfolder per class holding its images, e.g. {root}/cat/0001.png)"
-        ) from None
-    return list(classes), [p for p, _ in samples], [c for _, c in samples]
-
-
-def _scan(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """torchvision's ``find_classes`` + ``make_dataset``, for where torchvision does not import."""
-    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-    if not classes:
-        raise FileNotFoundError(f"Couldn't find any class folder in {root}.")
-    samples, empty = [], []
-    for index, name in enumerate(classes):
-        found = 0
-        for folder, _, files in sorted(os.walk(os.path.join(root, name), followlinks=True)):
-            for file in sorted(files):
-                if file.lower().endswith(IMG_EXTENSIONS):
-                    samples.append((os.path.join(folder, file), index))
-                    found += 1
-        if not found:
-            empty.append(name)
-    if empty:
-        raise FileNotFoundError(
-            f"Found no valid file for the classes {', '.join(empty)}. Supported extensions are: "
-            f"{', '.join(IMG_EXTENSIONS)}"
-        )
-    return classes, samples
 
 
 def _pillow():
@@ -133,7 +98,7 @@ def check_readable(paths: Sequence[str]) -> None:
         try:
             with Image.open(path):
                 pass
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except (*PILLOW_FAILURES, Image.DecompressionBombError) as exc:
             raise unreadable_image(path, exc) from None
 
 
@@ -149,7 +114,7 @@ def decode_images(paths: Sequence[str], size: int, channels: int) -> torch.Tenso
         try:
             with Image.open(path) as image:
                 pixels = np.asarray(fit_square(image.convert(mode), size), dtype=np.uint8)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except (*PILLOW_FAILURES, Image.DecompressionBombError) as exc:
             raise unreadable_image(path, exc) from None
         out[i] = to_pixels(pixels.reshape(size, size, channels)[None])[0]
     return out
@@ -168,3 +133,50 @@ def convert_arrays(images: np.ndarray, size: int, channels: int) -> torch.Tensor
         pixels = np.asarray(fit_square(image.convert(mode), size), dtype=np.uint8)
         out[i] = to_pixels(pixels.reshape(size, size, channels)[None])[0]
     return out
+
+
+def decode_bytes(n: int, channels: int, size: int) -> int:
+    """Memory (bytes) that decoding ``n`` images to ``[n, channels, size, size]`` float32 holds at its peak."""
+    values = channels * size * size
+    return (4 + COPY_BYTES) * n * values + WORKING_BYTES * values
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (psutil, else /proc/meminfo, else sysconf), or None where none says."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(dataset: str, n: int, channels: int, size: int, available: int | None = None) -> None:
+    """DataError, in one line, when decoding ``n`` images at ``size`` cannot fit in the memory available.
+
+    It names the size that would fit (or asks for fewer images where none would).
+    """
+    need, have = decode_bytes(n, channels, size), available_memory() if available is None else available
+    if have is None or need <= have:
+        return
+    fits = math.isqrt(max(0, have) // (channels * ((4 + COPY_BYTES) * n + WORKING_BYTES)))
+    mend = f"give size={fits} or less" if fits >= 1 else "give fewer images"
+    raise diffbench.DataError(
+        f"dataset '{dataset}': decoding {n} images at size={size} needs about {gigabytes(need)} of memory, more "
+        f"than the {gigabytes(have)} available; {mend} (or fewer images: per_class=, n_test=, n_train=)"
+    )
+
+
+def gigabytes(n: int) -> str:
+    return f"{n / 1e9:.3g} GB"

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from diffbench_plugins import disk_formats
-from diffbench_plugins.image_files import check_readable, convert_arrays, decode_images, scan_folder
+from diffbench_plugins.folder_listing import scan_folder
+from diffbench_plugins.image_files import MAX_SIZE, check_memory, check_readable, convert_arrays, decode_images
 
 import diffbench
 from diffbench import subsets
@@ -36,8 +37,8 @@ class DiskImages(diffbench.Dataset):
 
     def validate(self) -> None:
         p = self.params
-        if p["size"] < 1:
-            raise diffbench.ParamError(f"dataset '{self.name}' needs size >= 1, got {p['size']}")
+        if not 1 <= p["size"] <= MAX_SIZE:
+            raise diffbench.ParamError(f"dataset '{self.name}' needs 1 <= size <= {MAX_SIZE}, got {p['size']}")
         if p["channels"] not in (1, 3):
             raise diffbench.ParamError(f"dataset '{self.name}' needs channels 1 or 3, got {p['channels']}")
         if p["n_train"] < 0:
@@ -64,6 +65,10 @@ class DiskImages(diffbench.Dataset):
                 f"dataset '{self.name}': '{absent[0]}' does not exist{more}; root '{self.root}' should hold "
                 f"{self.layout()}. {self.obtain.format(root=self.root)}; nothing is downloaded at run time"
             )
+
+    def check_memory(self, n: int) -> None:
+        """DataError, in one line, when decoding ``n`` images at this size cannot fit in memory."""
+        check_memory(self.name, n, self.params["channels"], self.params["size"])
 
     def layout(self) -> str:
         files = self.expected_files()
@@ -94,15 +99,15 @@ class ArrayImages(DiskImages):
         chosen = self.test_subset(torch.from_numpy(labels))
         held = self.heldout_subset(torch.from_numpy(labels), chosen).numpy()
         chosen = chosen.numpy()
-        test_x = convert_arrays(images[chosen], size, channels)
-        test_y = torch.from_numpy(labels[chosen])
-        heldout_x, heldout_y = convert_arrays(images[held], size, channels), torch.from_numpy(labels[held])
-        train_x, train_y = torch.zeros(0, *test_x.shape[1:]), EMPTY
+        train_images, train_labels, train_at = images[:0], labels[:0], chosen[:0]
         if self.params["train"]:
-            images, labels, _ = self.read("train")
-            chosen = self.train_subset(torch.from_numpy(labels)).numpy()
-            train_x = convert_arrays(images[chosen], size, channels)
-            train_y = torch.from_numpy(labels[chosen])
+            train_images, train_labels, _ = self.read("train")
+            train_at = self.train_subset(torch.from_numpy(train_labels)).numpy()
+        self.check_memory(len(chosen) + len(held) + len(train_at))
+        test_x, test_y = convert_arrays(images[chosen], size, channels), torch.from_numpy(labels[chosen])
+        heldout_x, heldout_y = convert_arrays(images[held], size, channels), torch.from_numpy(labels[held])
+        train_x = convert_arrays(train_images[train_at], size, channels)
+        train_y = torch.from_numpy(train_labels[train_at])
         return diffbench.Splits(train_x, train_y, test_x, test_y, classes, heldout_x, heldout_y)
 
 
@@ -213,15 +218,26 @@ class FileImages(DiskImages):
         self.check_files()
 
     def check_files(self) -> None:
-        """DataError naming the first file to be decoded whose header Pillow cannot read."""
+        """DataError naming the first file to be decoded whose header Pillow cannot read, or when they cannot fit."""
         _, files = self.chosen_files()
-        check_readable([path for paths, _ in files.values() for path in paths])
+        paths = [path for paths, _ in files.values() for path in paths]
+        self.check_memory(len(paths))
+        check_readable(paths)
 
     def load(self, seed: int) -> diffbench.Splits:
         classes, files = self.chosen_files()
         size, channels = self.params["size"], self.params["channels"]
+        self.check_memory(sum(len(paths) for paths, _ in files.values()))
         x = {part: decode_images(paths, size, channels) for part, (paths, _) in files.items()}
         y = {part: labels for part, (_, labels) in files.items()}
+        for part in ("train", "heldout"):  # disjoint from the test images by content: a copy or link is one image
+            keep = subsets.unseen(x[part], x["test"])
+            x[part], y[part] = x[part][keep], y[part][keep]
+        if len(files["train"][0]) and not len(y["train"]):
+            raise diffbench.DataError(
+                f"dataset '{self.name}': every training image is also a test image; give test_root a folder of "
+                "other images, or train=false"
+            )
         return diffbench.Splits(x["train"], y["train"], x["test"], y["test"], classes, x["heldout"], y["heldout"])
 
 
@@ -310,9 +326,9 @@ class ImageNet(FileImages):
 
     def validate(self) -> None:
         p = self.params
-        if p["size"] < 1 or p["channels"] not in (1, 3):
+        if not 1 <= p["size"] <= MAX_SIZE or p["channels"] not in (1, 3):
             raise diffbench.ParamError(
-                f"imagenet needs size >= 1 and channels 1 or 3, got {p['size']}, {p['channels']}"
+                f"imagenet needs 1 <= size <= {MAX_SIZE} and channels 1 or 3, got {p['size']}, {p['channels']}"
             )
 
     def expected_files(self) -> list[Path]:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from diffbench_plugins import image_files
+from diffbench_plugins import folder_listing, image_files
 
 import diffbench
 from diffbench import plugins, preparation, subsets
@@ -391,7 +391,7 @@ def test_digits_written_as_pngs_read_back_as_digits(tmp_path):
     digits = write_digits_as_pngs(tmp_path)
     folder = dataset("image-folder", root=str(tmp_path / "train"), test_root=str(tmp_path / "test"), size=8, channels=1)
     splits = folder.load(0)
-    _, paths, _ = image_files.scan_folder(tmp_path / "test")
+    _, paths, _ = folder_listing.scan_folder(tmp_path / "test")
     order = torch.tensor([int(p[-8:-4]) for p in paths]).argsort()  # back into digits' order
     x, y = splits.test_x[order], splits.test_y[order]
     assert splits.class_names == digits.class_names and torch.equal(y, digits.test_y)
