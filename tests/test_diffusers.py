@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -339,7 +340,7 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[str, str]]:
     weightless = save_class_unet(tmp_path / "weightless")
     for weights in (weightless / "unet").glob("*.safetensors"):
         weights.unlink()
-    return {
+    return broken_configs(tmp_path, save_class_unet(tmp_path / "good")) | {
         "no model": (f"diffusers[path={tmp_path / 'empty'}]", "holds no model"),
         "no folder": (f"diffusers[path={tmp_path / 'nowhere'}]", "no such folder"),
         "no conditioning": (f"diffusers[path={no_classes}]", "no class conditioning"),
@@ -351,6 +352,59 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "hub id offline": ("diffusers[path=nobody/no-such-model]", "hub model 'nobody/no-such-model' is not in"),
         "no weights": (f"diffusers[path={weightless}]", "holds no weights (*.safetensors or *.bin) in unet/"),
     }
+
+
+def broken_copy(tmp_path: Path, good: Path, name: str, file: str, text: str | None = None, **changes) -> Path:
+    """A copy of ``good`` with ``file`` holding ``text``, or its JSON with ``changes``."""
+    folder = tmp_path / name
+    shutil.copytree(good, folder)
+    if text is not None:
+        (folder / file).write_text(text)
+    else:
+        edit_json(folder / file, **changes)
+    return folder
+
+
+def broken_configs(tmp_path: Path, good: Path) -> dict[str, tuple[str, str]]:
+    """Config files that parse but say nothing diffbench can use: each a line naming the file (and the key)."""
+    sched, unet, index = "scheduler/scheduler_config.json", "unet/config.json", "model_index.json"
+    cases = {  # name: (file, its text or None, else changes to its JSON, the key the line names, the phrase after)
+        "betas above 1": (sched, None, {"beta_schedule": "linear", "beta_end": 1.5}, "beta_end", "must be a number"),
+        "nan trained betas": (sched, None, {"trained_betas": [math.nan] * T}, "trained_betas[0]", "must be a finite"),
+        "trained betas a number": (sched, None, {"trained_betas": 0.5}, "trained_betas", "must be a list of betas"),
+        "zero steps": (sched, None, {"num_train_timesteps": 0}, "num_train_timesteps", "must be an integer from 2"),
+        "steps a string": (
+            sched,
+            None,
+            {"num_train_timesteps": "1000"},
+            "num_train_timesteps",
+            "must be an integer, got '1000'",
+        ),
+        "beta schedule": (sched, None, {"beta_schedule": "cubic"}, "beta_schedule", "must be one of linear,"),
+        "prediction type": (sched, None, {"prediction_type": "noise"}, "prediction_type", "must be one of epsilon,"),
+        "scheduler class a list": (sched, None, {"_class_name": ["DDPMScheduler"]}, "_class_name", "must be a string"),
+        "scheduler null": (sched, "null", {}, "", "must hold a JSON object ({...}), not null"),
+        "unet config a list": (unet, "[]", {}, "", "must hold a JSON object ({...}), not a list"),
+        "model index a list": (index, "[]", {}, "", "must hold a JSON object ({...}), not a list"),
+        "id2label a list": (index, None, {"id2label": ["0", "1"]}, "id2label", "must be a mapping of label ids"),
+        "class count a string": (
+            unet,
+            None,
+            {"num_class_embeds": "10"},
+            "num_class_embeds",
+            "must be an integer, got '10'",
+        ),
+        "channels a float": (unet, None, {"in_channels": 1.5}, "in_channels", "must be an integer, got 1.5"),
+    }
+    out = {}
+    for name, (file, text, changes, key, phrase) in cases.items():
+        folder = broken_copy(tmp_path, good, name.replace(" ", "-"), file, text, **changes)
+        where = f"`{key}` in {folder / file}" if key else str(folder / file)
+        out[name] = (f"diffusers[path={folder}]", f"{where} {phrase}")
+    latin = broken_copy(tmp_path, good, "latin-1", unet, "{}")
+    (latin / unet).write_bytes('{"_class_name": "UNet2DModel", "note": "caf\xe9"}'.encode("latin-1"))
+    out["not utf-8"] = (f"diffusers[path={latin}]", f"cannot read {latin / unet}: 'utf-8' codec can't decode")
+    return out
 
 
 def test_every_bad_input_is_one_line_and_exit_2_before_anything_runs(tmp_path, cli):
