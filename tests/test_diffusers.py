@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -12,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import diffbench
 from diffbench import pretrained
@@ -624,3 +627,80 @@ def test_the_dask_executor_gives_the_local_table_for_a_pretrained_model(tmp_path
     predictions = [pd.read_parquet(tmp_path / run / "predictions.parquet") for run in ("local", "dask")]
     assert set(predictions[0]["cell_id"]) == set(a["cell_id"])
     pd.testing.assert_frame_equal(*predictions)
+
+
+# --- fuzz: mutated config values are one line naming the file, or a valid process ---------------------------
+
+JSON_LEAF = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 200_001)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.floats(-0.1, 1.2)
+    | st.sampled_from(["", "10", "linear", "scaled_linear", "sigmoid", "laplace", "epsilon", "v_prediction", "²", "0"])
+)
+JSON_VALUE = st.recursive(
+    JSON_LEAF, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+)
+SCHEDULER_KEYS = [
+    "_class_name", "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+    "prediction_type", "rescale_betas_zero_snr",
+]  # fmt: skip
+UNET_KEYS = ["_class_name", "in_channels", "out_channels", "num_class_embeds", "class_embed_type", "id2label"]
+FILES = {
+    "scheduler/scheduler_config.json": SCHEDULER_KEYS,
+    "unet/config.json": UNET_KEYS,
+    "model_index.json": ["id2label"],
+}
+MUTATION = st.tuples(
+    st.sampled_from(sorted(FILES)),
+    st.one_of(st.just(None), st.integers(0, 7)),  # None: the whole file is the value
+    JSON_VALUE | st.lists(st.floats(-0.1, 1.1) | st.just(math.nan), min_size=1, max_size=6),
+)
+
+
+@functools.cache
+def good_configs() -> dict[str, dict]:
+    """The config files of a folder ``save_class_unet`` writes (built once: a UNet takes a while)."""
+    return {
+        "scheduler/scheduler_config.json": {"_class_name": "DDPMScheduler", **dict(scheduler("epsilon").config)},
+        "unet/config.json": dict(tiny_unet().config) | {"_class_name": "UNet2DModel"},
+        "model_index.json": {"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"]},
+    }
+
+
+def config_folder(root: Path, mutations: list) -> Path:
+    """A class UNet folder of config files (weights a stub: the readers never open them), then ``mutations``."""
+    configs = json.loads(json.dumps(good_configs()))
+    for file, position, value in mutations:
+        if position is None:
+            configs[file] = value
+        elif isinstance(configs[file], dict):
+            keys = FILES[file]
+            configs[file][keys[position % len(keys)]] = value
+    for file, config in configs.items():
+        (root / file).parent.mkdir(parents=True, exist_ok=True)
+        (root / file).write_text(json.dumps(config, default=list))
+    (root / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    return root
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(mutations=st.lists(MUTATION, min_size=1, max_size=3))
+def test_mutated_config_values_are_one_line_naming_the_file_or_a_valid_process(mutations):
+    import tempfile
+
+    from diffbench_plugins.diffusers.adapters import alphas_cumprod
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = config_folder(Path(tmp), mutations)
+        try:
+            denoiser = Diffusers(path=str(folder))  # validate() reads the folder's configs
+            denoiser.check_dataset((1, 8, 8), [str(d) for d in range(10)])
+        except diffbench.ParamError as exc:
+            message = str(exc)
+            assert "\n" not in message, message
+            assert str(folder) in message, message  # names the file (or the folder the path gave)
+            return
+        NoiseSchedule.from_alphas_cumprod(alphas_cumprod(denoiser.layout))  # accepted: a valid process
+        assert isinstance(denoiser.layout.in_channels, int) and isinstance(denoiser.layout.learned_variance, bool)
