@@ -696,11 +696,14 @@ def test_mutated_config_values_are_one_line_naming_the_file_or_a_valid_process(m
         folder = config_folder(Path(tmp), mutations)
         try:
             denoiser = Diffusers(path=str(folder))  # validate() reads the folder's configs
-            denoiser.check_dataset((1, 8, 8), [str(d) for d in range(10)])
         except diffbench.ParamError as exc:
-            message = str(exc)
-            assert "\n" not in message, message
-            assert str(folder) in message, message  # names the file (or the folder the path gave)
+            assert "\n" not in str(exc) and str(folder) in str(exc), str(exc)  # names the file (or the folder)
             return
         NoiseSchedule.from_alphas_cumprod(alphas_cumprod(denoiser.layout))  # accepted: a valid process
-        assert isinstance(denoiser.layout.in_channels, int) and isinstance(denoiser.layout.learned_variance, bool)
+        layout = denoiser.layout
+        assert isinstance(layout.in_channels, int) and isinstance(layout.learned_variance, bool)
+        assert isinstance(layout.model_classes, int) and all(isinstance(n, str) for n in layout.id2label.values())
+        try:  # the folder is readable; whether it fits the dataset is a line the CLI prefixes with the selector
+            denoiser.check_dataset((1, 8, 8), [str(d) for d in range(10)])
+        except diffbench.ParamError as exc:
+            assert "\n" not in str(exc) and ("the model" in str(exc) or "classes" in str(exc)), str(exc)

@@ -14,7 +14,7 @@ import diffbench
 
 from .hub import from_hub, offline_mode, read_json, resolve, without_weights
 from .scheduler import read_scheduler_config
-from .values import integer, labels, optional_text, text
+from .values import integer, labels, optional_text, text, wrong
 
 MODEL_FOLDERS = ("unet", "transformer")
 CLASS_UNET, DIT, TEXT_UNET = "UNet2DModel", "DiTTransformer2DModel", "UNet2DConditionModel"
@@ -128,8 +128,9 @@ def read_model_config(root: Path, path: str) -> tuple[str, dict[str, Any]]:
 
 def check_model_values(config: dict[str, Any], file: Path) -> None:
     """ParamError naming the key where a value diffbench reads is of the wrong type (a class count of "10")."""
-    for key in ("in_channels", "out_channels"):
-        integer(config, key, file)
+    if integer(config, "in_channels", file) is None:
+        raise wrong("in_channels", file, "an integer", config.get("in_channels"))
+    integer(config, "out_channels", file)
     if config["_class_name"] == CLASS_UNET:
         integer(config, "num_class_embeds", file)
         optional_text(config, "class_embed_type", file)
