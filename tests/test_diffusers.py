@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import diffbench
 from diffbench import pretrained
@@ -339,7 +343,7 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[str, str]]:
     weightless = save_class_unet(tmp_path / "weightless")
     for weights in (weightless / "unet").glob("*.safetensors"):
         weights.unlink()
-    return {
+    return broken_configs(tmp_path, save_class_unet(tmp_path / "good")) | {
         "no model": (f"diffusers[path={tmp_path / 'empty'}]", "holds no model"),
         "no folder": (f"diffusers[path={tmp_path / 'nowhere'}]", "no such folder"),
         "no conditioning": (f"diffusers[path={no_classes}]", "no class conditioning"),
@@ -351,6 +355,59 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "hub id offline": ("diffusers[path=nobody/no-such-model]", "hub model 'nobody/no-such-model' is not in"),
         "no weights": (f"diffusers[path={weightless}]", "holds no weights (*.safetensors or *.bin) in unet/"),
     }
+
+
+def broken_copy(tmp_path: Path, good: Path, name: str, file: str, text: str | None = None, **changes) -> Path:
+    """A copy of ``good`` with ``file`` holding ``text``, or its JSON with ``changes``."""
+    folder = tmp_path / name
+    shutil.copytree(good, folder)
+    if text is not None:
+        (folder / file).write_text(text)
+    else:
+        edit_json(folder / file, **changes)
+    return folder
+
+
+def broken_configs(tmp_path: Path, good: Path) -> dict[str, tuple[str, str]]:
+    """Config files that parse but say nothing diffbench can use: each a line naming the file (and the key)."""
+    sched, unet, index = "scheduler/scheduler_config.json", "unet/config.json", "model_index.json"
+    cases = {  # name: (file, its text or None, else changes to its JSON, the key the line names, the phrase after)
+        "betas above 1": (sched, None, {"beta_schedule": "linear", "beta_end": 1.5}, "beta_end", "must be a number"),
+        "nan trained betas": (sched, None, {"trained_betas": [math.nan] * T}, "trained_betas[0]", "must be a finite"),
+        "trained betas a number": (sched, None, {"trained_betas": 0.5}, "trained_betas", "must be a list of betas"),
+        "zero steps": (sched, None, {"num_train_timesteps": 0}, "num_train_timesteps", "must be an integer from 2"),
+        "steps a string": (
+            sched,
+            None,
+            {"num_train_timesteps": "1000"},
+            "num_train_timesteps",
+            "must be an integer, got '1000'",
+        ),
+        "beta schedule": (sched, None, {"beta_schedule": "cubic"}, "beta_schedule", "must be one of linear,"),
+        "prediction type": (sched, None, {"prediction_type": "noise"}, "prediction_type", "must be one of epsilon,"),
+        "scheduler class a list": (sched, None, {"_class_name": ["DDPMScheduler"]}, "_class_name", "must be a string"),
+        "scheduler null": (sched, "null", {}, "", "must hold a JSON object ({...}), not null"),
+        "unet config a list": (unet, "[]", {}, "", "must hold a JSON object ({...}), not a list"),
+        "model index a list": (index, "[]", {}, "", "must hold a JSON object ({...}), not a list"),
+        "id2label a list": (index, None, {"id2label": ["0", "1"]}, "id2label", "must be a mapping of label ids"),
+        "class count a string": (
+            unet,
+            None,
+            {"num_class_embeds": "10"},
+            "num_class_embeds",
+            "must be an integer, got '10'",
+        ),
+        "channels a float": (unet, None, {"in_channels": 1.5}, "in_channels", "must be an integer, got 1.5"),
+    }
+    out = {}
+    for name, (file, text, changes, key, phrase) in cases.items():
+        folder = broken_copy(tmp_path, good, name.replace(" ", "-"), file, text, **changes)
+        where = f"`{key}` in {folder / file}" if key else str(folder / file)
+        out[name] = (f"diffusers[path={folder}]", f"{where} {phrase}")
+    latin = broken_copy(tmp_path, good, "latin-1", unet, "{}")
+    (latin / unet).write_bytes('{"_class_name": "UNet2DModel", "note": "caf\xe9"}'.encode("latin-1"))
+    out["not utf-8"] = (f"diffusers[path={latin}]", f"cannot read {latin / unet}: 'utf-8' codec can't decode")
+    return out
 
 
 def test_every_bad_input_is_one_line_and_exit_2_before_anything_runs(tmp_path, cli):
@@ -570,3 +627,83 @@ def test_the_dask_executor_gives_the_local_table_for_a_pretrained_model(tmp_path
     predictions = [pd.read_parquet(tmp_path / run / "predictions.parquet") for run in ("local", "dask")]
     assert set(predictions[0]["cell_id"]) == set(a["cell_id"])
     pd.testing.assert_frame_equal(*predictions)
+
+
+# --- fuzz: mutated config values are one line naming the file, or a valid process ---------------------------
+
+JSON_LEAF = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 200_001)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.floats(-0.1, 1.2)
+    | st.sampled_from(["", "10", "linear", "scaled_linear", "sigmoid", "laplace", "epsilon", "v_prediction", "²", "0"])
+)
+JSON_VALUE = st.recursive(
+    JSON_LEAF, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+)
+SCHEDULER_KEYS = [
+    "_class_name", "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+    "prediction_type", "rescale_betas_zero_snr",
+]  # fmt: skip
+UNET_KEYS = ["_class_name", "in_channels", "out_channels", "num_class_embeds", "class_embed_type", "id2label"]
+FILES = {
+    "scheduler/scheduler_config.json": SCHEDULER_KEYS,
+    "unet/config.json": UNET_KEYS,
+    "model_index.json": ["id2label"],
+}
+MUTATION = st.tuples(
+    st.sampled_from(sorted(FILES)),
+    st.one_of(st.just(None), st.integers(0, 7)),  # None: the whole file is the value
+    JSON_VALUE | st.lists(st.floats(-0.1, 1.1) | st.just(math.nan), min_size=1, max_size=6),
+)
+
+
+@functools.cache
+def good_configs() -> dict[str, dict]:
+    """The config files of a folder ``save_class_unet`` writes (built once: a UNet takes a while)."""
+    return {
+        "scheduler/scheduler_config.json": {"_class_name": "DDPMScheduler", **dict(scheduler("epsilon").config)},
+        "unet/config.json": dict(tiny_unet().config) | {"_class_name": "UNet2DModel"},
+        "model_index.json": {"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"]},
+    }
+
+
+def config_folder(root: Path, mutations: list) -> Path:
+    """A class UNet folder of config files (weights a stub: the readers never open them), then ``mutations``."""
+    configs = json.loads(json.dumps(good_configs()))
+    for file, position, value in mutations:
+        if position is None:
+            configs[file] = value
+        elif isinstance(configs[file], dict):
+            keys = FILES[file]
+            configs[file][keys[position % len(keys)]] = value
+    for file, config in configs.items():
+        (root / file).parent.mkdir(parents=True, exist_ok=True)
+        (root / file).write_text(json.dumps(config, default=list))
+    (root / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    return root
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(mutations=st.lists(MUTATION, min_size=1, max_size=3))
+def test_mutated_config_values_are_one_line_naming_the_file_or_a_valid_process(mutations):
+    import tempfile
+
+    from diffbench_plugins.diffusers.adapters import alphas_cumprod
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = config_folder(Path(tmp), mutations)
+        try:
+            denoiser = Diffusers(path=str(folder))  # validate() reads the folder's configs
+        except diffbench.ParamError as exc:
+            assert "\n" not in str(exc) and str(folder) in str(exc), str(exc)  # names the file (or the folder)
+            return
+        NoiseSchedule.from_alphas_cumprod(alphas_cumprod(denoiser.layout))  # accepted: a valid process
+        layout = denoiser.layout
+        assert isinstance(layout.in_channels, int) and isinstance(layout.learned_variance, bool)
+        assert isinstance(layout.model_classes, int) and all(isinstance(n, str) for n in layout.id2label.values())
+        try:  # the folder is readable; whether it fits the dataset is a line the CLI prefixes with the selector
+            denoiser.check_dataset((1, 8, 8), [str(d) for d in range(10)])
+        except diffbench.ParamError as exc:
+            assert "\n" not in str(exc) and ("the model" in str(exc) or "classes" in str(exc)), str(exc)

@@ -15,8 +15,10 @@ variance-preserving with its ``alphas_cumprod``). Only the config files are read
 needed, so bad input is caught before anything runs; diffusers is imported only then too.
 
 The package, one idea a module: ``hub`` (a folder or a hub id, and its files), ``layout`` (what the folder
-holds and whether diffbench can use it), ``labels`` (dataset classes to model labels), ``adapters``
-(diffusers' modules behind ``forward(x_t, t, c)``) and ``denoisers`` (the two plugins).
+holds and whether diffbench can use it), ``scheduler`` (the training schedule: DDPM family, a valid
+process), ``values`` (typed reads of config values, a wrong one naming the file and key), ``labels``
+(dataset classes to model labels), ``adapters`` (diffusers' modules behind ``forward(x_t, t, c)``) and
+``denoisers`` (the two plugins).
 """
 
 from __future__ import annotations

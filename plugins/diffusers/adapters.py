@@ -11,8 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
+import diffbench
+
+from .hub import one_line
 from .labels import label_ids
 from .layout import CLASS_UNET, DIT, Layout
+from .scheduler import find_scheduler
 
 
 class ClassUNet(nn.Module):
@@ -94,7 +98,12 @@ def alphas_cumprod(layout: Layout) -> torch.Tensor:
     from diffusers import DDPMScheduler
 
     config = {k: v for k, v in layout.scheduler_config.items() if not k.startswith("_")}
-    return DDPMScheduler.from_config(config).alphas_cumprod.double()
+    try:
+        return DDPMScheduler.from_config(config).alphas_cumprod.double()
+    except Exception as exc:  # read_layout checked every key it reads; an older diffusers may lack a beta_schedule
+        raise diffbench.ParamError(
+            f"diffusers cannot build the schedule of {find_scheduler(layout.root)}: {one_line(exc)}"
+        ) from None
 
 
 def prompt_embeddings(layout: Layout, prompts: list[str]) -> torch.Tensor:

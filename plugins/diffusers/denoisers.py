@@ -9,7 +9,7 @@ import torch
 import diffbench
 
 from .adapters import ClassUNet, alphas_cumprod, load_module, quiet_diffusers, vae_encoder
-from .hub import content_hash, fetch_weights, read_json
+from .hub import content_hash, fetch_weights
 from .labels import label_ids
 from .layout import TEXT_UNET, read_layout
 
@@ -47,7 +47,7 @@ class Diffusers(diffbench.Denoiser):
         if layout.kind != TEXT_UNET:
             label_ids(layout, class_names, self.params["classes"])
         if layout.vae:
-            want = int(read_json(layout.root / "vae" / "config.json").get("in_channels", 3))
+            want = layout.vae_config.get("in_channels") or 3
             where = "its VAE takes"
         else:
             want, where = layout.in_channels, "it takes"

@@ -21,10 +21,20 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A config file's JSON object; ParamError naming the file where it cannot be read or holds no object."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise diffbench.ParamError(f"cannot read {path}: {exc}") from None
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, and bytes that are not UTF-8
+        raise diffbench.ParamError(f"cannot read {path}: {one_line(exc)}") from None
+    if not isinstance(config, dict):
+        kinds = {list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+        kind = kinds.get(type(config), "a number")
+        raise diffbench.ParamError(f"{path} must hold a JSON object ({{...}}), not {kind}")
+    return config
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def resolve(path: str, revision: str) -> Path:

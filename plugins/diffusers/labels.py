@@ -16,7 +16,7 @@ def label_ids(layout: Layout, class_names: list[str], classes: str) -> list[int]
             raise diffbench.ParamError(
                 f"classes lists {len(items)} labels but the dataset has {len(class_names)} classes; give one per class"
             )
-        ids = [int(item) if item.isdigit() else by_name(layout, item) for item in items]
+        ids = [int(item) if is_label_id(item) else by_name(layout, item) for item in items]
     else:
         names = name_index(layout)
         found = [names.get(n.strip().lower()) for n in class_names]
@@ -33,6 +33,11 @@ def label_ids(layout: Layout, class_names: list[str], classes: str) -> list[int]
     if bad:
         raise diffbench.ParamError(f"classes: label {bad[0]} is outside the model's {total} classes [0, {total})")
     return ids
+
+
+def is_label_id(item: str) -> bool:
+    """Whether a ``classes`` item is a label id (ASCII digits: int() takes "²" and refuses 5,000 digits)."""
+    return item.isdigit() and item.isascii() and len(item) < 10
 
 
 def name_index(layout: Layout) -> dict[str, int]:

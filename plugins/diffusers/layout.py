@@ -13,26 +13,9 @@ from typing import Any
 import diffbench
 
 from .hub import from_hub, offline_mode, read_json, resolve, without_weights
+from .scheduler import read_scheduler_config
+from .values import integer, labels, optional_text, text, wrong
 
-# Schedulers whose training noise is DDPM's variance-preserving x_t = sqrt(abar) x0 + sqrt(1 - abar) eps.
-# (Euler, Heun, LMS and KDPM2 *sample* in sigma space, but their models are trained with these betas.)
-DDPM_FAMILY = {
-    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler",
-    "LMSDiscreteScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
-    "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DDPMParallelScheduler", "DDIMParallelScheduler",
-    "LCMScheduler", "TCDScheduler", "SASolverScheduler", "DDIMInverseScheduler",
-}  # fmt: skip
-OTHER_FAMILIES = {
-    "EDMEulerScheduler": "an EDM (variance-exploding, preconditioned) scheduler",
-    "EDMDPMSolverMultistepScheduler": "an EDM (variance-exploding, preconditioned) scheduler",
-    "ScoreSdeVeScheduler": "a variance-exploding SDE scheduler",
-    "KarrasVeScheduler": "a variance-exploding scheduler",
-    "FlowMatchEulerDiscreteScheduler": "a flow-matching scheduler",
-    "FlowMatchHeunDiscreteScheduler": "a flow-matching scheduler",
-    "CMStochasticIterativeScheduler": "a consistency-model scheduler",
-    "ScoreSdeVpScheduler": "a continuous-time VP SDE scheduler",
-}
 MODEL_FOLDERS = ("unet", "transformer")
 CLASS_UNET, DIT, TEXT_UNET = "UNet2DModel", "DiTTransformer2DModel", "UNet2DConditionModel"
 KNOWN_CLASSES = (CLASS_UNET, DIT, "Transformer2DModel", TEXT_UNET)
@@ -52,6 +35,7 @@ class Layout:
     text: bool
     id2label: dict[int, str] = field(default_factory=dict)
     index: dict[str, Any] = field(default_factory=dict)
+    vae_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -70,12 +54,12 @@ class Layout:
 
     @property
     def in_channels(self) -> int:
-        return int(self.model_config.get("in_channels", 0))
+        return self.model_config.get("in_channels") or 0
 
     @property
     def learned_variance(self) -> bool:
         out = self.model_config.get("out_channels") or self.in_channels
-        return int(out) == 2 * self.in_channels
+        return out == 2 * self.in_channels
 
     @property
     def weight_folders(self) -> list[str]:
@@ -87,20 +71,16 @@ class Layout:
         return from_hub(self.source)
 
 
-def find_scheduler(root: Path) -> Path | None:
-    for candidate in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def read_layout(path: str, revision: str = "") -> Layout:
-    """The folder's model, scheduler and extras; ParamError naming what is missing or unsupported."""
+    """The folder's model, scheduler and extras; ParamError naming what is missing, unsupported or of the wrong type."""
     root = resolve(path, revision)
     folder, config = read_model_config(root, path)
     scheduler = read_scheduler_config(root, path)
-    index = read_json(root / "model_index.json") if (root / "model_index.json").is_file() else {}
-    id2label = {int(k): str(v) for k, v in (index.get("id2label") or config.get("id2label") or {}).items()}
+    index_file = root / "model_index.json"
+    index = read_json(index_file) if index_file.is_file() else {}
+    vae_file = root / "vae" / "config.json"
+    vae_config = read_json(vae_file) if vae_file.is_file() else {}
+    integer(vae_config, "in_channels", vae_file)
     layout = Layout(
         root=root,
         source=path,
@@ -108,10 +88,12 @@ def read_layout(path: str, revision: str = "") -> Layout:
         model_class=config.get("_class_name", ""),
         model_config=config,
         scheduler_config=scheduler,
-        vae=(root / "vae" / "config.json").is_file(),
+        vae=vae_file.is_file(),
         text=(root / "text_encoder" / "config.json").is_file() and (root / "tokenizer").is_dir(),
-        id2label=id2label,
+        id2label=labels(index.get("id2label"), "id2label", index_file)
+        or labels(config.get("id2label"), "id2label", root / folder / "config.json"),
         index=index,
+        vae_config=vae_config,
     )
     check_conditioning(layout, path)
     check_weights(layout, path)
@@ -128,40 +110,32 @@ def read_model_config(root: Path, path: str) -> tuple[str, dict[str, Any]]:
             f"path '{path}' holds no model: no unet/config.json or transformer/config.json "
             "(give a folder written by a diffusers pipeline's save_pretrained)"
         )
-    config = read_json(root / folder / "config.json")
-    model_class = config.get("_class_name", "")
+    file = root / folder / "config.json"
+    config = read_json(file)
+    model_class = text(config, "_class_name", file)
     if model_class not in KNOWN_CLASSES:
         raise diffbench.ParamError(
             f"path '{path}' holds a {model_class or 'model of unknown class'}; "
             f"diffusers takes {', '.join(KNOWN_CLASSES)}"
         )
-    if model_class == "Transformer2DModel" and config.get("norm_type") != "ada_norm_zero":
+    if model_class == "Transformer2DModel" and optional_text(config, "norm_type", file) != "ada_norm_zero":
         raise diffbench.ParamError(
             f"path '{path}' holds a Transformer2DModel that is not a DiT (norm_type ada_norm_zero)"
         )
+    check_model_values(config, file)
     return folder, config
 
 
-def read_scheduler_config(root: Path, path: str) -> dict[str, Any]:
-    """The scheduler's config, of the DDPM (variance-preserving) family: the model's training schedule."""
-    scheduler_path = find_scheduler(root)
-    if scheduler_path is None:
-        raise diffbench.ParamError(
-            f"path '{path}' has no scheduler/scheduler_config.json: diffbench needs the model's training schedule"
-        )
-    scheduler = read_json(scheduler_path)
-    name = scheduler.get("_class_name", "")
-    if name in OTHER_FAMILIES:
-        raise diffbench.ParamError(
-            f"path '{path}' uses {name}, {OTHER_FAMILIES[name]}: diffusers takes DDPM-family (variance-preserving) "
-            "schedulers only, such as DDPMScheduler or DDIMScheduler"
-        )
-    if name not in DDPM_FAMILY:
-        raise diffbench.ParamError(
-            f"path '{path}' uses scheduler '{name}', which is not of the DDPM family diffusers takes "
-            "(variance-preserving betas: DDPMScheduler, DDIMScheduler, PNDMScheduler, EulerDiscreteScheduler, ...)"
-        )
-    return scheduler
+def check_model_values(config: dict[str, Any], file: Path) -> None:
+    """ParamError naming the key where a value diffbench reads is of the wrong type (a class count of "10")."""
+    if integer(config, "in_channels", file) is None:
+        raise wrong("in_channels", file, "an integer", config.get("in_channels"))
+    integer(config, "out_channels", file)
+    if config["_class_name"] == CLASS_UNET:
+        integer(config, "num_class_embeds", file)
+        optional_text(config, "class_embed_type", file)
+    elif config["_class_name"] != TEXT_UNET:
+        integer(config, "num_embeds_ada_norm", file)
 
 
 def check_conditioning(layout: Layout, path: str) -> None:
