@@ -60,7 +60,7 @@ def test_quoted_values_keep_their_spaces():
     [
         ("image-folder[root=data/if space]", {"root": "data/if space"}),
         ("image-folder[ root = data/if space , size = 16 ]", {"root": "data/if space", "size": 16}),
-        ("diffusers[path=my models/ddpm,prompt=a photo of a {}]", {"path": "my models/ddpm", "prompt": "a photo of a {}"}),
+        ("diffusers[path=my models/ddpm,prompt=a {} photo]", {"path": "my models/ddpm", "prompt": "a {} photo"}),
         ("x[v=[a b, c  d]]", {"v": ["a b", "c  d"]}),
         ("x[v=1 2]", {"v": "1 2"}),
         ("x[v=\ta\u3000b\n]", {"v": "a\u3000b"}),
