@@ -8,6 +8,8 @@ A sweep timed while another process used the device picks a wrong size (issue 24
 slow), so a sweep is cached only when its winner is clear: the winner and its measured neighbours
 are timed again in interleaved rounds, and the winner's rates must agree and stay the best. The
 cache keeps those rates with the size, and an entry whose winner was not clear is measured again.
+On CPU a steady load from other processes slows every size alike (and the per-call budget then stops
+the sweep early), so there the process must also have had most of a core while it was timed.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from diffbench import timing
 from diffbench.atomic import replace_atomically
 from diffbench.model import ConditionalModel
 from diffbench.timing import timed, timed_region
@@ -28,8 +33,11 @@ TUNE_REGION_S = 0.05  # each candidate batch size is timed over at least this lo
 RECHECK_ROUNDS = 3  # after the sweep, the winner and its measured neighbours are timed again this often, interleaved
 STEADY_SPREAD = 0.25  # a clear winner's rates (sweep and re-checks) span at most this fraction of their median
 NEAR_BEST = 0.9  # ... and its median rate is at least this fraction of every re-checked neighbour's
+MIN_CPU_SHARE = 0.8  # on CPU, ... and the process ran for at least this share of the wall time it was timed
 BATCH_SIZE_CACHE = "batch-sizes.json"
 MAX_BATCH_SIZE = 2**31 - 1  # rows per call beyond any memory; larger values are typos
+
+cpu_clock: Callable[[], float] = time.process_time  # the process's CPU seconds; tests swap in a fake one
 
 
 def parse_batch_size(value: object, where: str) -> int | str:
@@ -46,15 +54,19 @@ class Sweep:
     """The size a sweep picked and the rows/s of the sizes re-checked (the winner and its measured neighbours).
 
     ``rows_per_s[size]`` lists the sweep's rate, then one per re-check round (fewer when one ran out of memory).
+    ``cpu_share``: on CPU, the median over the timings of the process's CPU seconds per wall second (None on CUDA).
     """
 
     batch_size: int
     rows_per_s: dict[int, list[float]] = field(default_factory=dict)
+    cpu_share: float | None = None
 
     @property
     def clear(self) -> bool:
-        """Safe to cache: every re-check ran, the winner's rates agree, and no neighbour beats it."""
+        """Safe to cache: all re-checks ran, the winner's rates agree, no neighbour beats it, (CPU) it had a core."""
         own = self.rows_per_s.get(self.batch_size, [])
+        if self.cpu_share is not None and not self.cpu_share >= MIN_CPU_SHARE:
+            return False
         if len(own) < 1 + RECHECK_ROUNDS or any(len(rates) < 1 + RECHECK_ROUNDS for rates in self.rows_per_s.values()):
             return False
         median = statistics.median(own)
@@ -64,7 +76,7 @@ class Sweep:
 
     def to_json(self) -> dict:
         rates = {str(size): rates for size, rates in sorted(self.rows_per_s.items())}
-        return {"batch_size": self.batch_size, "clear": self.clear, "rows_per_s": rates}
+        return {"batch_size": self.batch_size, "clear": self.clear, "rows_per_s": rates, "cpu_share": self.cpu_share}
 
     @classmethod
     def from_json(cls, entry: object) -> Sweep | None:
@@ -81,15 +93,20 @@ class Sweep:
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in values):
                 return None
             rates[int(key)] = [float(v) for v in values]
-        return cls(size, rates)
+        share = entry.get("cpu_share", False)
+        if share is not None and not (isinstance(share, (int, float)) and not isinstance(share, bool)):
+            return None  # missing or not a number: a CPU sweep must say how much of a core it had
+        return cls(size, rates, None if share is None else float(share))
 
 
-def rows_per_s(model: ConditionalModel, size: int, generator: torch.Generator) -> tuple[float, float]:
-    """The bare module's rows/s on ``size`` rows (one warm call, then at least TUNE_REGION_S), and one call's seconds.
+def rows_per_s(model: ConditionalModel, size: int, generator: torch.Generator) -> tuple[float, float, float]:
+    """The bare module's rows/s on ``size`` rows (one warm call, then at least TUNE_REGION_S), one call's seconds,
+    and the process's CPU seconds per wall second over the warm call and the region.
 
     Raises ``torch.cuda.OutOfMemoryError`` when the rows do not fit.
     """
     device = model.device
+    wall_start, cpu_start = timing.clock(), cpu_clock()
     try:
         x = torch.randn((size, *model.data_shape), generator=generator, device=device, dtype=model.dtype)
         t = torch.randint(0, model.num_timesteps, (size,), generator=generator, device=device)
@@ -105,7 +122,8 @@ def rows_per_s(model: ConditionalModel, size: int, generator: torch.Generator) -
         x = t = c = forward = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return size * calls / max(region_s, 1e-9), region_s / calls
+    cpu_share = (cpu_clock() - cpu_start) / max(timing.clock() - wall_start, 1e-9)
+    return size * calls / max(region_s, 1e-9), region_s / calls, cpu_share
 
 
 def sweep_batch_sizes(
@@ -123,13 +141,15 @@ def sweep_batch_sizes(
     sizes = sorted(candidates)
     generator = torch.Generator(device=model.device).manual_seed(0)
     measured: dict[int, float] = {}
+    shares: list[float] = []
     best_size, best_rate = sizes[0], 0.0
     for size in sizes:
         try:
-            rate, call_s = rows_per_s(model, size, generator)
+            rate, call_s, share = rows_per_s(model, size, generator)
         except torch.cuda.OutOfMemoryError:
             break
         measured[size] = rate
+        shares.append(share)
         if rate > best_rate:
             best_size, best_rate = size, rate
         if rate < 0.9 * best_rate or call_s > budget_s / 4:
@@ -142,10 +162,13 @@ def sweep_batch_sizes(
     try:
         for _ in range(RECHECK_ROUNDS):
             for size, seen in rates.items():
-                seen.append(rows_per_s(model, size, generator)[0])
+                rate, _, share = rows_per_s(model, size, generator)
+                seen.append(rate)
+                shares.append(share)
     except torch.cuda.OutOfMemoryError:
         pass  # memory another process took: the sweep stays unclear (a re-check is missing)
-    return Sweep(best_size, rates)
+    cpu_share = statistics.median(shares) if model.device.type == "cpu" else None
+    return Sweep(best_size, rates, cpu_share)
 
 
 def tune_batch_size(

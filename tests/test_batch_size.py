@@ -1,6 +1,7 @@
 """The batch-size sweep's re-check and its cache (issue 24): a sweep disturbed by another process is never reused.
 
-Every timing here is on a fake clock: a module whose call on n rows takes ``seconds(n, now)``.
+Every timing here is on a fake clock: a module whose call on n rows takes ``seconds(n, now)``; the process's
+CPU clock is the same fake clock (it has a whole core) unless a test says otherwise.
 """
 
 import json
@@ -32,6 +33,7 @@ class FakeClock:
 def clock(monkeypatch):
     fake = FakeClock()
     monkeypatch.setattr(timing, "clock", fake)
+    monkeypatch.setattr(batch_size, "cpu_clock", fake)
     return fake
 
 
@@ -66,6 +68,7 @@ def test_a_steady_sweep_is_clear_cached_with_its_rates_and_reused(clock, tmp_pat
     entry = json.loads((tmp_path / BATCH_SIZE_CACHE).read_text())["mlp|cpu"]
     assert entry["batch_size"] == 65536 and entry["clear"] is True
     assert sorted(entry["rows_per_s"]) == ["16384", "65536"], "the winner and its measured neighbour"
+    assert entry["cpu_share"] == 1.0
     assert all(len(rates) == 1 + RECHECK_ROUNDS for rates in entry["rows_per_s"].values())
     calls = len(module.rows)
     assert cached_batch_size(model, tmp_path, "mlp|cpu") == (65536, True)
@@ -107,6 +110,19 @@ def test_running_out_of_memory_during_the_recheck_leaves_the_sweep_unclear(clock
     assert sweep.batch_size == 1024 and sweep.rows_per_s[1024] == [524288.0] and not sweep.clear
 
 
+# Seen on a shared 2-core machine: a steady load slowed every size ~300x alike, the per-call budget stopped the
+# sweep at 1024 rows (4096 quiet), and the rates agreed: only the process's share of a core tells.
+def test_a_sweep_on_a_cpu_shared_with_other_processes_is_not_clear(clock, monkeypatch, tmp_path):
+    monkeypatch.setattr(batch_size, "cpu_clock", lambda: clock.now / 3)  # a third of a core while it was timed
+    sweep = sweep_batch_sizes(make_model(Ticking(clock, quiet)))
+    assert sweep.batch_size == 65536 and sweep.cpu_share == pytest.approx(1 / 3) and not sweep.clear
+    assert cached_batch_size(make_model(Ticking(clock, quiet)), tmp_path, "k") == (65536, False)
+    assert cached_batch_size(make_model(Ticking(clock, quiet)), tmp_path, "k") == (65536, False), "not cached"
+    monkeypatch.setattr(batch_size, "cpu_clock", clock)
+    assert cached_batch_size(make_model(Ticking(clock, quiet)), tmp_path, "k") == (65536, False)
+    assert cached_batch_size(make_model(Ticking(clock, quiet)), tmp_path, "k") == (65536, True)
+
+
 @pytest.mark.parametrize(
     ("rates", "clear"),
     [
@@ -120,12 +136,16 @@ def test_running_out_of_memory_during_the_recheck_leaves_the_sweep_unclear(clock
     ],
 )
 def test_a_winner_is_clear_when_its_rates_agree_and_no_neighbour_beats_it(rates, clear):
-    assert Sweep(1024, {size: [float(r) for r in values] for size, values in rates.items()}).clear is clear
+    rows_per_s = {size: [float(r) for r in values] for size, values in rates.items()}
+    assert Sweep(1024, rows_per_s).clear is clear
+    assert Sweep(1024, rows_per_s, cpu_share=0.95).clear is clear
+    assert not Sweep(1024, rows_per_s, cpu_share=0.5).clear and not Sweep(1024, rows_per_s, float("nan")).clear
 
 
 def test_an_entry_round_trips_through_json():
-    sweep = Sweep(1024, {256: [1.0, 2.0, 2.0, 2.0], 1024: [3.0, 3.0, 3.0, 3.0]})
-    assert Sweep.from_json(json.loads(json.dumps(sweep.to_json()))) == sweep
+    for share in (None, 0.97):
+        sweep = Sweep(1024, {256: [1.0, 2.0, 2.0, 2.0], 1024: [3.0, 3.0, 3.0, 3.0]}, share)
+        assert Sweep.from_json(json.loads(json.dumps(sweep.to_json()))) == sweep
 
 
 @pytest.mark.parametrize(
@@ -138,6 +158,9 @@ def test_an_entry_round_trips_through_json():
         {"batch_size": 0, "clear": True, "rows_per_s": {"0": [1, 1, 1, 1]}},
         {"batch_size": 256, "clear": True, "rows_per_s": {"x": [1, 1, 1, 1]}},
         {"batch_size": 256, "clear": True},
+        {"batch_size": 256, "clear": True, "rows_per_s": {"256": [1, 1, 1, 1]}},  # no cpu_share: not re-checkable
+        {"batch_size": 256, "clear": True, "rows_per_s": {"256": [1, 1, 1, 1]}, "cpu_share": 0.3},
+        {"batch_size": 256, "clear": True, "rows_per_s": {"256": [1, 1, 1, 1]}, "cpu_share": "1"},
         None,
     ],
 )
