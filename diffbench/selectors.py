@@ -18,26 +18,38 @@ class SelectorError(ValueError):
 
 
 class _Parser:
+    """Reads one selector left to right; spaces around names, ``=``, ``,``, ``[`` and ``]`` mean nothing.
+
+    A value keeps the spaces inside it as written (``root=data/if space`` is ``data/if space``),
+    only the ones around it are dropped; a quoted value keeps every character between its quotes.
+    """
+
     def __init__(self, text: str) -> None:
         self.text = text
         self.pos = 0
 
     def fail(self, what: str) -> SelectorError:
         return SelectorError(
-            f"malformed selector '{self.text}': {what} at position {self.pos}; "
+            f"malformed selector '{one_line(self.text)}': {what} at position {self.pos}; "
             f"write name or name[key=value,key=[v1,v2]], e.g. {EXAMPLE}"
         )
 
     def peek(self) -> str:
+        self.skip_spaces()
         return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def skip_spaces(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
 
     def expect(self, char: str) -> None:
         if self.peek() != char:
-            found = f"'{self.peek()}'" if self.peek() else "the end"
+            found = f"'{one_line(self.peek())}'" if self.peek() else "the end"
             raise self.fail(f"expected '{char}' but found {found}")
         self.pos += 1
 
     def name(self) -> str:
+        self.skip_spaces()
         match = _NAME.match(self.text, self.pos)
         if not match:
             raise self.fail("expected a name")
@@ -53,7 +65,7 @@ class _Parser:
             value, self.pos = self.text[self.pos + 1 : end], end + 1
             return value
         start = self.pos
-        while self.peek() and self.peek() not in ",]=[":
+        while self.pos < len(self.text) and self.text[self.pos] not in ",]=[":
             self.pos += 1
         raw = self.text[start : self.pos].strip()
         if not raw:
@@ -88,8 +100,8 @@ class _Parser:
                     break
                 self.pos += 1
             self.expect("]")
-        if self.pos != len(self.text):
-            raise self.fail(f"unexpected '{self.text[self.pos :]}'")
+        if self.peek():
+            raise self.fail(f"unexpected '{one_line(self.text[self.pos :])}'")
         return name, params
 
 
@@ -108,21 +120,12 @@ def parse_value(raw: str) -> Any:
 
 def parse(text: str) -> tuple[str, dict[str, Any]]:
     """Parse one selector into its plugin name and params (list values still unexpanded)."""
-    return _Parser(_drop_unquoted_spaces(text)).selector()
+    return _Parser(text).selector()
 
 
-def _drop_unquoted_spaces(text: str) -> str:
-    """``a[x = 1, y='b c']`` -> ``a[x=1,y='b c']``: spaces outside quotes mean nothing."""
-    out, quote = [], ""
-    for char in text:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char.isspace():
-            continue
-        out.append(char)
-    return "".join(out)
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other unprintable characters escaped, so a message that quotes it is one line."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def expand(text: str, list_params: Collection[str] = ()) -> list[tuple[str, dict[str, Any]]]:
@@ -140,7 +143,7 @@ def expand(text: str, list_params: Collection[str] = ()) -> list[tuple[str, dict
             choices.append(value if grid else [value if isinstance(value, list) else [value]])
         elif isinstance(value, list) and any(isinstance(v, list) for v in value):
             raise SelectorError(
-                f"malformed selector '{text}': param '{key}' takes no list, so [[...]] means nothing; "
+                f"malformed selector '{one_line(text)}': param '{key}' takes no list, so [[...]] means nothing; "
                 f"write {key}=[v1,v2] for a grid"
             )
         else:

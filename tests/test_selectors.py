@@ -54,6 +54,56 @@ def test_quoted_values_keep_their_spaces():
     assert parse("x[label='two words']") == ("x", {"label": "two words"})
 
 
+# Regression (issue 24): spaces inside an unquoted value were dropped, so root=data/if space read data/ifspace.
+@pytest.mark.parametrize(
+    ("text", "params"),
+    [
+        ("image-folder[root=data/if space]", {"root": "data/if space"}),
+        ("image-folder[ root = data/if space , size = 16 ]", {"root": "data/if space", "size": 16}),
+        ("diffusers[path=my models/ddpm,prompt=a {} photo]", {"path": "my models/ddpm", "prompt": "a {} photo"}),
+        ("x[v=[a b, c  d]]", {"v": ["a b", "c  d"]}),
+        ("x[v=1 2]", {"v": "1 2"}),
+        ("x[v=\ta\u3000b\n]", {"v": "a\u3000b"}),
+    ],
+)
+def test_unquoted_values_keep_the_spaces_inside_them(text, params):
+    assert parse(text)[1] == params
+
+
+@pytest.mark.parametrize("text", ["trun cated", "x[t_ min=1]", "x[a b=1]", "x[a=1] y"])
+def test_a_space_inside_a_name_is_refused_not_dropped(text):
+    with pytest.raises(SelectorError, match="malformed selector"):
+        parse(text)
+
+
+def test_a_malformed_selector_with_a_line_break_is_still_one_line():
+    with pytest.raises(SelectorError) as info:
+        parse("x[a=1\n]\u2028y")
+    assert "\n" not in str(info.value) and "\u2028" not in str(info.value)
+    assert str(info.value).startswith("malformed selector 'x[a=1\\n]\\u2028y': unexpected 'y' at position 8;")
+
+
+def test_an_image_folder_selector_reads_the_folder_whose_name_has_a_space(tmp_path):
+    from diffbench.suite import instantiate
+
+    root = tmp_path / "if space"
+    (dataset,) = instantiate("dataset", f"image-folder[root={root},size=8]")
+    assert dataset.params["root"] == str(root)
+    assert repr(dataset) == f"image-folder[root={root},size=8]"
+    assert parse(repr(dataset)) == parse(f"image-folder[root={root},size=8]"), "a label parses back to its params"
+
+
+def test_a_diffusers_selector_reads_the_folder_whose_name_has_a_space(tmp_path):
+    pytest.importorskip("diffusers")
+    from diffbench.suite import instantiate
+    from tests.test_diffusers import save_class_unet
+
+    folder = save_class_unet(tmp_path / "my models" / "ddpm")
+    (tmp_path / "mymodels").mkdir()  # the folder the spaces-dropped path named
+    (denoiser,) = instantiate("denoiser", f"diffusers[path={folder}]")
+    assert denoiser.params["path"] == str(folder)
+
+
 @pytest.mark.parametrize(
     "text", ["x[", "x[a]", "x[a=1", "x]]", "", "x[a=1,a=2]", "x[a=]", "x[a=[1,2]", "x[a='1]", "[a=1]", "x[a=1]y"]
 )

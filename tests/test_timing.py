@@ -1,15 +1,14 @@
 """Timing against the bare forward, single-sample latency, and the batch-size sweep that uses the same timers."""
 
 import itertools
-import json
 
 import pytest
 import torch
 
-from diffbench import batch_size, timing
-from diffbench.batch_size import BATCH_SIZE_CACHE, cached_batch_size, parse_batch_size, tune_batch_size
+from diffbench import timing
+from diffbench.batch_size import parse_batch_size, tune_batch_size
 from diffbench.timing import MIN_REGION_S, measure, measure_latency, timed
-from tests.helpers import ClassConstant, make_model
+from tests.helpers import make_model
 
 CPU = torch.device("cpu")
 
@@ -295,35 +294,6 @@ def test_tune_batch_size_stops_after_a_call_over_a_quarter_of_the_budget(clock):
     call_s = {100: 0.2, 200: 0.3, 400: 0.001}
     size, seen = tune_with_call_times(clock, call_s.get, tuple(call_s), budget_s=1.0)
     assert size == 200 and seen == {100, 200}
-
-
-def test_cached_batch_size_tunes_once_per_key(monkeypatch, tmp_path):
-    tuned = []
-    monkeypatch.setattr(batch_size, "tune_batch_size", lambda model: tuned.append(model) or 1024)
-    model = make_model(ClassConstant(torch.zeros(3, 2)))
-    assert cached_batch_size(model, tmp_path, "mlp|cpu") == (1024, False)
-    assert json.loads((tmp_path / BATCH_SIZE_CACHE).read_text()) == {"mlp|cpu": 1024}
-    assert cached_batch_size(model, tmp_path, "mlp|cpu") == (1024, True)
-    assert len(tuned) == 1
-    assert cached_batch_size(model, tmp_path, "unet|cpu") == (1024, False)
-    assert json.loads((tmp_path / BATCH_SIZE_CACHE).read_text()) == {"mlp|cpu": 1024, "unet|cpu": 1024}
-
-
-def test_cached_batch_size_without_a_cache_dir_always_tunes(monkeypatch, tmp_path):
-    tuned = []
-    monkeypatch.setattr(batch_size, "tune_batch_size", lambda model: tuned.append(model) or 256)
-    model = make_model(ClassConstant(torch.zeros(3, 2)))
-    assert cached_batch_size(model, None, "k") == (256, False)
-    assert cached_batch_size(model, None, "k") == (256, False)
-    assert len(tuned) == 2
-
-
-def test_cached_batch_size_replaces_a_corrupt_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(batch_size, "tune_batch_size", lambda model: 4096)
-    (tmp_path / BATCH_SIZE_CACHE).write_text("{not json")
-    model = make_model(ClassConstant(torch.zeros(3, 2)))
-    assert cached_batch_size(model, tmp_path, "k") == (4096, False)
-    assert cached_batch_size(model, tmp_path, "k") == (4096, True)
 
 
 @pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), (64, 64), ("64", 64), (1, 1)])
