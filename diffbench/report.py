@@ -173,5 +173,10 @@ def build_report(run_dirs: list[Path], draw: bool = True) -> str:
 def write_report(run_dirs: list[Path], out: Path, draw: bool = True) -> Path:
     """Write the report atomically to ``out``."""
     text = build_report([Path(p) for p in run_dirs], draw)
-    replace_atomically(Path(out), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    try:
+        replace_atomically(Path(out), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    except OSError as exc:  # a read-only folder, a missing one, a full disk
+        raise ReportError(
+            f"cannot write the report '{out}' ({exc.strerror or exc}); give --out a file you can write"
+        ) from None
     return Path(out)

@@ -22,6 +22,7 @@ throughput table read a run back through ``RunFolder``'s readers (``read_table``
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from collections.abc import Callable
@@ -32,6 +33,7 @@ import pandas as pd
 
 from diffbench import results
 from diffbench.atomic import replace_atomically, write_atomic
+from diffbench.folder_lock import busy_line, held, try_lock_folder, unlock_folder
 
 SETTINGS = "run.json"
 SUITE = "suite.json"
@@ -45,6 +47,10 @@ class ResumeError(ValueError):
 
 class FolderError(ValueError):
     """A folder the run must write into cannot be written (under a file, read-only, on /proc...)."""
+
+
+class NoFinishedCellError(FileNotFoundError):
+    """A run folder whose run stopped before its first cell finished: nothing to read yet."""
 
 
 class TableWriteError(RuntimeError):
@@ -121,6 +127,8 @@ class RunFolder:
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.bins: dict[str, list[dict[str, Any]]] = {}
         self.predictions: dict[str, pd.DataFrame] = {}
+        self.rebuilt = False  # read_table rebuilt the tables from cells/ (kept in memory where not written back)
+        self.problems: list[str] = []  # lines a reader said about damaged files it read around
 
     # settings ---------------------------------------------------------------------------
     def holds_run(self) -> bool:
@@ -139,6 +147,7 @@ class RunFolder:
     def start(self, settings: dict[str, Any], resume: bool, log=print) -> None:
         """Record the settings of a new run, or check that a resumed run's match; load finished cells."""
         settings = json.loads(json.dumps(settings, default=str))
+        self.take_lock()
         if resume:
             old = self.settings()
             if old is None:
@@ -148,6 +157,7 @@ class RunFolder:
                     f"cannot resume '{self.path}': its settings differ ({describe_differences(old, settings)}); "
                     "resume with the same settings, or start a new run with another --out"
                 )
+            self.remove_leftovers()
             self.load(log)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -155,12 +165,25 @@ class RunFolder:
                 text = json.dumps(data, indent=2)
                 replace_atomically(self.path / name, lambda tmp, text=text: Path(tmp).write_text(text))
 
+    def take_lock(self) -> None:
+        """Hold the folder for this process (one writer at a time); ResumeError when another process writes it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not try_lock_folder(self.path):
+            raise ResumeError(busy_line(self.path))
+
+    def remove_leftovers(self) -> None:
+        """Delete the temporary files an atomic write killed half-way left (``*.tmp``): never a table."""
+        for folder in (self.path, self.cells_dir, self.parts_dir):
+            if folder.is_dir():
+                for tmp in folder.glob("*.tmp"):
+                    tmp.unlink(missing_ok=True)
+
     def check_writable(self) -> None:
         """FolderError (one line) unless this run's folder can be created and written."""
         check_writable_folder(self.path, "--out")
 
     # cells ------------------------------------------------------------------------------
-    def load(self, log=print) -> None:
+    def load(self, log=print, rename_damaged: bool = True) -> None:
         """Read every finished cell saved so far (a file is there only once complete).
 
         A cell whose files cannot be read (damaged after the run wrote them) is said in one
@@ -177,7 +200,7 @@ class RunFolder:
                 rows = pd.read_parquet(path).to_dict("records")
                 cell_bins = pd.read_parquet(bins).to_dict("records") if bins.is_file() else []
             except Exception as exc:  # pyarrow raises its own types for damaged files
-                for damaged in (path, bins):
+                for damaged in (path, bins) if rename_damaged else ():
                     if damaged.is_file():
                         damaged.replace(damaged.with_name(damaged.name + ".unreadable"))
                 log(f"cell {ident} in {self.cells_dir} is unreadable ({type(exc).__name__}: {exc}); it runs again")
@@ -192,7 +215,8 @@ class RunFolder:
                 try:
                     self.predictions[ident] = pd.read_parquet(predictions)
                 except Exception:  # predictions are a bonus: a damaged file loses the paired test, not the cell
-                    predictions.replace(predictions.with_name(predictions.name + ".unreadable"))
+                    if rename_damaged:
+                        predictions.replace(predictions.with_name(predictions.name + ".unreadable"))
 
     def finished(self) -> set[str]:
         """Ids of cells that finished with status ok (failed cells run again on resume)."""
@@ -287,32 +311,103 @@ class RunFolder:
 
     # reading a run back (report, plots, compare) ------------------------------------------
     def read_table(self, required_ok: tuple[str, ...] = results.REQUIRED_OK) -> pd.DataFrame:
-        """The saved results table; FileNotFoundError or TableError (one line) when it cannot be used.
+        """The results table, with every finished cell; FileNotFoundError or TableError (one line) when none.
 
-        A table whose cells finished must have the ``required_ok`` columns, numeric.
+        A table whose cells finished must have the ``required_ok`` columns, numeric. Where ``cells/``
+        holds a cell newer than the table or missing from it (a run killed between two rebuilds),
+        the tables are rebuilt from ``cells/``: written back when the folder is writable and no run
+        writes it, else kept in memory. NoFinishedCellError for a run stopped before its first cell.
         """
+        cells = self.cell_files()
+        if cells and self.table_lags(cells):
+            frame = self.rebuild_tables()
+            if not frame.empty:
+                return frame
+        path = self.path / results.TABLE
+        if not path.is_file() and self.holds_run() or path.is_file() and not cells and table_is_empty(path):
+            raise NoFinishedCellError(
+                f"'{self.path}' holds no finished cell yet (its run stopped before the first cell finished); "
+                f"finish it with `diffbench run --resume {self.path}`"
+            )
         return results.read_table(self.path, required_ok)
 
+    def cell_files(self) -> list[Path]:
+        """The finished cells' row files (not their bins, predictions or damaged files)."""
+        if not self.cells_dir.is_dir():
+            return []
+        found = self.cells_dir.glob("*.parquet")
+        return sorted(p for p in found if not p.name.endswith((".bins.parquet", ".predictions.parquet")))
+
+    def table_lags(self, cells: list[Path]) -> bool:
+        """Whether a cell file is newer than the results table, or missing from it (or the table is unreadable)."""
+        path = self.path / results.TABLE
+        try:
+            made = path.stat().st_mtime_ns
+            if any(cell.stat().st_mtime_ns > made for cell in cells):
+                return True
+            ids = set(pd.read_parquet(path, columns=["cell_id"])["cell_id"])
+        except Exception:  # no table, a damaged one, one without cell ids: the cells say what finished
+            return True
+        return not {cell.name[: -len(".parquet")] for cell in cells} <= ids
+
+    def rebuild_tables(self) -> pd.DataFrame:
+        """The tables from ``cells/`` (cells in the old table's order, then as they finished), read back as saved."""
+        self.rows, self.bins, self.predictions = {}, {}, {}
+        self.load(log=self.problems.append, rename_damaged=False)
+        order = sorted(self.rows, key=lambda i: min((r.get("started_at") or 0) for r in self.rows[i]) or 0)
+        try:
+            listed = list(dict.fromkeys(pd.read_parquet(self.path / results.TABLE, columns=["cell_id"])["cell_id"]))
+        except Exception:  # no old table, or a damaged one
+            listed = []
+        order = [i for i in listed if i in self.rows] + [i for i in order if i not in set(listed)]
+        self.rebuilt = True
+        locked_here = not held(self.path) and try_lock_folder(self.path)
+        try:
+            if held(self.path):
+                self._write_tables(order)
+                return results.read_table(self.path, ())
+        except OSError:  # a read-only folder, a full disk: the rebuilt table serves from memory
+            pass
+        finally:
+            if locked_here:
+                unlock_folder(self.path)
+        buffer = io.BytesIO()
+        storable(self.table(order))[0].to_parquet(buffer, index=False)
+        return pd.read_parquet(buffer)
+
     def read_suite(self) -> dict[str, Any] | None:
-        """The suite that ran; None for a folder that does not hold it."""
-        path = self.path / SUITE
-        return json.loads(path.read_text()) if path.is_file() else None
+        """The suite that ran; None for a folder that does not hold it (or holds it damaged: said in ``problems``)."""
+        return self.read_json(SUITE)
 
     def read_skipped(self) -> list[str] | None:
         """The lines that said why something was skipped; None for a folder that predates skip records."""
-        path = self.path / SKIPPED
-        if path.is_file():
-            return json.loads(path.read_text())
+        if (self.path / SKIPPED).is_file():
+            return self.read_json(SKIPPED)
         if (self.path / SETTINGS).is_file() and self.cells_dir.is_dir():
             return []  # a run that keeps skip records and skipped nothing
         return None
 
-    def read_predictions(self) -> pd.DataFrame:
-        """The per-sample predictions of every cell (empty for runs from before they were stored)."""
-        path = self.path / PREDICTIONS
+    def read_json(self, name: str) -> Any:
+        path = self.path / name
         if not path.is_file():
-            return pd.DataFrame(columns=["cell_id", "sample", "label", "pred", "test_digest"])
-        return pd.read_parquet(path)
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self.problems.append(f"'{path}' is unreadable ({type(exc).__name__}: {exc}); it is left out")
+            return None
+
+    def read_predictions(self) -> pd.DataFrame:
+        """The per-sample predictions of every cell (empty for runs from before they were stored, or damaged)."""
+        path = self.path / PREDICTIONS
+        if self.rebuilt and self.predictions:
+            return pd.concat(self.predictions.values(), ignore_index=True)
+        if path.is_file():
+            try:
+                return results.read_parquet_file(path)
+            except results.TableError as exc:
+                self.problems.append(f"{exc}; the paired tests are left out")
+        return pd.DataFrame(columns=["cell_id", "sample", "label", "pred", "test_digest"])
 
     def read_reliability_bins(self) -> pd.DataFrame | None:
         """Every cell's reliability bins; None when the run saved none."""
@@ -329,3 +424,11 @@ class RunFolder:
     def read_figure_table(self, name: str) -> pd.DataFrame | None:
         path = self.path / name
         return results.read_parquet_file(path) if path.is_file() else None
+
+
+def table_is_empty(path: Path) -> bool:
+    """Whether a results table holds no row (written by a run interrupted before its first cell)."""
+    try:
+        return pd.read_parquet(path).empty
+    except Exception:  # a damaged table is reported by the reader that needs it
+        return False
