@@ -34,11 +34,13 @@ import pandas as pd
 from diffbench import results
 from diffbench.atomic import replace_atomically, write_atomic
 from diffbench.folder_lock import busy_line, held, try_lock_folder, unlock_folder
+from diffbench.table_lag import cell_files, rebuilt_order, table_is_empty, table_lags
 
 SETTINGS = "run.json"
 SUITE = "suite.json"
 SKIPPED = "skipped.json"
 PREDICTIONS = "predictions.parquet"
+CELL_SIDE_FILES = (".bins.parquet", ".predictions.parquet")  # beside each cell's rows in cells/
 
 
 class ResumeError(ValueError):
@@ -173,10 +175,8 @@ class RunFolder:
 
     def remove_leftovers(self) -> None:
         """Delete the temporary files an atomic write killed half-way left (``*.tmp``): never a table."""
-        for folder in (self.path, self.cells_dir, self.parts_dir):
-            if folder.is_dir():
-                for tmp in folder.glob("*.tmp"):
-                    tmp.unlink(missing_ok=True)
+        for tmp in [*self.path.glob("*.tmp"), *self.cells_dir.glob("*.tmp"), *self.parts_dir.glob("*.tmp")]:
+            tmp.unlink(missing_ok=True)
 
     def check_writable(self) -> None:
         """FolderError (one line) unless this run's folder can be created and written."""
@@ -192,7 +192,7 @@ class RunFolder:
         if not self.cells_dir.is_dir():
             return
         for path in sorted(self.cells_dir.glob("*.parquet")):
-            if path.name.endswith((".bins.parquet", ".predictions.parquet")):
+            if path.name.endswith(CELL_SIDE_FILES):
                 continue
             ident = path.name[: -len(".parquet")]
             bins = self.cells_dir / f"{ident}.bins.parquet"
@@ -318,52 +318,28 @@ class RunFolder:
         the tables are rebuilt from ``cells/``: written back when the folder is writable and no run
         writes it, else kept in memory. NoFinishedCellError for a run stopped before its first cell.
         """
-        cells = self.cell_files()
-        if cells and self.table_lags(cells):
+        cells = cell_files(self.cells_dir, CELL_SIDE_FILES)
+        if cells and table_lags(self.path / results.TABLE, cells):
             frame = self.rebuild_tables()
             if not frame.empty:
                 return frame
         path = self.path / results.TABLE
-        if not path.is_file() and self.holds_run() or path.is_file() and not cells and table_is_empty(path):
+        if (not path.is_file() and self.holds_run()) or (path.is_file() and not cells and table_is_empty(path)):
             raise NoFinishedCellError(
                 f"'{self.path}' holds no finished cell yet (its run stopped before the first cell finished); "
                 f"finish it with `diffbench run --resume {self.path}`"
             )
         return results.read_table(self.path, required_ok)
 
-    def cell_files(self) -> list[Path]:
-        """The finished cells' row files (not their bins, predictions or damaged files)."""
-        if not self.cells_dir.is_dir():
-            return []
-        found = self.cells_dir.glob("*.parquet")
-        return sorted(p for p in found if not p.name.endswith((".bins.parquet", ".predictions.parquet")))
-
-    def table_lags(self, cells: list[Path]) -> bool:
-        """Whether a cell file is newer than the results table, or missing from it (or the table is unreadable)."""
-        path = self.path / results.TABLE
-        try:
-            made = path.stat().st_mtime_ns
-            if any(cell.stat().st_mtime_ns > made for cell in cells):
-                return True
-            ids = set(pd.read_parquet(path, columns=["cell_id"])["cell_id"])
-        except Exception:  # no table, a damaged one, one without cell ids: the cells say what finished
-            return True
-        return not {cell.name[: -len(".parquet")] for cell in cells} <= ids
-
     def rebuild_tables(self) -> pd.DataFrame:
         """The tables from ``cells/`` (cells in the old table's order, then as they finished), read back as saved."""
         self.rows, self.bins, self.predictions = {}, {}, {}
         self.load(log=self.problems.append, rename_damaged=False)
-        order = sorted(self.rows, key=lambda i: min((r.get("started_at") or 0) for r in self.rows[i]) or 0)
+        order = rebuilt_order(self.path / results.TABLE, self.rows)
+        self.rebuilt, locked_here = True, False
         try:
-            listed = list(dict.fromkeys(pd.read_parquet(self.path / results.TABLE, columns=["cell_id"])["cell_id"]))
-        except Exception:  # no old table, or a damaged one
-            listed = []
-        order = [i for i in listed if i in self.rows] + [i for i in order if i not in set(listed)]
-        self.rebuilt = True
-        locked_here = not held(self.path) and try_lock_folder(self.path)
-        try:
-            if held(self.path):
+            locked_here = not held(self.path) and try_lock_folder(self.path)
+            if held(self.path):  # no other process writes the folder
                 self._write_tables(order)
                 return results.read_table(self.path, ())
         except OSError:  # a read-only folder, a full disk: the rebuilt table serves from memory
@@ -424,11 +400,3 @@ class RunFolder:
     def read_figure_table(self, name: str) -> pd.DataFrame | None:
         path = self.path / name
         return results.read_parquet_file(path) if path.is_file() else None
-
-
-def table_is_empty(path: Path) -> bool:
-    """Whether a results table holds no row (written by a run interrupted before its first cell)."""
-    try:
-        return pd.read_parquet(path).empty
-    except Exception:  # a damaged table is reported by the reader that needs it
-        return False
