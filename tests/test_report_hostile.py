@@ -1,15 +1,21 @@
 """The report, plots and readers of a run folder with hostile text or damaged files: no traceback, no silent loss."""
 
+import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffbench import plots, report
+from diffbench.plot_style import literal
+from diffbench.report_format import script_json
 from diffbench.rundir import ResumeError, RunFolder
 from tests.test_report import REFERENCE, table_json
 
@@ -181,3 +187,15 @@ def test_a_second_writer_is_refused_in_one_line_and_readers_are_not(tmp_path):
     RunFolder(folder.path).start({"suite": {"trials": [1, 2, 3]}}, resume=True)
     assert not list(folder.path.rglob("*.tmp"))
     assert len(RunFolder(folder.path).read_table()) == 1
+
+
+@pytest.mark.filterwarnings("ignore:Glyph .* missing from font")
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]) | st.sampled_from("$<>&\\{}!-")))
+def test_any_text_embeds_as_inert_json_and_draws_literally(text):
+    embedded = script_json({"label": text})
+    assert not set("<>&\u2028\u2029") & set(embedded) and json.loads(embedded) == {"label": text}
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.set_title(literal(text))
+    fig.canvas.draw()  # matplotlib's math-text parser would raise on an unescaped `$\\foo{$`
+    plt.close(fig)
