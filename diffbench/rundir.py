@@ -12,7 +12,9 @@ Layout of ``DIR``:
 - ``results.parquet``/``results.csv``, ``predictions.parquet`` and the figure tables: rebuilt
   from the above, atomically, at most every few seconds while cells finish (the runner's
   ``TABLES_EVERY_S``, 5 s), always at the end of a run and on any exception; a run killed at any
-  point leaves a readable table, and ``--resume`` rebuilds it from the cells' own files.
+  point leaves a readable table, and ``--resume`` rebuilds it from the cells' own files; a reader
+  whose table lags ``cells/`` rebuilds it too (``table_lag``). One process writes a folder at a time
+  (``folder_lock``: ``start`` takes an OS-level lock, held until the process ends).
 
 The folder's file names are known here alone: the report, the plots, the paired tests and the
 throughput table read a run back through ``RunFolder``'s readers (``read_table``, ``read_suite``,
