@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffbench import plots, report
+from diffbench.folder_lock import unlock_folder
 from diffbench.plot_style import literal
 from diffbench.report_format import script_json
 from diffbench.rundir import ResumeError, RunFolder
@@ -199,3 +200,31 @@ def test_any_text_embeds_as_inert_json_and_draws_literally(text):
     ax.set_title(literal(text))
     fig.canvas.draw()  # matplotlib's math-text parser would raise on an unescaped `$\\foo{$`
     plt.close(fig)
+
+
+def test_a_lagging_table_a_live_run_writes_is_rebuilt_in_memory_only(tmp_path):
+    folder = started(tmp_path / "run")
+    folder.save_cell("c1", [ok_row("c1", 1)], [])
+    folder.write_tables(["c1"])
+    folder.save_cell("c2", [ok_row("c2", 2)], [], predictions={"sample": [0], "label": [1], "pred": [1]})
+    unlock_folder(folder.path)  # this process stops writing; another one starts
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(folder.path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        reader = RunFolder(folder.path)
+        assert list(reader.read_table()["cell_id"]) == ["c1", "c2"]
+        assert list(reader.read_predictions()["cell_id"]) == ["c2"]
+        assert list(pd.read_parquet(folder.path / "results.parquet")["cell_id"]) == ["c1"]  # the writer's to write
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+LOCKER = """
+import sys, time
+from diffbench.folder_lock import try_lock_folder
+print(try_lock_folder(sys.argv[1]), flush=True)
+time.sleep(60)
+"""
