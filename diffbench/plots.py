@@ -17,7 +17,7 @@ import pandas as pd
 import seaborn as sns
 
 from diffbench import part_plots, results, standings, table_plots
-from diffbench.plot_style import PALETTE, PANEL
+from diffbench.plot_style import PALETTE, PANEL, literal, literal_text
 from diffbench.rundir import RunFolder
 
 
@@ -86,12 +86,14 @@ def plot_run(run_dir: Path, out: Path | None = None) -> list[Path]:
     """Draw every plot of a run folder from its saved tables (into ``out``, default the folder); returns the PNGs."""
     folder = RunFolder(run_dir)
     out = Path(out) if out is not None else folder.path
-    frame = results.with_variant_labels(folder.read_table(results.PLOTTED))
+    frame = literal_text(results.with_variant_labels(folder.read_table(results.PLOTTED)))
     every = frame[frame["status"] == "ok"]
     if every.empty:
         return []
     ok = results.offline(every)
-    bins, points, regions = folder.read_reliability_bins(), folder.read_samples(), folder.read_regions()
+    bins, points, regions = (
+        literal_text(t) for t in (folder.read_reliability_bins(), folder.read_samples(), folder.read_regions())
+    )
     drawings: list[tuple[Plot, Callable[[], plt.Figure | None]]] = [  # each drawn and saved in turn
         (ACCURACY_VS_NFE, lambda: table_plots.accuracy_vs_nfe(ok) if not ok.empty else None),
         (THROUGHPUT, lambda: table_plots.throughput(every)),
@@ -119,11 +121,11 @@ def runs_side_by_side(runs: list[tuple[str, pd.DataFrame]]) -> bytes | None:
 
     ``runs``: each run's name and results table. None when no run has a finished cell.
     """
-    offline = [standings.offline_ok(frame).assign(run=name) for name, frame in runs]
+    offline = [literal_text(standings.offline_ok(frame)).assign(run=literal(name)) for name, frame in runs]
     if all(f.empty for f in offline):
         return None
     frame = pd.concat([f for f in offline if not f.empty], ignore_index=True)
-    names = [name for name, _ in runs]
+    names = [literal(name) for name, _ in runs]
     keys = list(frame.groupby(PANEL, sort=False).groups)
     labels = list(dict.fromkeys(frame["estimator_label"]))
     colors = dict(zip(labels, sns.color_palette(PALETTE, len(labels)), strict=True))

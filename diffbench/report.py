@@ -16,6 +16,8 @@ This module lays out the page; the runs are read in ``report_runs``, values writ
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,14 +45,21 @@ from diffbench.report_table import table_section
 
 ASSETS = Path(__file__).parent / "assets"
 REPORT = "report.html"
-# the page may load nothing from anywhere: images only from data: URLs, style and script only inline
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+# the page may load nothing from anywhere: images only from data: URLs, style only inline, and only the page's own
+# script runs (named by its hash), so markup that slipped into the page can never run code
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src '{script_hash}'"
 QUESTION = "Which estimator gives the best accuracy for the compute, on this model and this hardware?"
+
+
+def script_hash(script: str) -> str:
+    """The content security policy's name for an inline script: ``sha256-`` and its digest in base64."""
+    return "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
 
 
 def page(title: str, nav: list[tuple[str, str]], body: str) -> str:
     css = (ASSETS / "report.css").read_text()
     script = (ASSETS / "report.js").read_text()
+    policy = CSP.format(script_hash=script_hash(script))
     links = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in nav)
     made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
@@ -58,7 +67,7 @@ def page(title: str, nav: list[tuple[str, str]], body: str) -> str:
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="{CSP}">
+<meta http-equiv="Content-Security-Policy" content="{policy}">
 <title>{esc(title)}</title>
 <style>{css}</style>
 </head>
@@ -164,5 +173,10 @@ def build_report(run_dirs: list[Path], draw: bool = True) -> str:
 def write_report(run_dirs: list[Path], out: Path, draw: bool = True) -> Path:
     """Write the report atomically to ``out``."""
     text = build_report([Path(p) for p in run_dirs], draw)
-    replace_atomically(Path(out), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    try:
+        replace_atomically(Path(out), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    except OSError as exc:  # a read-only folder, a missing one, a full disk
+        raise ReportError(
+            f"cannot write the report '{out}' ({exc.strerror or exc}); give --out a file you can write"
+        ) from None
     return Path(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 from datetime import UTC, datetime
 
@@ -44,6 +45,17 @@ def json_value(value: object) -> object:
     if isinstance(value, np.floating):
         return None if np.isnan(value) else float(value)
     return value if isinstance(value, (int, float, str)) else str(value)
+
+
+#: What JSON inside a <script> element must not hold as it is: markup (``</script>``, ``<!--``) and the two line
+#: separators older script parsers end a line at. Each is written as a JSON escape, which reads back the same.
+SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(data: object) -> str:
+    """``data`` as JSON safe to embed in a ``<script type="application/json">`` element, whatever its strings hold."""
+    text = json.dumps(data, allow_nan=False, separators=(",", ":"))
+    return "".join(SCRIPT_UNSAFE.get(ch, ch) for ch in text)
 
 
 def esc(value: object) -> str:

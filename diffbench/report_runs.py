@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from diffbench.results import TableError
 from diffbench.rundir import RunFolder
 
 
@@ -24,6 +25,7 @@ class Run:
     predictions: pd.DataFrame
     suite: dict | None
     skipped: list[str] | None  # None: the folder predates skip records
+    problems: list[str] = field(default_factory=list)  # damaged files read around, said on the page
 
 
 def load_run(path: Path, name: str) -> Run:
@@ -31,9 +33,10 @@ def load_run(path: Path, name: str) -> Run:
     folder = RunFolder(path)
     try:
         frame = folder.read_table()
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, TableError) as exc:
         raise ReportError(str(exc)) from None
-    return Run(folder.path, name, frame, folder.read_predictions(), folder.read_suite(), folder.read_skipped())
+    predictions, suite, skipped = folder.read_predictions(), folder.read_suite(), folder.read_skipped()
+    return Run(folder.path, name, frame, predictions, suite, skipped, folder.problems)
 
 
 def run_names(paths: list[Path]) -> list[str]:

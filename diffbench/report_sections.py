@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from diffbench import plots, rundir, standings
+from diffbench import plots, results, rundir, standings
 from diffbench.report_format import esc, format_value, html_table, p_text, trials_text, verdict_tag
 from diffbench.report_runs import Run
 
@@ -159,7 +159,10 @@ def plots_in(folder: Path) -> list[tuple[str, str, bytes]]:
 
 
 def figures_section(run: Run, draw: bool = True) -> str:
-    figures = run_figures(run, draw)
+    try:
+        figures = run_figures(run, draw)
+    except (results.TableError, OSError) as exc:  # damaged figure data: the page without the figures, saying why
+        return f"<p>No figure: they could not be drawn ({esc(exc)}).</p>"
     if not figures:
         return (
             "<p>No figure: no cell finished, or the run was made with --no-plots "
@@ -237,4 +240,5 @@ def run_intro(run: Run) -> str:
         if not run.predictions.empty
         else "no per-sample predictions (unpaired tests)"
     )
-    return f"<p class='meta'>{esc(' · '.join(parts))} · {esc(paired_note)}</p>"
+    problems = "".join(f"<p class='small'><b>Left out:</b> {esc(line)}</p>" for line in run.problems)
+    return f"<p class='meta'>{esc(' · '.join(parts))} · {esc(paired_note)}</p>{problems}"

@@ -5,12 +5,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from diffbench.columns import HELP, KEY_COLUMNS
-from diffbench.report_format import esc, format_value, json_value
+from diffbench.report_format import esc, format_value, json_value, script_json
 
 
 def constant_columns(frame: pd.DataFrame) -> dict[str, object]:
@@ -43,7 +41,7 @@ def table_data(frame: pd.DataFrame) -> dict:
 
 
 def table_section(frame: pd.DataFrame) -> str:
-    data = json.dumps(table_data(frame), allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
+    data = script_json(table_data(frame))
     return f"""
 <div class="controls">
   <input type="search" id="table-search" placeholder="search every shown column" aria-label="search the table">

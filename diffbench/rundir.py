@@ -12,7 +12,9 @@ Layout of ``DIR``:
 - ``results.parquet``/``results.csv``, ``predictions.parquet`` and the figure tables: rebuilt
   from the above, atomically, at most every few seconds while cells finish (the runner's
   ``TABLES_EVERY_S``, 5 s), always at the end of a run and on any exception; a run killed at any
-  point leaves a readable table, and ``--resume`` rebuilds it from the cells' own files.
+  point leaves a readable table, and ``--resume`` rebuilds it from the cells' own files; a reader
+  whose table lags ``cells/`` rebuilds it too (``table_lag``). One process writes a folder at a time
+  (``folder_lock``: ``start`` takes an OS-level lock, held until the process ends).
 
 The folder's file names are known here alone: the report, the plots, the paired tests and the
 throughput table read a run back through ``RunFolder``'s readers (``read_table``, ``read_suite``,
@@ -22,6 +24,7 @@ throughput table read a run back through ``RunFolder``'s readers (``read_table``
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from collections.abc import Callable
@@ -32,11 +35,14 @@ import pandas as pd
 
 from diffbench import results
 from diffbench.atomic import replace_atomically, write_atomic
+from diffbench.folder_lock import busy_line, held, try_lock_folder, unlock_folder
+from diffbench.table_lag import cell_files, rebuilt_order, table_is_empty, table_lags
 
 SETTINGS = "run.json"
 SUITE = "suite.json"
 SKIPPED = "skipped.json"
 PREDICTIONS = "predictions.parquet"
+CELL_SIDE_FILES = (".bins.parquet", ".predictions.parquet")  # beside each cell's rows in cells/
 
 
 class ResumeError(ValueError):
@@ -45,6 +51,10 @@ class ResumeError(ValueError):
 
 class FolderError(ValueError):
     """A folder the run must write into cannot be written (under a file, read-only, on /proc...)."""
+
+
+class NoFinishedCellError(FileNotFoundError):
+    """A run folder whose run stopped before its first cell finished: nothing to read yet."""
 
 
 class TableWriteError(RuntimeError):
@@ -121,6 +131,8 @@ class RunFolder:
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.bins: dict[str, list[dict[str, Any]]] = {}
         self.predictions: dict[str, pd.DataFrame] = {}
+        self.rebuilt = False  # read_table rebuilt the tables from cells/ (kept in memory where not written back)
+        self.problems: list[str] = []  # lines a reader said about damaged files it read around
 
     # settings ---------------------------------------------------------------------------
     def holds_run(self) -> bool:
@@ -139,6 +151,7 @@ class RunFolder:
     def start(self, settings: dict[str, Any], resume: bool, log=print) -> None:
         """Record the settings of a new run, or check that a resumed run's match; load finished cells."""
         settings = json.loads(json.dumps(settings, default=str))
+        self.take_lock()
         if resume:
             old = self.settings()
             if old is None:
@@ -148,6 +161,7 @@ class RunFolder:
                     f"cannot resume '{self.path}': its settings differ ({describe_differences(old, settings)}); "
                     "resume with the same settings, or start a new run with another --out"
                 )
+            self.remove_leftovers()
             self.load(log)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -155,12 +169,23 @@ class RunFolder:
                 text = json.dumps(data, indent=2)
                 replace_atomically(self.path / name, lambda tmp, text=text: Path(tmp).write_text(text))
 
+    def take_lock(self) -> None:
+        """Hold the folder for this process (one writer at a time); ResumeError when another process writes it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not try_lock_folder(self.path):
+            raise ResumeError(busy_line(self.path))
+
+    def remove_leftovers(self) -> None:
+        """Delete the temporary files an atomic write killed half-way left (``*.tmp``): never a table."""
+        for tmp in [*self.path.glob("*.tmp"), *self.cells_dir.glob("*.tmp"), *self.parts_dir.glob("*.tmp")]:
+            tmp.unlink(missing_ok=True)
+
     def check_writable(self) -> None:
         """FolderError (one line) unless this run's folder can be created and written."""
         check_writable_folder(self.path, "--out")
 
     # cells ------------------------------------------------------------------------------
-    def load(self, log=print) -> None:
+    def load(self, log=print, rename_damaged: bool = True) -> None:
         """Read every finished cell saved so far (a file is there only once complete).
 
         A cell whose files cannot be read (damaged after the run wrote them) is said in one
@@ -169,7 +194,7 @@ class RunFolder:
         if not self.cells_dir.is_dir():
             return
         for path in sorted(self.cells_dir.glob("*.parquet")):
-            if path.name.endswith((".bins.parquet", ".predictions.parquet")):
+            if path.name.endswith(CELL_SIDE_FILES):
                 continue
             ident = path.name[: -len(".parquet")]
             bins = self.cells_dir / f"{ident}.bins.parquet"
@@ -177,7 +202,7 @@ class RunFolder:
                 rows = pd.read_parquet(path).to_dict("records")
                 cell_bins = pd.read_parquet(bins).to_dict("records") if bins.is_file() else []
             except Exception as exc:  # pyarrow raises its own types for damaged files
-                for damaged in (path, bins):
+                for damaged in (path, bins) if rename_damaged else ():
                     if damaged.is_file():
                         damaged.replace(damaged.with_name(damaged.name + ".unreadable"))
                 log(f"cell {ident} in {self.cells_dir} is unreadable ({type(exc).__name__}: {exc}); it runs again")
@@ -192,7 +217,8 @@ class RunFolder:
                 try:
                     self.predictions[ident] = pd.read_parquet(predictions)
                 except Exception:  # predictions are a bonus: a damaged file loses the paired test, not the cell
-                    predictions.replace(predictions.with_name(predictions.name + ".unreadable"))
+                    if rename_damaged:
+                        predictions.replace(predictions.with_name(predictions.name + ".unreadable"))
 
     def finished(self) -> set[str]:
         """Ids of cells that finished with status ok (failed cells run again on resume)."""
@@ -287,32 +313,79 @@ class RunFolder:
 
     # reading a run back (report, plots, compare) ------------------------------------------
     def read_table(self, required_ok: tuple[str, ...] = results.REQUIRED_OK) -> pd.DataFrame:
-        """The saved results table; FileNotFoundError or TableError (one line) when it cannot be used.
+        """The results table, with every finished cell; FileNotFoundError or TableError (one line) when none.
 
-        A table whose cells finished must have the ``required_ok`` columns, numeric.
+        A table whose cells finished must have the ``required_ok`` columns, numeric. Where ``cells/``
+        holds a cell newer than the table or missing from it (a run killed between two rebuilds),
+        the tables are rebuilt from ``cells/``: written back when the folder is writable and no run
+        writes it, else kept in memory. NoFinishedCellError for a run stopped before its first cell.
         """
+        cells = cell_files(self.cells_dir, CELL_SIDE_FILES)
+        if cells and table_lags(self.path / results.TABLE, cells):
+            frame = self.rebuild_tables()
+            if not frame.empty:
+                return frame
+        path = self.path / results.TABLE
+        if (not path.is_file() and self.holds_run()) or (path.is_file() and not cells and table_is_empty(path)):
+            raise NoFinishedCellError(
+                f"'{self.path}' holds no finished cell yet (its run stopped before the first cell finished); "
+                f"finish it with `diffbench run --resume {self.path}`"
+            )
         return results.read_table(self.path, required_ok)
 
+    def rebuild_tables(self) -> pd.DataFrame:
+        """The tables from ``cells/`` (cells in the old table's order, then as they finished), read back as saved."""
+        self.rows, self.bins, self.predictions = {}, {}, {}
+        self.load(log=self.problems.append, rename_damaged=False)
+        order = rebuilt_order(self.path / results.TABLE, self.rows)
+        self.rebuilt, locked_here = True, False
+        try:
+            locked_here = not held(self.path) and try_lock_folder(self.path)
+            if held(self.path):  # no other process writes the folder
+                self._write_tables(order)
+                return results.read_table(self.path, ())
+        except OSError:  # a read-only folder, a full disk: the rebuilt table serves from memory
+            pass
+        finally:
+            if locked_here:
+                unlock_folder(self.path)
+        buffer = io.BytesIO()
+        storable(self.table(order))[0].to_parquet(buffer, index=False)
+        return pd.read_parquet(buffer)
+
     def read_suite(self) -> dict[str, Any] | None:
-        """The suite that ran; None for a folder that does not hold it."""
-        path = self.path / SUITE
-        return json.loads(path.read_text()) if path.is_file() else None
+        """The suite that ran; None for a folder that does not hold it (or holds it damaged: said in ``problems``)."""
+        return self.read_json(SUITE)
 
     def read_skipped(self) -> list[str] | None:
         """The lines that said why something was skipped; None for a folder that predates skip records."""
-        path = self.path / SKIPPED
-        if path.is_file():
-            return json.loads(path.read_text())
+        if (self.path / SKIPPED).is_file():
+            return self.read_json(SKIPPED)
         if (self.path / SETTINGS).is_file() and self.cells_dir.is_dir():
             return []  # a run that keeps skip records and skipped nothing
         return None
 
-    def read_predictions(self) -> pd.DataFrame:
-        """The per-sample predictions of every cell (empty for runs from before they were stored)."""
-        path = self.path / PREDICTIONS
+    def read_json(self, name: str) -> Any:
+        path = self.path / name
         if not path.is_file():
-            return pd.DataFrame(columns=["cell_id", "sample", "label", "pred", "test_digest"])
-        return pd.read_parquet(path)
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self.problems.append(f"'{path}' is unreadable ({type(exc).__name__}: {exc}); it is left out")
+            return None
+
+    def read_predictions(self) -> pd.DataFrame:
+        """The per-sample predictions of every cell (empty for runs from before they were stored, or damaged)."""
+        path = self.path / PREDICTIONS
+        if self.rebuilt and self.predictions:
+            return pd.concat(self.predictions.values(), ignore_index=True)
+        if path.is_file():
+            try:
+                return results.read_parquet_file(path)
+            except results.TableError as exc:
+                self.problems.append(f"{exc}; the paired tests are left out")
+        return pd.DataFrame(columns=["cell_id", "sample", "label", "pred", "test_digest"])
 
     def read_reliability_bins(self) -> pd.DataFrame | None:
         """Every cell's reliability bins; None when the run saved none."""

@@ -176,3 +176,28 @@ def test_the_comparison_page_of_two_runs_loads_clean(browser, tmp_path):
         assert sizes and all(w > 100 for w in sizes)
     finally:
         page.context.close()
+
+
+HOSTILE_LABELS = ["<!--<script>", "</script><script>window.pwned=1</script>", "$\\foo{$ & <b>x</b>"]
+
+
+def test_hostile_labels_render_literally_and_an_injected_script_never_runs(browser, tmp_path):
+    folder = Path(shutil.copytree(REFERENCE, tmp_path / "hostile", ignore=shutil.ignore_patterns("*.html")))
+    frame = pd.read_parquet(folder / "results.parquet")
+    names = list(frame["estimator_label"].unique())
+    labels = {old: f"{HOSTILE_LABELS[i % len(HOSTILE_LABELS)]} {i}" for i, old in enumerate(names)}
+    frame["estimator_label"] = frame["estimator_label"].map(labels)
+    frame.to_parquet(folder / "results.parquet", index=False)
+    path = report.write_report([folder], folder / "report.html")
+    # an escaping slip anywhere in the page: the content security policy must still keep it from running
+    text = path.read_text().replace("</main>", "<script>window.injected = 1</script></main>")
+    path.write_text(text)
+    page = Page(browser, path)
+    try:
+        assert len(page.rows()) == len(frame)  # the page's own script ran and the table is whole
+        assert set(page.column("estimator_label")) == set(labels.values())  # literally, markup and all
+        assert page.page.evaluate("[window.pwned, window.injected]") == [None, None]
+        assert page.page.locator("#provenance").count() == 1 and page.page.locator("#failures").count() == 1
+        assert page.network() == []
+    finally:
+        page.context.close()
