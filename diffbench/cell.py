@@ -68,15 +68,6 @@ class Cell:
         """The id of the trained model this cell classifies with."""
         return key_id(self.labels(), GROUP_KEY)
 
-    def group_labels(self) -> dict[str, str]:
-        """What the figure tables of this cell's model are keyed by."""
-        return {
-            "dataset": self.dataset.name,
-            "denoiser": self.denoiser.name,
-            "dataset_label": repr(self.dataset),
-            "denoiser_label": repr(self.denoiser),
-        }
-
     def describe(self) -> str:
         """How a log line names this cell."""
         return f"{self.estimator!r} at {self.trials} trials on {self.device}"
