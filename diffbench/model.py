@@ -82,7 +82,11 @@ class ConditionalModel:
         self.betas = schedule.betas.to(self.device, dtype)
         self.alphas_cumprod = schedule.alphas_cumprod.to(self.device, dtype)
         self.max_batch = max_batch
-        self.nfe = 0
+        self.nfe = 0  # rows asked for since the last reset_nfe(): the NFE an estimator needs live
+        self.nfe_before_reset = 0  # what reset_nfe() took away, so that nfe_total() never goes back
+        self.evaluated = 0  # rows the module really ran (below nfe where the error bank answered)
+        self.replay = None  # a diffbench.draws.Replay: the design draws of the estimator call now running (bank mode)
+        self.bank = None  # a diffbench.bank.BankScorer: where class_errors looks errors up (bank mode)
         self._sqrt_tables: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         # A pretrained module may predict v or x0 (or add a variance half): `_forward` converts it to epsilon.
         self.prediction_type = prediction_type
@@ -159,6 +163,7 @@ class ConditionalModel:
         """Predicted noise for rows ``x_t [N,*shape]`` at timesteps ``t [N]`` for classes ``c [N]``."""
         n = self._check_rows(x_t, t, c)
         self.nfe += n
+        self.evaluated += n
         if n <= self.max_batch:
             return self._forward(x_t, t, c)
         out = None
@@ -192,6 +197,7 @@ class ConditionalModel:
             )
         loss = squared_error if loss is None else loss
         self.nfe += n
+        self.evaluated += n
         size = math.prod(self.data_shape)
         if n <= self.max_batch:
             with torch.inference_mode():
@@ -216,10 +222,35 @@ class ConditionalModel:
                 _row_mean(elementwise, out=outs[i])
         return out
 
+    def eps_losses(
+        self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, target: torch.Tensor, losses: tuple[Loss, ...]
+    ) -> torch.Tensor:
+        """Per-row errors ``[N, L]`` under each of ``losses`` from one prediction per row (``eps_error``'s rows).
+
+        The same module calls and NFE as ``eps``; each chunk of predictions is reduced as soon as it is made.
+        """
+        n = self._check_rows(x_t, t, c)
+        self.nfe += n
+        self.evaluated += n
+        size = math.prod(self.data_shape)
+        out = torch.empty((n, len(losses)), device=self.device, dtype=self.dtype)
+        for start in range(0, n, self.max_batch):
+            stop = min(n, start + self.max_batch)
+            with torch.inference_mode():
+                predicted = self._forward(x_t[start:stop], t[start:stop], c[start:stop])
+                for i, loss in enumerate(losses):
+                    out[start:stop, i] = _row_mean(loss(predicted, target[start:stop]).reshape(stop - start, size))
+        return out
+
     def reset_nfe(self) -> int:
         """Return the NFE count so far and set it back to zero."""
         count, self.nfe = self.nfe, 0
+        self.nfe_before_reset += count
         return count
+
+    def nfe_total(self) -> int:
+        """Every row asked for since the model was made (``reset_nfe`` does not take it back)."""
+        return self.nfe_before_reset + self.nfe
 
 
 @torch.inference_mode()

@@ -28,6 +28,7 @@ __all__ = [
     "class_errors",
     "draw_noise",
     "draw_timesteps",
+    "draw_uniform",
     "li_timesteps",
     "pointwise_loss",
     "stratified_unit",
@@ -85,19 +86,66 @@ def stratified_unit(
     return (torch.arange(trials, device=device, dtype=torch.float64) + offsets) / trials
 
 
-def draw_timesteps(
+def _replay(model: ConditionalModel, rows: int):
+    """The design draws of the estimator call now running, when this request is for its batch (bank mode)."""
+    replay = getattr(model, "replay", None)
+    return replay if replay is not None and replay.covers(rows) else None
+
+
+def draw_uniform(
     model: ConditionalModel, rows: int, trials: int, generator: torch.Generator, stratify: bool = False
 ) -> torch.Tensor:
-    """Uniform timesteps ``t [rows, trials]`` over [0, T): i.i.d., or one per stratum of ``stratified_unit``."""
+    """Uniforms ``u [rows, trials]`` in [0, 1), float64: i.i.d., or one per stratum (``stratified_unit``)."""
+    replay = _replay(model, rows)
+    if replay is not None:
+        slots = replay.strata_slots(trials) if stratify else replay.next_slots(trials)
+        return replay.uniform_at(slots)
+    if stratify:
+        return stratified_unit(rows, trials, generator, model.device)
+    return torch.rand((rows, trials), generator=generator, device=model.device, dtype=torch.float64)
+
+
+def draw_timesteps(
+    model: ConditionalModel,
+    rows: int,
+    trials: int,
+    generator: torch.Generator,
+    stratify: bool = False,
+    low: int = 0,
+    high: int | None = None,
+) -> torch.Tensor:
+    """Uniform timesteps ``t [rows, trials]`` over [low, high) (default [0, T)): i.i.d., or one per stratum.
+
+    In bank mode (``diffbench.draws``) an i.i.d. draw takes the design's next slots whose timestep falls in
+    the window, so every window draws from the same slots; a stratified one maps its uniforms onto the window.
+    """
     T = model.num_timesteps
+    high = T if high is None else high
+    if not 0 <= low < high <= T:
+        raise ValueError(f"draw_timesteps needs 0 <= low < high <= T = {T}, got low={low}, high={high}")
+    replay = _replay(model, rows)
+    if replay is not None and not stratify:
+        slots = replay.slots_where(trials, lambda u: _in_window((u * T).floor(), low, high))
+        return (replay.uniform_at(slots) * T).floor().long().clamp_(max=T - 1)
     if not stratify:
-        return torch.randint(0, T, (rows, trials), generator=generator, device=model.device)
-    u = stratified_unit(rows, trials, generator, model.device)
-    return (u * T).floor().long().clamp_(max=T - 1)
+        return torch.randint(low, high, (rows, trials), generator=generator, device=model.device)
+    u = draw_uniform(model, rows, trials, generator, stratify=True)
+    return low + (u * (high - low)).floor().long().clamp_(max=high - low - 1)
+
+
+def _in_window(t: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    return (t >= low) & (t < high)
 
 
 def draw_noise(model: ConditionalModel, dims: tuple[int, ...] | torch.Size, generator: torch.Generator) -> torch.Tensor:
-    """Standard normal noise ``[*dims, *model.data_shape]`` on the model's device in its dtype."""
+    """Standard normal noise ``[*dims, *model.data_shape]`` on the model's device in its dtype.
+
+    In bank mode, the design's noise: of the slots whose timesteps or uniforms were just drawn when their
+    count matches ``dims`` (a trial's t and eps from one slot), else of the next slots.
+    """
+    replay = _replay(model, dims[0]) if len(dims) else None
+    if replay is not None:
+        return replay.noise(tuple(dims), model.data_shape, model.dtype)
     return torch.randn((*dims, *model.data_shape), generator=generator, device=model.device, dtype=model.dtype)
 
 
@@ -132,6 +180,12 @@ def class_errors(
     shape, fn = model.data_shape, pointwise_loss(loss)
     if classes is not None and t.dim() != 2:
         raise ValueError("class_errors: `classes` needs shared noise (t of shape [B, R])")
+    bank = getattr(model, "bank", None)
+    if bank is not None:  # bank mode: the same errors, looked up where any cell computed them before
+        errors = bank.class_errors(model, x, t, eps, loss, classes)
+        if weight is None:
+            return errors
+        return errors * (weight if t.dim() == 3 else weight.unsqueeze(2))
     if t.dim() == 3:
         x_t = model.q_sample(x[:, None, None], t, eps).reshape(-1, *shape)
         c_rows = _class_index(B * R, K, x.device)

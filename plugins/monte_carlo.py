@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 import diffbench
-from diffbench.montecarlo import LOSSES, class_errors, draw_noise
+from diffbench.montecarlo import LOSSES, class_errors, draw_noise, draw_timesteps
 
 
 class FullMC(diffbench.Estimator):
@@ -20,9 +20,9 @@ class FullMC(diffbench.Estimator):
     params = {"loss": diffbench.Choice(*LOSSES)}
 
     def errors(self, model, x, trials, generator):
-        dims = (x.shape[0], trials, model.num_classes)
-        t = torch.randint(0, model.num_timesteps, dims, generator=generator, device=model.device)
-        eps = draw_noise(model, dims, generator)
+        B, K = x.shape[0], model.num_classes
+        t = draw_timesteps(model, B, trials * K, generator).view(B, trials, K)
+        eps = draw_noise(model, (B, trials * K), generator).view(B, trials, K, *model.data_shape)
         return class_errors(model, x, t, eps, self.params["loss"]).mean(1)
 
 
@@ -33,7 +33,7 @@ class SharedNoise(diffbench.Estimator):
     params = {"loss": diffbench.Choice(*LOSSES)}
 
     def _timesteps(self, model, dims, generator) -> torch.Tensor:
-        return torch.randint(0, model.num_timesteps, dims, generator=generator, device=model.device)
+        return draw_timesteps(model, dims[0], dims[1], generator)
 
     def errors(self, model, x, trials, generator):
         dims = (x.shape[0], trials)
@@ -67,8 +67,7 @@ class Truncated(SharedNoise):
             raise diffbench.ParamError(
                 f"truncated t_max={t_max} is outside the model's timesteps [0, {model.num_timesteps}); lower t_max"
             )
-        low = self.params["t_min"]
-        return torch.randint(low, t_max + 1, dims, generator=generator, device=model.device)
+        return draw_timesteps(model, dims[0], dims[1], generator, low=self.params["t_min"], high=t_max + 1)
 
 
 @diffbench.hookimpl

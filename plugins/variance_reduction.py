@@ -23,8 +23,8 @@ from diffbench.montecarlo import (
     class_errors,
     draw_noise,
     draw_timesteps,
+    draw_uniform,
     li_timesteps,
-    stratified_unit,
 )
 
 STRATIFIED_MODES = ("random", "even")
@@ -150,7 +150,7 @@ class Importance(_Draws):
         width = edges[1:] - edges[:-1]  # [bins], each >= 1
         R = bins * p["fit_trials"]
         which = torch.arange(bins, device=model.device).repeat_interleave(p["fit_trials"])  # [R]
-        offsets = torch.rand((n, R), generator=generator, device=model.device, dtype=torch.float64)
+        offsets = draw_uniform(model, n, R, generator)
         t = edges[which] + (offsets * width[which]).floor().long()
         eps = draw_noise(model, (n, R), generator)
         err = class_errors(model, x, t, eps, p["loss"], p["weighting"]).double()  # [n, R, K]
@@ -175,10 +175,7 @@ class Importance(_Draws):
         q = q.to(model.device)
         cdf = q.cumsum(0)
         cdf = cdf / cdf[-1]
-        if self.params["stratify"]:
-            u = stratified_unit(B, trials, generator, model.device)
-        else:
-            u = torch.rand((B, trials), generator=generator, device=model.device, dtype=torch.float64)
+        u = draw_uniform(model, B, trials, generator, stratify=self.params["stratify"])
         t = torch.searchsorted(cdf, u, right=True).clamp_(max=q.numel() - 1)
         importance = (1 / (q.numel() * q[t])).to(model.dtype)
         return t, draw_noise(model, (B, trials), generator), importance

@@ -1,0 +1,215 @@
+"""The error bank: denoising errors computed once per run and model, and read by every cell that draws them.
+
+In ``--errors bank`` mode every error an estimator asks of ``diffbench.montecarlo.class_errors`` is looked up
+here first, by the exact content of what it is: the clean sample's bits, the timestep and the noise's
+bits (a 64-bit hash of the three, ``draw_key``), and the class. Only the missing (draw, class) pairs reach
+the network; the rest are read back. A hit is therefore the error of the same computation, never an
+approximation, whatever estimator, budget or variant drew it. Each entry holds every loss of
+``montecarlo.LOSSES`` from the same prediction, so a cell with another loss costs nothing new. Weights
+(``weighting``, importance weights) are applied after the lookup, as in live mode.
+
+The design of draws (``diffbench.draws``) makes cells draw the same (t, eps) for the same sample wherever
+their estimators allow it; this module only remembers. One ``ErrorBank`` per model and numerics (weights,
+schedule, prediction type, device, dtype, compile: ``bank_key``) lives in each process; with a cache
+folder its new entries are written as shards (``.npz``, no pickle) after every cell, and read back by a
+later run or another worker, so a killed run keeps what it computed.
+
+Cost: ``model.nfe`` still counts every row an estimator asked for (the NFE it needs live), while
+``model.evaluated`` counts the rows the network really ran; the cell's ``live_nfe`` and ``computed_nfe``
+columns are their totals over the quality passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from diffbench.atomic import replace_atomically
+from diffbench.draws import GOLDEN, mix64, row_hash
+from diffbench.model import ConditionalModel
+from diffbench.montecarlo import LOSSES, pointwise_loss
+
+MODES = ("bank", "live")
+SHARDS_BEFORE_MERGE = 64  # a bank folder with more shards is merged into one when opened
+
+
+def draw_key(sample_hashes: torch.Tensor, t: torch.Tensor, noise_hashes: torch.Tensor) -> torch.Tensor:
+    """int64 key of each (sample, timestep, noise) draw; all three int64 tensors of one shape."""
+    return mix64(mix64(sample_hashes + (t.long() + 1) * GOLDEN) ^ noise_hashes)
+
+
+class ErrorBank:
+    """Per-loss errors ``[K, L]`` of each draw, by draw key: NaN where a class was never evaluated."""
+
+    def __init__(self, num_classes: int, folder: Path | None = None) -> None:
+        self.num_classes, self.folder = num_classes, folder
+        self.index = pd.Index(np.empty(0, dtype=np.int64))
+        self.values = torch.full((1024, num_classes, len(LOSSES)), math.nan, dtype=torch.float64)
+        self.dirty: set[int] = set()  # rows changed since the last shard
+        self.written = 0
+        if folder is not None and folder.is_dir():
+            self.load()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def rows(self, keys: torch.Tensor) -> torch.Tensor:
+        """Row of each key (int64 ``[M]`` on the CPU), new keys added as rows of NaN."""
+        flat = keys.cpu().numpy()
+        found = self.index.get_indexer(flat)
+        new = found < 0
+        if new.any():
+            fresh = pd.unique(flat[new])
+            start = len(self.index)
+            self._grow(start + len(fresh))
+            self.index = self.index.append(pd.Index(fresh))
+            found[new] = start + pd.Index(fresh).get_indexer(flat[new])
+        return torch.from_numpy(found)
+
+    def _grow(self, size: int) -> None:
+        if size > self.values.shape[0]:
+            bigger = torch.full((max(size, 2 * self.values.shape[0]), *self.values.shape[1:]), math.nan)
+            bigger = bigger.to(self.values.dtype)
+            bigger[: self.values.shape[0]] = self.values
+            self.values = bigger
+
+    def store(self, rows: torch.Tensor, classes: torch.Tensor, losses: torch.Tensor) -> None:
+        """Write ``losses [n, L]`` for the (row, class) pairs ``rows [n]``, ``classes [n]``."""
+        self.values[rows, classes] = losses.detach().to("cpu", self.values.dtype)
+        self.dirty.update(rows.tolist())
+
+    def flush(self) -> None:
+        """Write the rows changed since the last shard into a new shard of ``folder`` (no-op without one)."""
+        if self.folder is None or not self.dirty:
+            return
+        rows = torch.tensor(sorted(self.dirty), dtype=torch.long)
+        keys, values = self.index.to_numpy()[rows.numpy()], self.values[rows].numpy()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{os.getpid()}-{self.written:05d}-{hashlib.sha1(keys.tobytes()).hexdigest()[:8]}.npz"
+        replace_atomically(self.folder / name, lambda tmp: _save(tmp, keys, values))
+        self.written += 1
+        self.dirty.clear()
+
+    def load(self) -> None:
+        """Read every shard of ``folder`` (later shards fill what earlier ones lack); merge many into one."""
+        shards = sorted(self.folder.glob("shard-*.npz"), key=lambda p: p.stat().st_mtime)
+        for shard in shards:
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    keys, values = data["keys"], data["values"]
+            except Exception:  # a torn or foreign file: its errors are simply computed again
+                continue
+            if values.ndim != 3 or values.shape[1:] != (self.num_classes, len(LOSSES)) or len(keys) != len(values):
+                continue
+            rows = self.rows(torch.from_numpy(keys.astype(np.int64)))
+            known = torch.from_numpy(values).to(self.values.dtype)
+            self.values[rows] = torch.where(known.isnan(), self.values[rows], known)
+        if len(shards) > SHARDS_BEFORE_MERGE:
+            self.dirty = set(range(len(self)))
+            self.flush()
+            for shard in shards:
+                shard.unlink(missing_ok=True)
+
+
+def _save(path: str, keys: np.ndarray, values: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, keys=keys, values=values)
+
+
+class BankScorer:
+    """What ``class_errors`` calls in bank mode (``model.bank``): errors looked up, the missing ones computed.
+
+    Counts the rows asked for (``requested``) and the rows evaluated (``computed``).
+    """
+
+    def __init__(self, bank: ErrorBank) -> None:
+        self.bank = bank
+        self.losses = tuple(pointwise_loss(name) for name in LOSSES)
+        self.requested = 0
+        self.computed = 0
+
+    def class_errors(
+        self,
+        model: ConditionalModel,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        eps: torch.Tensor,
+        loss: str,
+        classes: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Unweighted errors ``[B, R, K]`` as ``class_errors`` defines them (NaN outside ``classes``)."""
+        B, R, K = x.shape[0], t.shape[1], model.num_classes
+        shape, device = model.data_shape, x.device
+        replay = getattr(model, "replay", None)
+        hashes = replay.hashes if replay is not None and replay.rows == B else row_hash(x)
+        independent = t.dim() == 3
+        per_sample = R * K if independent else R
+        sample = torch.arange(B, device=device).repeat_interleave(per_sample)
+        t_m, eps_m = t.reshape(-1), eps.reshape(-1, *shape)
+        keys = draw_key(hashes[sample], t_m, row_hash(eps_m))
+        if independent:
+            own = torch.arange(K, device=device).repeat(B * R)
+            need = torch.nn.functional.one_hot(own, K).bool()
+        elif classes is not None:
+            need = classes.repeat_interleave(R, 0)
+        else:
+            need = torch.ones(B * R, K, dtype=torch.bool, device=device)
+        values = self._filled(model, x, sample, t_m, eps_m, keys, need)[..., LOSSES.index(loss)]
+        if independent:
+            return values[torch.arange(values.shape[0], device=device), own].view(B, R, K)
+        return values.masked_fill(~need, math.nan).view(B, R, K)
+
+    def _filled(self, model, x, sample, t_m, eps_m, keys, need) -> torch.Tensor:
+        """``[M, K, L]`` errors of the draws on the model's device: from the bank, the missing ones computed."""
+        rows = self.bank.rows(keys)
+        values = self.bank.values[rows].to(model.device)
+        missing = need & values[..., 0].isnan()
+        m, k = missing.nonzero(as_tuple=True)
+        if m.numel():
+            draws, at = m.unique(return_inverse=True)
+            x_t = model.q_sample(x.index_select(0, sample[draws]), t_m[draws], eps_m.index_select(0, draws))
+            fresh = model.eps_losses(x_t.index_select(0, at), t_m[m], k, eps_m.index_select(0, m), self.losses)
+            self.bank.store(rows[m.cpu()], k.cpu(), fresh)
+            values[m, k] = fresh.to(values.dtype)
+        asked = int(need.sum())
+        model.nfe += asked - m.numel()  # the model counted the evaluated rows; an estimator's NFE is every row asked
+        self.requested += asked
+        self.computed += m.numel()
+        return values.to(model.dtype)
+
+
+_OPEN: dict[str, ErrorBank] = {}  # this process's banks, by key
+
+
+def open_bank(key: str, num_classes: int, cache_dir: Path | None) -> ErrorBank:
+    """The process's bank for ``key`` (read from ``cache_dir/banks/key`` the first time, where there is one)."""
+    bank = _OPEN.get(key)
+    if bank is None:
+        folder = None if cache_dir is None else Path(cache_dir) / "banks" / key
+        bank = _OPEN[key] = ErrorBank(num_classes, folder)
+    return bank
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A hash of a module's parameters and buffers (names, shapes, dtypes and bits)."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(f"{name}|{list(tensor.shape)}|{tensor.dtype}".encode())
+        h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def bank_key(weights: str, model: ConditionalModel, numerics: str) -> str:
+    """The bank's content key: the weights, the schedule, the prediction type, the classes, the numerics."""
+    h = hashlib.sha256()
+    h.update(weights.encode())
+    h.update(model.alphas_cumprod.detach().to("cpu", torch.float64).numpy().tobytes())
+    h.update(f"{model.prediction_type}|{model.num_classes}|{list(model.data_shape)}|{numerics}".encode())
+    h.update(f"torch={torch.__version__}|losses={','.join(LOSSES)}".encode())
+    return h.hexdigest()[:20]
