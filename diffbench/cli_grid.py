@@ -20,6 +20,7 @@ from diffbench.schedule import SCHEDULES
 from diffbench.selectors import SelectorError, parse_int_list
 from diffbench.suite import (
     DEVICES,
+    ERROR_MODES,
     Suite,
     SuiteError,
     check_grid,
@@ -100,6 +101,12 @@ def measurement_options() -> list:
         click.option("--compile", "compiled", is_flag=True, default=None, help="Run the denoiser under torch.compile."),
         click.option("--scenario", "scenarios", metavar="LIST", help="offline, single or offline,single (default)."),
         click.option(
+            "--errors",
+            "errors",
+            type=click.Choice(ERROR_MODES),
+            help="bank: each denoising error computed once per model and shared by every cell; live: per cell.",
+        ),
+        click.option(
             "--max-time",
             "max_time_s",
             type=click.FloatRange(0, limits.MAX_TIME_S, min_open=True),
@@ -162,6 +169,7 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
             "compile": [True] if opts["compiled"] else None,
             "scenarios": split_list(opts["scenarios"]),
             "max_time_s": opts["max_time_s"],
+            "errors": opts.get("errors"),
         }
         suite = replace(suite, **{k: v for k, v in overrides.items() if v not in (None, [])})
         check_suite(suite, "the command line")

@@ -87,7 +87,7 @@ def row_hash(rows: torch.Tensor) -> torch.Tensor:
     size = words.shape[1]
     position = mix64(torch.arange(size, device=words.device, dtype=torch.int64) * GOLDEN + 7) | 1
     total = (words * position).sum(1) if size else torch.zeros(n, dtype=torch.int64, device=words.device)
-    return mix64(total + size * GOLDEN)
+    return mix64(total + _signed(size * GOLDEN))
 
 
 def stream_keys(sample_hashes: torch.Tensor, seed: int, stream: str) -> torch.Tensor:
@@ -106,7 +106,7 @@ def normals(keys: torch.Tensor, slots: torch.Tensor, shape: tuple[int, ...], dty
     size = math.prod(shape)
     B, S = slots.shape
     out = torch.empty((B, S, size), dtype=dtype, device=slots.device)
-    element = torch.arange(size, device=slots.device, dtype=torch.int64) * (2 * GOLDEN)
+    element = torch.arange(size, device=slots.device, dtype=torch.int64) * _signed(2 * GOLDEN)
     base = mix64(mix64(keys ^ _NOISE_TAG).unsqueeze(1) + slots * GOLDEN)  # [B, S]
     step = max(1, BLOCK_ELEMENTS // max(1, S * size))
     for start in range(0, B, step):

@@ -16,6 +16,7 @@ import torch
 
 from diffbench import columns, pretrained, subsets
 from diffbench.acceleration import unsupported
+from diffbench.bank import BankScorer, bank_key, open_bank, weights_digest
 from diffbench.batch_size import cached_batch_size
 from diffbench.contract import DataError, Estimator, PluginOutputError
 from diffbench.cuda_graphs import bare_runner, single_sample_runner
@@ -24,8 +25,8 @@ from diffbench.model import ConditionalModel
 from diffbench.plan import CellPlan
 from diffbench.preparation import Prepared, Trained, conditional_model, model_name
 from diffbench.provenance import device_name, provenance
-from diffbench.quality import CellData, quality
-from diffbench.timing import evenly_spaced, measure, measure_latency, timed_samples
+from diffbench.quality import CellData, quality, replaying
+from diffbench.timing import evenly_spaced, measure, measure_latency, timed, timed_samples
 
 
 class Unsupported(RuntimeError):
@@ -55,16 +56,20 @@ def fitted(estimator: Estimator, model: ConditionalModel, x: torch.Tensor, y: to
     return own
 
 
-def measured_rows(plan: CellPlan, model: ConditionalModel, data: CellData) -> tuple[list[dict], list[dict], dict]:
+def measured_rows(
+    plan: CellPlan, model: ConditionalModel, data: CellData, scorer: BankScorer | None = None
+) -> tuple[list[dict], list[dict], dict]:
     """One cell's measured columns (one dict per scenario of its plan), its reliability bins and its predictions.
 
     In order: ``fit`` (a copy of the estimator) on held-out data; the answers (``quality``: one
     seeded pass over the test set, a temperature fitted on the held-out data, independent repeats
-    on a subset); then the scenarios of the plan. Timed are: the seeded pass, as a whole (its
-    seconds choose how many samples a timed offline pass covers, and count as the first of the
-    warm-up); in ``offline`` the warm-up passes, the regions that choose how many passes a region
-    holds, and the repeats (estimator regions interleaved with the bare network's on the same
-    rows); in ``single`` every call after one untimed warm-up call, each followed by the bare
+    on a subset); then the scenarios of the plan. With a ``scorer`` (bank mode) fit and the answers
+    draw from the design of draws and read errors from the bank; the scenarios always run live.
+    Timed are: the seeded pass, as a whole (its seconds choose how many samples a timed offline pass
+    covers, and count as the first of the warm-up; in bank mode a live pass over an eighth of the
+    samples stands in for it); in ``offline`` the warm-up passes, the regions that choose how many
+    passes a region holds, and the repeats (estimator regions interleaved with the bare network's on
+    the same rows); in ``single`` every call after one untimed warm-up call, each followed by the bare
     network on its rows. Not timed: fit, the calibration pass and the noise repeats (a tuned batch
     size was timed before, by its own sweep of the bare module). NFE are read from the model's
     counter around each step.
@@ -72,19 +77,46 @@ def measured_rows(plan: CellPlan, model: ConditionalModel, data: CellData) -> tu
     cell = plan.cell
     reset_peak_memory(model.device)
     generator = torch.Generator(device=model.device).manual_seed(cell.seed)
+    design_seed = cell.seed if scorer is not None else None
     model.reset_nfe()
-    estimator = fitted(cell.estimator, model, data.heldout_x, data.heldout_y, generator)
-    fit_nfe = model.reset_nfe()
-    model.check_finite(f"while estimator '{cell.estimator.name}' fitted")
-    common, first_s, bins, predictions = quality(cell, estimator, model, data, generator)
+    asked, evaluated = model.nfe_total(), model.evaluated
+    model.bank = scorer
+    try:
+        with replaying(model, data.heldout_x, design_seed, "fit"):
+            estimator = fitted(cell.estimator, model, data.heldout_x, data.heldout_y, generator)
+        fit_nfe = model.reset_nfe()
+        model.check_finite(f"while estimator '{cell.estimator.name}' fitted")
+        common, first_s, bins, predictions = quality(cell, estimator, model, data, generator, design_seed)
+    finally:
+        model.bank = None
+        if scorer is not None:
+            scorer.bank.flush()
     common["fit_nfe_per_sample"] = fit_nfe / max(1, data.heldout_x.shape[0])
+    common.update(errors_columns(scorer, model.nfe_total() - asked, model.evaluated - evaluated))
     rows = []
     with torch.inference_mode():  # as a deployed classifier runs: no autograd bookkeeping in any timed call
+        if scorer is not None and "offline" in plan.scenarios:
+            first_s = live_pass_seconds(estimator, model, data.x, cell.trials, generator)
         if "offline" in plan.scenarios:
             rows.append(offline(plan, estimator, model, data.x, generator, common, first_s))
         if "single" in plan.scenarios:
             rows.append(single(plan, estimator, model, data.x, generator, common))
     return rows, bins, predictions
+
+
+def errors_columns(scorer: BankScorer | None, asked: int, evaluated: int) -> dict[str, Any]:
+    """Where a cell's quality errors came from, and the rows they asked for and really cost."""
+    replayed = scorer is not None and scorer.requested == asked and asked > 0
+    return {"errors_source": "bank" if replayed else "live", "live_nfe": asked, "computed_nfe": evaluated}
+
+
+def live_pass_seconds(estimator: Estimator, model: ConditionalModel, x: torch.Tensor, trials: int, generator) -> float:
+    """Seconds of one live pass over ``x``, from a timed call on an evenly spaced eighth of it (bank mode)."""
+    n = x.shape[0]
+    probe = x[evenly_spaced(n, max(1, n // 8)).to(x.device)]
+    seconds = timed(lambda: estimator.errors(model, probe, trials, generator), model.device)
+    model.reset_nfe()
+    return seconds * n / probe.shape[0]
 
 
 def offline(
@@ -169,6 +201,18 @@ def model_columns(plan: CellPlan, prepared: Prepared) -> dict[str, Any]:
     }
 
 
+def bank_scorer(plan: CellPlan, prepared: Prepared, model: ConditionalModel) -> BankScorer | None:
+    """The cell's way into its model's error bank (bank mode), or None (live mode)."""
+    if plan.errors != "bank":
+        return None
+    cell = plan.cell
+    weights = prepared.info.get("weights_digest") or weights_digest(prepared.module)
+    prepared.info["weights_digest"] = weights  # hashed once per model and process
+    numerics = f"{device_name(cell.device)}|{cell.dtype}|compile={cell.compile}"
+    key = bank_key(weights, model, numerics)
+    return BankScorer(open_bank(key, model.num_classes, plan.cache_dir))
+
+
 def failure(exc: BaseException) -> str:
     """A failure as the table's ``error`` column and log lines say it."""
     return str(exc) if isinstance(exc, (PluginOutputError, DataError)) else f"{type(exc).__name__}: {exc}"
@@ -233,7 +277,7 @@ def measure_cell(plan: CellPlan, trained: Trained) -> CellResult:
             prepared.heldout_x.to(model.device, model.dtype),
             prepared.heldout_y.to(model.device),
         )
-        measured, bins, predictions = measured_rows(plan, model, data)
+        measured, bins, predictions = measured_rows(plan, model, data, bank_scorer(plan, prepared, model))
         # the row's fingerprint of the test set (hashed once per model): paired tests match runs on it
         predictions["test_digest"] = prepared.info.get("test_digest") or subsets.digest(splits.test_x, splits.test_y)
         setup = prepared.pretrained

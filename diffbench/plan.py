@@ -64,6 +64,7 @@ class CellPlan:
     max_time_s: float  # seconds of timed repeats per scenario before the stopping rule gives up
     cache_dir: Path | None = None  # where tuned batch sizes are cached
     run: dict[str, str] = field(default_factory=dict)  # provenance.run_info() of the process that started the run
+    errors: str = "live"  # where the quality passes' errors come from: "bank" (diffbench.bank) or "live"
 
     @property
     def id(self) -> str:
@@ -119,6 +120,7 @@ def plan_cells(
             suite.max_time_s,
             cache_dir,
             dict(run),
+            suite.errors,
         )
         for cell in grid
     ]

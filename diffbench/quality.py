@@ -8,7 +8,8 @@ test samples (gap variance, flip rate and the spread of NFE).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from diffbench import batching, metrics
 from diffbench.cell import Cell
 from diffbench.contract import Estimator, PluginOutputError, check_errors
+from diffbench.draws import Replay
 from diffbench.model import ConditionalModel
 from diffbench.summary import median_iqr
 from diffbench.timing import timed
@@ -24,7 +26,7 @@ from diffbench.timing import timed
 GAP_SAMPLES = 128  # test samples behind gap_variance
 GAP_REPEATS = 4  # independent repeats behind gap_variance
 
-Classify = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Classify = Callable[..., torch.Tensor]  # classify(inputs, generator, stream="test") -> errors [N, K]
 
 
 @dataclass
@@ -37,21 +39,41 @@ class CellData:
     heldout_y: torch.Tensor
 
 
-def classifier(cell: Cell, estimator: Estimator, model: ConditionalModel) -> tuple[Classify, int]:
-    """The estimator's checked errors over any number of samples (streamed in fixed batches), and that batch."""
+def classifier(
+    cell: Cell, estimator: Estimator, model: ConditionalModel, design_seed: int | None = None
+) -> tuple[Classify, int]:
+    """The estimator's checked errors over any number of samples (streamed in fixed batches), and that batch.
+
+    ``classify(inputs, generator, stream)``: with a ``design_seed`` (bank mode) each call draws from the
+    design of draws (``diffbench.draws``) of its samples on ``stream``, one stream per pass.
+    """
     name, trials, k = cell.estimator.name, cell.trials, model.num_classes
 
-    def one_call(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        errors = estimator.errors(model, inputs, trials, generator)
+    def one_call(inputs: torch.Tensor, generator: torch.Generator, stream: str) -> torch.Tensor:
+        with replaying(model, inputs, design_seed, stream):
+            errors = estimator.errors(model, inputs, trials, generator)
         model.check_finite(f"during a pass of estimator '{name}'")  # blame the module, not the estimator
         return check_errors(errors, inputs.shape[0], k, name)
 
     per_call = batching.samples_per_call(trials, k, model.data_shape)  # the same batches on every device
 
-    def classify(inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return batching.in_batches(lambda part: one_call(part, generator), inputs, per_call)
+    def classify(inputs: torch.Tensor, generator: torch.Generator, stream: str = "test") -> torch.Tensor:
+        return batching.in_batches(lambda part: one_call(part, generator, stream), inputs, per_call)
 
     return classify, per_call
+
+
+@contextmanager
+def replaying(model: ConditionalModel, inputs: torch.Tensor, design_seed: int | None, stream: str) -> Iterator[None]:
+    """Draws from the design for ``inputs`` on ``stream`` inside the block (nothing without a design seed)."""
+    if design_seed is None:
+        yield
+        return
+    model.replay = Replay(inputs, design_seed, stream)
+    try:
+        yield
+    finally:
+        model.replay = None
 
 
 def answer_noise(
@@ -62,23 +84,28 @@ def answer_noise(
     repeated, nfe = [], []
     for r in range(GAP_REPEATS):
         independent = torch.Generator(device=model.device).manual_seed(cell.seed + 1 + r)
-        repeated.append(classify(x[subset], independent).cpu())
+        repeated.append(classify(x[subset], independent, f"repeat-{r + 1}").cpu())
         nfe.append(model.reset_nfe() / x[subset].shape[0])
     stacked = torch.stack(repeated)
     return metrics.gap_variance(stacked, y[subset]), metrics.flip_rate(stacked.argmin(2)), nfe
 
 
 def quality(
-    cell: Cell, estimator: Estimator, model: ConditionalModel, data: CellData, generator: torch.Generator
+    cell: Cell,
+    estimator: Estimator,
+    model: ConditionalModel,
+    data: CellData,
+    generator: torch.Generator,
+    design_seed: int | None = None,
 ) -> tuple[dict[str, Any], float, list[dict], dict[str, Any]]:
-    """Accuracy, calibration and noise of a fitted estimator.
+    """Accuracy, calibration and noise of a fitted estimator (draws from the design given a ``design_seed``).
 
     Returns its columns, the first pass's seconds, the reliability bins and the seeded pass's
     per-sample labels and predictions (what paired comparisons need).
     """
     x, y = data.x, data.y
     n = x.shape[0]
-    classify, per_call = classifier(cell, estimator, model)
+    classify, per_call = classifier(cell, estimator, model, design_seed)
     errors: list[torch.Tensor] = []
     first_s = timed(lambda: errors.append(classify(x, generator)), model.device)
     pass_nfe = [model.reset_nfe() / n]
@@ -94,7 +121,9 @@ def quality(
     low, high = metrics.wilson_interval(correct, n)
     temperature = 1.0
     if data.heldout_x.shape[0] >= 2:
-        temperature = metrics.fit_temperature(classify(data.heldout_x, generator).cpu(), data.heldout_y.cpu())
+        temperature = metrics.fit_temperature(
+            classify(data.heldout_x, generator, "calibration").cpu(), data.heldout_y.cpu()
+        )
     model.check_values = False  # fit and the full passes above checked the outputs' values; the rest repeats them
     model.reset_nfe()
     gap_var, flips, repeat_nfe = answer_noise(cell, classify, model, x, y_cpu)

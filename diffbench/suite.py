@@ -23,6 +23,9 @@ DEVICES = ("auto", "cpu", "cuda")
 SCENARIOS = ("offline", "single")
 
 
+ERROR_MODES = ("bank", "live")
+
+
 class SuiteError(ValueError):
     """A suite file or a run's options are malformed."""
 
@@ -47,6 +50,9 @@ class Suite:
     scenarios: list[str] = field(default_factory=lambda: ["offline", "single"])
     #: Seconds of timed repeats per cell and scenario before the stopping rule gives up on a small spread.
     max_time_s: float = 10.0
+    #: Where the quality passes' errors come from: "bank" (computed once per model and draw, shared by
+    #: every cell: diffbench.bank) or "live" (every cell evaluates its own draws).
+    errors: str = "live"
     #: Training overrides: TrainSettings keys for every denoiser, or a table per denoiser name.
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -174,6 +180,8 @@ def check_suite(suite: Suite, where: str = "suite") -> None:
             raise SuiteError(f"{where}: unknown dtype '{dtype}'; choose from {', '.join(DTYPES)}")
     if not all(isinstance(c, bool) for c in suite.compile):
         raise SuiteError(f"{where}: 'compile' must be true, false or a list of them, got {suite.compile!r}")
+    if suite.errors not in ERROR_MODES:
+        raise SuiteError(f"{where}: unknown errors mode {suite.errors!r}; choose from {', '.join(ERROR_MODES)}")
     for scenario in suite.scenarios:
         if scenario not in SCENARIOS:
             raise SuiteError(f"{where}: unknown scenario '{scenario}'; choose from {', '.join(SCENARIOS)}")
