@@ -22,6 +22,7 @@ columns are their totals over the quality passes.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from pathlib import Path
@@ -128,8 +129,8 @@ class BankScorer:
     Counts the rows asked for (``requested``) and the rows evaluated (``computed``).
     """
 
-    def __init__(self, bank: ErrorBank) -> None:
-        self.bank = bank
+    def __init__(self, bank: ErrorBank, key: str = "") -> None:
+        self.bank, self.key = bank, key
         self.losses = tuple(pointwise_loss(name) for name in LOSSES)
         self.requested = 0
         self.computed = 0
@@ -213,3 +214,41 @@ def bank_key(weights: str, model: ConditionalModel, numerics: str) -> str:
     h.update(f"{model.prediction_type}|{model.num_classes}|{list(model.data_shape)}|{numerics}".encode())
     h.update(f"torch={torch.__version__}|losses={','.join(LOSSES)}".encode())
     return h.hexdigest()[:20]
+
+
+ACCOUNT_FILE = "errors.json"
+ACCOUNT_KEY = ("dataset_label", "denoiser_label", "seed", "device", "dtype", "compile")
+
+
+def accounting(frame: pd.DataFrame) -> list[dict]:
+    """Per model and numerics: the errors mode, its bank, and the quality passes' rows asked for and really run.
+
+    ``live_nfe`` is what the same cells evaluate with ``--errors live``; ``computed_nfe`` what this run
+    evaluated. One row per cell is counted (a cell's scenarios share its quality passes).
+    """
+    if frame.empty or "live_nfe" not in frame:
+        return []
+    cells = frame[frame["status"] == "ok"].drop_duplicates("cell_id")
+    cells = cells[cells["live_nfe"].notna()]
+    out = []
+    for key, part in cells.groupby([k for k in ACCOUNT_KEY if k in cells], sort=False, dropna=False):
+        live, computed = int(part["live_nfe"].sum()), int(part["computed_nfe"].sum())
+        sources = sorted(set(part["errors_source"].dropna()))
+        banks = sorted(set(part.get("errors_bank", pd.Series(dtype=str)).dropna()) - {""})
+        entry = dict(zip([k for k in ACCOUNT_KEY if k in cells], key, strict=True))
+        entry.update(errors_source=sources, banks=banks, cells=len(part), live_nfe=live, computed_nfe=computed)
+        entry["computed_share"] = computed / live if live else None
+        out.append({k: (v.item() if hasattr(v, "item") else v) for k, v in entry.items()})
+    return out
+
+
+def write_accounting(frame: pd.DataFrame, folder: Path) -> str | None:
+    """Write ``errors.json`` into the run folder; the summary line to print (None without quality rows)."""
+    models = accounting(frame)
+    if not models:
+        return None
+    replace_atomically(Path(folder) / ACCOUNT_FILE, lambda tmp: Path(tmp).write_text(json.dumps(models, indent=2)))
+    live = sum(m["live_nfe"] for m in models)
+    computed = sum(m["computed_nfe"] for m in models)
+    share = f" ({computed / live:.0%})" if live else ""
+    return f"errors: {computed:,} denoiser rows computed for {live:,} asked by the quality passes{share}"

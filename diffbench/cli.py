@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 import pandas as pd
 
-from diffbench import limits, plugins, pretrained, provenance, results
+from diffbench import bank, limits, plugins, pretrained, provenance, results
 from diffbench.atomic import replace_atomically
 from diffbench.cell import Cell
 from diffbench.checkpoints import CheckpointError, non_finite_weights, read_state_dict
@@ -234,6 +234,7 @@ def finish_run(frame: pd.DataFrame, out: Path, plots: bool, report: bool) -> Non
     """After the grid: the plots and report, the summary table, and exit 1 when no cell ran or any cell failed."""
     if frame.empty:
         raise click.ClickException("no cell ran: every dataset x denoiser pair was skipped (see above)")
+    errors_line = bank.write_accounting(frame, out)
     if plots:
         from diffbench import plots as plotting
 
@@ -242,6 +243,8 @@ def finish_run(frame: pd.DataFrame, out: Path, plots: bool, report: bool) -> Non
     if report:
         write_run_report(out)
     click.echo(results.summary(frame))
+    if errors_line:
+        click.echo(f"\n{errors_line}")
     click.echo(f"\nresults: {out / results.TABLE} (and {results.CSV})")
     failed = frame[frame["status"] != "ok"].drop_duplicates("cell_id")
     if not failed.empty:

@@ -107,7 +107,12 @@ def measured_rows(
 def errors_columns(scorer: BankScorer | None, asked: int, evaluated: int) -> dict[str, Any]:
     """Where a cell's quality errors came from, and the rows they asked for and really cost."""
     replayed = scorer is not None and scorer.requested == asked and asked > 0
-    return {"errors_source": "bank" if replayed else "live", "live_nfe": asked, "computed_nfe": evaluated}
+    return {
+        "errors_source": "bank" if replayed else "live",
+        "errors_bank": scorer.key if scorer is not None else "",
+        "live_nfe": asked,
+        "computed_nfe": evaluated,
+    }
 
 
 def live_pass_seconds(estimator: Estimator, model: ConditionalModel, x: torch.Tensor, trials: int, generator) -> float:
@@ -210,7 +215,7 @@ def bank_scorer(plan: CellPlan, prepared: Prepared, model: ConditionalModel) -> 
     prepared.info["weights_digest"] = weights  # hashed once per model and process
     numerics = f"{device_name(cell.device)}|{cell.dtype}|compile={cell.compile}"
     key = bank_key(weights, model, numerics)
-    return BankScorer(open_bank(key, model.num_classes, plan.cache_dir))
+    return BankScorer(open_bank(key, model.num_classes, plan.cache_dir), key)
 
 
 def failure(exc: BaseException) -> str:
