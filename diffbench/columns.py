@@ -121,6 +121,7 @@ QUALITY = (
     ),
     _c("fit_nfe_per_sample", "float", "denoiser rows per held-out sample spent in fit", "NFE"),
     _c("errors_source", "str", "bank: the quality passes' errors came from the error bank; live: computed by the cell"),
+    _c("quality_s", "float", "seconds of the cell's fit and quality passes (not timed scenarios)", "s"),
     _c("errors_bank", "str", "the error bank's content key (bank mode; its shards: <cache>/banks/<key>)"),
     _c("live_nfe", "int", "denoiser rows the quality passes asked for (fit, accuracy, calibration, repeats)", "NFE"),
     _c("computed_nfe", "int", "rows the denoiser really ran for this cell (the rest came from the bank)", "NFE"),

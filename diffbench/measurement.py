@@ -79,7 +79,7 @@ def measured_rows(
     generator = torch.Generator(device=model.device).manual_seed(cell.seed)
     design_seed = cell.seed if scorer is not None else None
     model.reset_nfe()
-    asked, evaluated = model.nfe_total(), model.evaluated
+    asked, evaluated, started = model.nfe_total(), model.evaluated, time.perf_counter()
     model.bank = scorer
     try:
         with replaying(model, data.heldout_x, design_seed, "fit"):
@@ -93,6 +93,7 @@ def measured_rows(
             scorer.bank.flush()
     common["fit_nfe_per_sample"] = fit_nfe / max(1, data.heldout_x.shape[0])
     common.update(errors_columns(scorer, model.nfe_total() - asked, model.evaluated - evaluated))
+    common["quality_s"] = time.perf_counter() - started
     rows = []
     with torch.inference_mode():  # as a deployed classifier runs: no autograd bookkeeping in any timed call
         if scorer is not None and "offline" in plan.scenarios:
