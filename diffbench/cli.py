@@ -162,7 +162,14 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
     except KeyboardInterrupt:
         log(f"interrupted: every finished cell is saved in {out}; finish the run with: diffbench run --resume {out}")
         sys.exit(130)
-    finish_run(frame, out, plots=not no_plots, report=not no_report)
+    try:
+        finish_run(frame, out, plots=not no_plots, report=not no_report)
+    except KeyboardInterrupt:  # the results are whole: only the plots, report or summary were cut short
+        log(
+            f"interrupted: every result is saved in {out / results.TABLE}; "
+            f"draw the plots and report again with: diffbench plot {out}; diffbench report {out}"
+        )
+        sys.exit(130)
 
 
 def check_executor_options(executor: str, workers: int | None, scheduler: str | None) -> None:
