@@ -34,8 +34,8 @@ class Toy2D(diffbench.Dataset):
         p = self.params
         if p["n_train"] < 2 or p["n_test"] < 2:
             raise diffbench.ParamError(f"{self.name} needs n_train and n_test of at least 2")
-        if p["noise"] < 0:
-            raise diffbench.ParamError(f"{self.name} needs noise >= 0")
+        if not 0 <= p["noise"] < math.inf:  # NaN too: it would reach the points
+            raise diffbench.ParamError(f"{self.name} needs a finite noise >= 0, got {p['noise']}")
         check_points_fit(self.name, p["n_train"], p["n_test"])
 
     def num_classes(self) -> int:
@@ -77,8 +77,8 @@ class Spirals(Toy2D):
 
     def validate(self) -> None:
         super().validate()
-        if self.params["turns"] <= 0:
-            raise diffbench.ParamError("spirals needs turns > 0")
+        if not 0 < self.params["turns"] < math.inf:
+            raise diffbench.ParamError(f"spirals needs a finite turns > 0, got {self.params['turns']}")
 
     def draw(self, n, generator):
         y = torch.arange(n) % 2
@@ -157,8 +157,8 @@ class GaussianMixture(Toy2D):
         p = self.params
         if p["n_train"] < 2 or p["n_test"] < 2:
             raise diffbench.ParamError("gaussian-mixture needs n_train and n_test of at least 2")
-        if p["k"] < 2 or p["radius"] <= 0 or p["std"] <= 0:
-            raise diffbench.ParamError("gaussian-mixture needs k >= 2, radius > 0 and std > 0")
+        if p["k"] < 2 or not (0 < p["radius"] < math.inf and 0 < p["std"] < math.inf):
+            raise diffbench.ParamError("gaussian-mixture needs k >= 2, and a finite radius > 0 and std > 0")
         if p["k"] > p["n_train"]:
             raise diffbench.ParamError(
                 f"gaussian-mixture needs k <= n_train (each class needs training points), got k={p['k']} "

@@ -1,6 +1,7 @@
 """Every built-in dataset and denoiser: shapes, determinism under a seed, a tiny training run, shape skips."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -181,3 +182,17 @@ def test_toy_sizes_that_cannot_fit_in_memory_are_refused_before_drawing(tmp_path
 def test_gaussian_mixture_needs_a_training_point_per_class():
     with pytest.raises(Exception, match=r"needs k <= n_train .* got k=100 and n_train=50"):
         plugins.get("dataset", "gaussian-mixture").cls(k=100, n_train=50)
+
+
+@pytest.mark.parametrize(
+    "name, params, named",
+    [
+        ("spirals", {"noise": math.nan}, "spirals needs a finite noise >= 0, got nan"),
+        ("moons", {"noise": math.inf}, "moons needs a finite noise >= 0, got inf"),
+        ("spirals", {"turns": math.nan}, "spirals needs a finite turns > 0, got nan"),
+        ("gaussian-mixture", {"std": math.nan}, "a finite radius > 0 and std > 0"),
+    ],
+)
+def test_toy_params_that_are_not_finite_are_refused_before_drawing(name, params, named):
+    with pytest.raises(Exception, match=re.escape(named)):
+        plugins.get("dataset", name).cls(**params)
