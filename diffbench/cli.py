@@ -162,7 +162,14 @@ def run(ctx, out, resume, no_cache, checkpoint, executor, workers, scheduler, no
     except KeyboardInterrupt:
         log(f"interrupted: every finished cell is saved in {out}; finish the run with: diffbench run --resume {out}")
         sys.exit(130)
-    finish_run(frame, out, plots=not no_plots, report=not no_report)
+    try:
+        finish_run(frame, out, plots=not no_plots, report=not no_report)
+    except KeyboardInterrupt:  # the results are whole: only the plots, report or summary were cut short
+        log(
+            f"interrupted: every result is saved in {out / results.TABLE}; "
+            f"draw the plots and report again with: diffbench plot {out}; diffbench report {out}"
+        )
+        sys.exit(130)
 
 
 def check_executor_options(executor: str, workers: int | None, scheduler: str | None) -> None:
@@ -324,6 +331,24 @@ def plot(run_dir: Path) -> None:
         raise click.ClickException(f"'{run_dir}' has no finished cell to plot")
 
 
+class FinitePercent(click.ParamType):
+    """A finite number >= 0: NaN would switch the regression gate off (every comparison false), inf never fires."""
+
+    name = "percent"
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number < 0:
+            self.fail(f"{value!r} must be a finite number >= 0 (a percentage)", param, ctx)
+        return number
+
+
+FINITE_PCT = FinitePercent()
+
+
 @main.command("compare")
 @click.argument("run_a", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("run_b", type=click.Path(path_type=Path, file_okay=False))
@@ -331,7 +356,7 @@ def plot(run_dir: Path) -> None:
 @click.option(
     "--fail-on-regression",
     "regression_pct",
-    type=click.FloatRange(min=0),
+    type=FINITE_PCT,
     metavar="PCT",
     help="Exit 1 if any cell got worse beyond noise by more than PCT: accuracy lower by more than PCT "
     "percentage points and significant at 95%, or samples/s (latency) worse by more than PCT percent "

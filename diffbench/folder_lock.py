@@ -1,7 +1,7 @@
 """One writer per run folder: an OS-level lock (released when its process dies, however it dies) and its pid.
 
-Only writers lock: ``diffbench run`` and ``--resume`` for the whole run, and a reader that writes a
-lagging table back (if no writer holds the folder; else it keeps the rebuilt table in memory).
+Only writers lock: ``diffbench run`` and ``--resume`` for the whole run (released when it ends), and a
+reader that writes a lagging table back (if no writer holds the folder; else it keeps the rebuilt table in memory).
 Readers (``report``, ``plot``, ``compare``) never wait on it.
 """
 
@@ -27,7 +27,9 @@ def busy_line(folder: Path) -> str:
 
 
 def try_lock_folder(folder: Path) -> bool:
-    """Take ``folder``'s lock without waiting; False when another process holds it. Held until this process exits."""
+    """Take ``folder``'s lock without waiting; False when another process holds it.
+
+    Held until ``unlock_folder`` (or until this process exits, however it dies)."""
     key = Path(folder).resolve()
     if key in HELD:
         return True
@@ -42,7 +44,8 @@ def try_lock_folder(folder: Path) -> bool:
 
 
 def unlock_folder(folder: Path) -> None:
-    """Let ``folder`` go (a reader that wrote a table back); nothing when this process does not hold it."""
+    """Let ``folder`` go (a run that ended, a reader that wrote a table back); nothing when this process does not
+    hold it."""
     lock = HELD.pop(Path(folder).resolve(), None)
     if lock is not None:
         (Path(folder) / PID).unlink(missing_ok=True)

@@ -5,6 +5,9 @@ inside a plugin's code the two look alike. ``watch_ctrl_c()`` installs a SIGINT 
 notes the keypress before raising; ``contained(fn, *args)`` then turns a KeyboardInterrupt with
 no keypress behind it, or a SystemExit, into ``PluginExit``: that task's failure, like any other
 exception, and the rest of the grid runs. The user's Ctrl-C still stops the run.
+
+``ctrl_c_deferred()`` holds a Ctrl-C back for the length of a block that must not be cut half-way
+(the final rebuild of a run's tables) and raises it once the block is done.
 """
 
 from __future__ import annotations
@@ -53,6 +56,32 @@ def watch_ctrl_c() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
         _state.watching, _state.pressed = False, False
+
+
+@contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Run the block to its end through any Ctrl-C pressed inside it, then raise KeyboardInterrupt.
+
+    A second Ctrl-C during the final rebuild of the tables would leave them lagging the cells;
+    held back, it stops the process the moment the tables are whole. Only in the main thread, and
+    only where SIGINT is handled in Python (an ignored SIGINT stays ignored).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # SIG_IGN, SIG_DFL or a handler set outside Python
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        _state.pressed = True
+        raise KeyboardInterrupt
 
 
 def user_pressed_ctrl_c() -> bool:

@@ -1,9 +1,11 @@
-"""Process memory: the CPU allocator's settings and the peak memory of a measured cell."""
+"""Process memory: the CPU allocator's settings, the peak memory of a measured cell, and the memory available
+(which datasets check before they generate or decode what could not fit)."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import resource
 import sys
 from pathlib import Path
@@ -76,3 +78,29 @@ def peak_memory_mb(device: torch.device) -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (psutil, else /proc/meminfo, else sysconf), or None where none says."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def gigabytes(n: int) -> str:
+    """``n`` bytes as a line says them: ``4.8e+02 GB``, ``1.2 GB``."""
+    return f"{n / 1e9:.3g} GB"

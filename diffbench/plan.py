@@ -13,6 +13,7 @@ from typing import Any
 
 from diffbench.cell import GROUP_KEY, Cell, key_id
 from diffbench.contract import Plugin
+from diffbench.resume_identity import Recorded
 from diffbench.suite import Suite
 from diffbench.training import TrainSettings
 
@@ -31,6 +32,7 @@ class ModelPlan:
     cache_dir: Path | None = None
     checkpoint: Path | None = None
     progress: bool = False  # draw a training progress bar (only where tasks run in this process)
+    recorded: Recorded | None = None  # on --resume, what its finished cells recorded of its data and module
 
     @property
     def group_id(self) -> str:

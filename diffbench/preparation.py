@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from diffbench import pretrained, subsets
+from diffbench import pretrained, resume_identity, subsets
 from diffbench.acceleration import accelerate
 from diffbench.checkpoints import load_checkpoint
 from diffbench.contract import DataError, Dataset, Plugin, Splits, check_log_posterior, check_splits
@@ -110,6 +110,7 @@ def prepare(plan: ModelPlan, log) -> Prepared | None:
     """Data and module of one model; None (with one line said) when the pair does not fit."""
     start = time.perf_counter()
     data = prepare_data(plan)
+    resume_identity.check(plan.recorded, data.columns)  # before training: a resumed run's data is the same
     shape = data.splits.data_shape
     if not plan.denoiser.supports(shape):
         log(
@@ -119,6 +120,7 @@ def prepare(plan: ModelPlan, log) -> Prepared | None:
         return None
     prepared = prepare_module(plan, data, bayes_accuracy(plan.dataset, data.splits), start, log)
     prepared.info.update(data.columns)
+    resume_identity.check(plan.recorded, prepared.pretrained.columns if prepared.pretrained else {})
     return prepared
 
 

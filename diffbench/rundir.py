@@ -14,7 +14,8 @@ Layout of ``DIR``:
   ``TABLES_EVERY_S``, 5 s), always at the end of a run and on any exception; a run killed at any
   point leaves a readable table, and ``--resume`` rebuilds it from the cells' own files; a reader
   whose table lags ``cells/`` rebuilds it too (``table_lag``). One process writes a folder at a time
-  (``folder_lock``: ``start`` takes an OS-level lock, held until the process ends).
+  (``folder_lock``: ``start`` takes an OS-level lock, ``release`` lets it go at the end of the run; it
+  goes with the process however that dies).
 
 The folder's file names are known here alone: the report, the plots, the paired tests and the
 throughput table read a run back through ``RunFolder``'s readers (``read_table``, ``read_suite``,
@@ -43,6 +44,7 @@ SUITE = "suite.json"
 SKIPPED = "skipped.json"
 PREDICTIONS = "predictions.parquet"
 CELL_SIDE_FILES = (".bins.parquet", ".predictions.parquet")  # beside each cell's rows in cells/
+WRITE_CHECK = ".diffbench-write-check-"  # the file check_writable_folder writes and deletes
 
 
 class ResumeError(ValueError):
@@ -71,7 +73,7 @@ def check_writable_folder(path: Path, what: str) -> None:
         raise FolderError(f"{what} '{path}' is a file, not a folder; give a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".diffbench-write-check-"):
+        with tempfile.NamedTemporaryFile(dir=path, prefix=WRITE_CHECK):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
@@ -175,10 +177,16 @@ class RunFolder:
         if not try_lock_folder(self.path):
             raise ResumeError(busy_line(self.path))
 
+    def release(self) -> None:
+        """Let the folder go at the end of a run: the next run or --resume of it, here or elsewhere, may write it."""
+        unlock_folder(self.path)
+
     def remove_leftovers(self) -> None:
-        """Delete the temporary files an atomic write killed half-way left (``*.tmp``): never a table."""
-        for tmp in [*self.path.glob("*.tmp"), *self.cells_dir.glob("*.tmp"), *self.parts_dir.glob("*.tmp")]:
-            tmp.unlink(missing_ok=True)
+        """Delete the temporary files a process killed half-way left: an atomic write's ``*.tmp``, the write
+        check's file; never a table."""
+        for folder in (self.path, self.cells_dir, self.parts_dir):
+            for tmp in [*folder.glob("*.tmp"), *folder.glob(f"{WRITE_CHECK}*")]:
+                tmp.unlink(missing_ok=True)
 
     def check_writable(self) -> None:
         """FolderError (one line) unless this run's folder can be created and written."""

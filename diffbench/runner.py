@@ -23,10 +23,11 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from diffbench import resume_identity
 from diffbench.cell import Cell, unique
 from diffbench.executor import Executor, Outcome, Result, Task
 from diffbench.figures import figures_data
-from diffbench.interrupts import watch_ctrl_c
+from diffbench.interrupts import ctrl_c_deferred, watch_ctrl_c
 from diffbench.measurement import CellResult, failed_result, failure, measure_cell
 from diffbench.memory import tune_cpu_allocator
 from diffbench.plan import CellPlan, ModelPlan, by_model, plan_cells, plan_models
@@ -168,14 +169,36 @@ def run(
     folder = RunFolder(out)
     log = folder.keeping_skips(log)  # skip reasons go into the folder too, for the report
     settings = {"suite": suite.to_dict(), "devices": sorted({c.device for c in grid}), "checkpoint": checkpoint}
-    folder.start(settings, resume, log)
-    log(f"running {len(grid)} cells on {', '.join(settings['devices'])}; results go to {out}")
-    tune_cpu_allocator()
-    order = [c.id for c in grid]
-    finished = folder.finished() & set(order)
-    if resume:
-        log(f"resuming {out}: {len(finished)} of {len(grid)} cells already finished")
-    plans = plan_cells(suite, grid, cache_dir, checkpoint, progress and executor.in_process, run_info())
+    try:
+        folder.start(settings, resume, log)
+        log(f"running {len(grid)} cells on {', '.join(settings['devices'])}; results go to {out}")
+        tune_cpu_allocator()
+        order = [c.id for c in grid]
+        finished = folder.finished() & set(order)
+        if resume:
+            log(f"resuming {out}: {len(finished)} of {len(grid)} cells already finished")
+        plans = plan_cells(suite, grid, cache_dir, checkpoint, progress and executor.in_process, run_info())
+        if resume:  # each model is checked against what its finished cells recorded, once prepared
+            plans = resume_identity.with_recorded(plans, out, folder.rows, finished)
+        return measure(folder, plans, finished, order, executor, progress, log)
+    finally:
+        folder.release()  # the next run or --resume of this folder, here or in another process, may write it
+
+
+def measure(
+    folder: RunFolder,
+    plans: list[CellPlan],
+    finished: set[str],
+    order: list[str],
+    executor: Executor,
+    progress: bool,
+    log: Log,
+) -> pd.DataFrame:
+    """Run the tasks of the cells not yet ``finished``, recording each outcome; returns the rebuilt table.
+
+    The last rebuild of the tables (at the end, or on Ctrl-C or any exception) runs to its end through a
+    further Ctrl-C, which is raised once the tables hold every finished cell.
+    """
     tasks = build_tasks(plans, finished)
     with CellProgress(tasks, progress, executor.in_process) as bar:
         recorder = Recorder(folder, order, bar.wrap(log))
@@ -185,9 +208,11 @@ def run(
                     recorder.record(outcome)
                     bar.done(outcome.task)
         except BaseException:  # Ctrl-C, a dying executor: the table holds every cell finished before it
-            recorder.write_tables()
+            with ctrl_c_deferred():
+                recorder.write_tables()
             raise
-    return folder.write_tables(order)
+    with ctrl_c_deferred():
+        return folder.write_tables(order)
 
 
 class CellProgress:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -26,7 +27,7 @@ from diffbench.checkpoints import (
     load_cached_checkpoint,
     save_cached_checkpoint,
 )
-from diffbench.contract import Dataset, Denoiser, Splits, check_module_output, short_repr
+from diffbench.contract import DataError, Dataset, Denoiser, Splits, check_module_output, short_repr
 from diffbench.schedule import NoiseSchedule, q_sample
 
 CACHE_FORMAT = 2  # bump when training code changes what a key's weights would be
@@ -142,13 +143,36 @@ def adam(module: torch.nn.Module, lr: float) -> torch.optim.Adam:
 
 
 def build_module(denoiser: Denoiser, splits: Splits, seed: int) -> torch.nn.Module:
-    """Build the denoiser's module with its initial weights drawn from ``seed``."""
+    """Build the denoiser's module with its initial weights drawn from ``seed``.
+
+    Params whose weights cannot be allocated (``mlp[width=1000000]``) are one line naming the denoiser.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = denoiser.build(splits.data_shape, splits.num_classes)
+        try:
+            module = denoiser.build(splits.data_shape, splits.num_classes)
+        except (MemoryError, RuntimeError) as exc:
+            if not out_of_memory(exc):
+                raise
+            raise DataError(
+                f"denoiser '{denoiser!r}' cannot be built: its weights need more memory than is available "
+                f"({allocation_asked(exc)}); give it smaller params"
+            ) from None
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"denoiser '{denoiser.name}' build() returned {type(module).__name__}, not a torch.nn.Module")
     return module
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception is an allocation that failed (CPU allocator, CUDA, or Python's own)."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def allocation_asked(exc: BaseException) -> str:
+    """'tried to allocate 4000 GB' out of an allocator's message, else its type."""
+    found = re.search(r"tried to allocate (\d+) bytes", str(exc))
+    return f"tried to allocate {int(found.group(1)) / 1e9:.3g} GB" if found else type(exc).__name__
 
 
 def load_or_train(

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import diffbench
+from diffbench.memory import available_memory, gigabytes
 
 #: The extensions torchvision's ImageFolder takes (``torchvision.datasets.folder.IMG_EXTENSIONS``).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -141,27 +142,6 @@ def decode_bytes(n: int, channels: int, size: int) -> int:
     return (4 + COPY_BYTES) * n * values + WORKING_BYTES * values
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available now (psutil, else /proc/meminfo, else sysconf), or None where none says."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo") as file:
-            for line in file:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_memory(dataset: str, n: int, channels: int, size: int, available: int | None = None) -> None:
     """DataError, in one line, when decoding ``n`` images at ``size`` cannot fit in the memory available.
 
@@ -176,7 +156,3 @@ def check_memory(dataset: str, n: int, channels: int, size: int, available: int 
         f"dataset '{dataset}': decoding {n} images at size={size} needs about {gigabytes(need)} of memory, more "
         f"than the {gigabytes(have)} available; {mend} (or fewer images: per_class=, n_test=, n_train=)"
     )
-
-
-def gigabytes(n: int) -> str:
-    return f"{n / 1e9:.3g} GB"

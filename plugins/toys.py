@@ -3,6 +3,10 @@
 Each draws its train and test points from one seeded generator; sizes, noise and the
 shape's own knobs are params. Points are scaled to roughly [-2, 2], where the DDPM
 schedule's noise levels span everything from fine detail to pure noise.
+
+``n_train`` and ``n_test`` have no fixed bound, but before anything is drawn the memory the points
+will hold is estimated and a size that cannot fit in the memory available now is refused in one
+line naming the params and the most that fits (``n_train=10**11`` would ask for terabytes).
 """
 
 from __future__ import annotations
@@ -12,6 +16,12 @@ import math
 import torch
 
 import diffbench
+from diffbench.memory import available_memory, gigabytes
+
+#: Bytes one point holds at the peak of drawing and preparing it: its float32 coordinates and int64 label, the
+#: temporaries ``draw`` makes (radii, angles, noise: about 45 bytes measured), and the copies the core makes
+#: when it cuts the test subset and holds out part of training.
+BYTES_PER_POINT = 96
 
 
 class Toy2D(diffbench.Dataset):
@@ -24,8 +34,9 @@ class Toy2D(diffbench.Dataset):
         p = self.params
         if p["n_train"] < 2 or p["n_test"] < 2:
             raise diffbench.ParamError(f"{self.name} needs n_train and n_test of at least 2")
-        if p["noise"] < 0:
-            raise diffbench.ParamError(f"{self.name} needs noise >= 0")
+        if not 0 <= p["noise"] < math.inf:  # NaN too: it would reach the points
+            raise diffbench.ParamError(f"{self.name} needs a finite noise >= 0, got {p['noise']}")
+        check_points_fit(self.name, p["n_train"], p["n_test"])
 
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -44,6 +55,19 @@ class Toy2D(diffbench.Dataset):
         return x + self.params["noise"] * torch.randn(x.shape, generator=generator)
 
 
+def check_points_fit(name: str, n_train: int, n_test: int, per_test_point: int = 0) -> None:
+    """ParamError, in one line, when ``n_train + n_test`` points (with ``per_test_point`` more bytes for each test
+    point) cannot fit in the memory available now."""
+    need, have = (n_train + n_test) * BYTES_PER_POINT + n_test * per_test_point, available_memory()
+    if have is None or need <= have:
+        return
+    most = have // (BYTES_PER_POINT + per_test_point)
+    raise diffbench.ParamError(
+        f"{name}: n_train={n_train} and n_test={n_test} need about {gigabytes(need)} of memory, more than the "
+        f"{gigabytes(have)} available; give n_train + n_test of at most {most}"
+    )
+
+
 class Spirals(Toy2D):
     """Two interlaced spirals, one per class."""
 
@@ -53,8 +77,8 @@ class Spirals(Toy2D):
 
     def validate(self) -> None:
         super().validate()
-        if self.params["turns"] <= 0:
-            raise diffbench.ParamError("spirals needs turns > 0")
+        if not 0 < self.params["turns"] < math.inf:
+            raise diffbench.ParamError(f"spirals needs a finite turns > 0, got {self.params['turns']}")
 
     def draw(self, n, generator):
         y = torch.arange(n) % 2
@@ -133,8 +157,15 @@ class GaussianMixture(Toy2D):
         p = self.params
         if p["n_train"] < 2 or p["n_test"] < 2:
             raise diffbench.ParamError("gaussian-mixture needs n_train and n_test of at least 2")
-        if p["k"] < 2 or p["radius"] <= 0 or p["std"] <= 0:
-            raise diffbench.ParamError("gaussian-mixture needs k >= 2, radius > 0 and std > 0")
+        if p["k"] < 2 or not (0 < p["radius"] < math.inf and 0 < p["std"] < math.inf):
+            raise diffbench.ParamError("gaussian-mixture needs k >= 2, and a finite radius > 0 and std > 0")
+        if p["k"] > p["n_train"]:
+            raise diffbench.ParamError(
+                f"gaussian-mixture needs k <= n_train (each class needs training points), got k={p['k']} "
+                f"and n_train={p['n_train']}"
+            )
+        # the Bayes posterior holds a distance per test point and class, in float64
+        check_points_fit(self.name, p["n_train"], p["n_test"], per_test_point=16 * p["k"])
 
     def num_classes(self) -> int:
         return self.params["k"]

@@ -1,6 +1,7 @@
 """Every built-in dataset and denoiser: shapes, determinism under a seed, a tiny training run, shape skips."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -155,3 +156,43 @@ def test_shape_mismatch_is_skipped_with_one_line(tmp_path):
 
     frame = pd.read_parquet(tmp_path / "run" / "results.parquet")
     assert list(frame["denoiser"]) == ["mlp", "mlp"] and list(frame["scenario"]) == ["offline", "single"]
+
+
+@pytest.mark.parametrize(
+    "selector, named",
+    [
+        ("spirals[n_train=100000000]", "spirals: n_train=100000000 and n_test=1000 need about 9.6 GB"),
+        ("moons[n_test=20000000]", "moons: n_train=4000 and n_test=20000000 need about 1.92 GB"),
+        ("gaussian-mixture[n_test=5000000]", "gaussian-mixture: n_train=4000 and n_test=5000000 need about 1.12 GB"),
+    ],
+)
+def test_toy_sizes_that_cannot_fit_in_memory_are_refused_before_drawing(tmp_path, selector, named, monkeypatch):
+    from diffbench_plugins import toys
+
+    monkeypatch.setattr(toys, "available_memory", lambda: 10**9)  # sizes that fit no machine need not be drawn
+    args = ["run", "-d", selector, "-m", "mlp[width=8,depth=1]", "--device", "cpu", "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and named in lines[0], lines
+    assert "more than the 1 GB available; give n_train + n_test of at most" in lines[0]
+    assert not (tmp_path / "r").exists(), "refused before anything ran"
+
+
+def test_gaussian_mixture_needs_a_training_point_per_class():
+    with pytest.raises(Exception, match=r"needs k <= n_train .* got k=100 and n_train=50"):
+        plugins.get("dataset", "gaussian-mixture").cls(k=100, n_train=50)
+
+
+@pytest.mark.parametrize(
+    "name, params, named",
+    [
+        ("spirals", {"noise": math.nan}, "spirals needs a finite noise >= 0, got nan"),
+        ("moons", {"noise": math.inf}, "moons needs a finite noise >= 0, got inf"),
+        ("spirals", {"turns": math.nan}, "spirals needs a finite turns > 0, got nan"),
+        ("gaussian-mixture", {"std": math.nan}, "a finite radius > 0 and std > 0"),
+    ],
+)
+def test_toy_params_that_are_not_finite_are_refused_before_drawing(name, params, named):
+    with pytest.raises(Exception, match=re.escape(named)):
+        plugins.get("dataset", name).cls(**params)

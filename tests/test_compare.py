@@ -228,6 +228,15 @@ def test_cli_fail_on_regression_exits_1(cli, tmp_path):
     ]
 
 
+@pytest.mark.parametrize("pct", ["nan", "inf", "-inf", "-1", "1e400"])
+def test_cli_refuses_a_regression_gate_that_cannot_fire(cli, tmp_path, pct):
+    a = run_dir(tmp_path / "a", cell(accuracy=0.9))
+    b = run_dir(tmp_path / "b", cell(accuracy=0.5))  # a regression any finite gate would catch
+    result = cli("compare", a, b, "--fail-on-regression", pct)
+    assert result.exit_code == 2
+    assert f"Invalid value for '--fail-on-regression': '{pct}' must be a finite number >= 0" in result.output
+
+
 def test_cli_missing_folder_is_a_one_line_error(cli, tmp_path):
     a = run_dir(tmp_path / "a", cell())
     result = cli("compare", a, tmp_path / "nowhere")

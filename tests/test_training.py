@@ -8,8 +8,10 @@ import pytest
 import torch
 from filelock import FileLock
 
+import diffbench
 from diffbench import plugins
 from diffbench.checkpoints import file_sha256, hash_path
+from diffbench.contract import DataError
 from diffbench.schedule import NoiseSchedule
 from diffbench.training import TrainSettings, build_module, cache_key, load_or_train, train
 from tests.helpers import error_lines, write_suite
@@ -272,3 +274,24 @@ def test_training_uses_the_fused_adam_where_torch_has_one_and_plain_adam_elsewhe
     monkeypatch.setattr(torch.optim, "Adam", no_fused_kernel)
     plain = training.adam(module, 0.01)
     assert not plain.defaults.get("fused") and len(plain.param_groups[0]["params"]) == 2
+
+
+def test_weights_that_cannot_be_allocated_are_one_line_naming_the_denoiser():
+    class Huge(diffbench.Denoiser):
+        name = "huge"
+        params = {"width": 10**6}
+
+        def build(self, data_shape, num_classes):
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                "you tried to allocate 4000000000000 bytes. Error code 12 (Cannot allocate memory)"
+            )
+
+    y = torch.tensor([0, 1])
+    splits = diffbench.Splits(torch.zeros(2, 2), y, torch.zeros(2, 2), y, ["a", "b"])
+    with pytest.raises(DataError) as info:
+        build_module(Huge(), splits, 0)
+    assert str(info.value) == (
+        "denoiser 'huge' cannot be built: its weights need more memory than is available "
+        "(tried to allocate 4e+03 GB); give it smaller params"
+    )
