@@ -41,8 +41,8 @@ STREAM = "timesteps"  # the design's stream of draws (no quality pass of a cell 
 LOSS = "l2"
 
 
-def affordable_samples(n_test: int, grid: int, draws: int, classes: int, budget: int = ROWS_BUDGET) -> int:
-    """How many test samples fit the budget (all of them where they do; 0 where not even one does)."""
+def affordable_samples(n_test: int, grid: int, draws: int, classes: int, budget: int) -> int:
+    """How many test samples fit ``budget`` rows (all of them where they do; 0 where not even one does)."""
     return min(n_test, budget // max(1, grid * draws * classes))
 
 
@@ -97,7 +97,7 @@ def timesteps_data(
     T, K = model.num_timesteps, model.num_classes
     timesteps = li_timesteps(T, min(TIMESTEP_GRID, T))
     n_total = splits.test_x.shape[0]
-    n = affordable_samples(n_total, len(timesteps), DRAWS, K)
+    n = affordable_samples(n_total, len(timesteps), DRAWS, K, ROWS_BUDGET)
     if n == 0:
         rows = len(timesteps) * DRAWS * K
         return None, (
