@@ -41,12 +41,15 @@ def table_lags(table: Path, cells: list[Path]) -> bool:
 
 
 def parts_lag(table: Path, parts: list[Path]) -> bool:
-    """Whether a figure part is newer than the table merged from the parts, or the table is missing."""
+    """Whether a figure part may be newer than the table merged from the parts, or the table is missing.
+
+    A part written in the same clock tick as the table counts as newer: merging again is only work.
+    """
     try:
         made = table.stat().st_mtime_ns
     except OSError:
         return bool(parts)
-    return any(part.stat().st_mtime_ns > made for part in parts)
+    return any(part.stat().st_mtime_ns >= made for part in parts)
 
 
 def rebuilt_order(table: Path, rows: dict[str, list[dict[str, Any]]]) -> list[str]:
