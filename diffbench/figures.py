@@ -1,4 +1,5 @@
-"""The data behind the figures that the results table alone cannot give: model samples, decision regions.
+"""The data behind the figures that the results table alone cannot give: model samples, decision regions,
+the single-timestep accuracies (``timestep_accuracy``).
 
 One task per trained model, after its cells: it receives the model's plan, its cells' plans and the prepared model.
 """
@@ -14,11 +15,13 @@ from diffbench.measurement import fitted
 from diffbench.model import ConditionalModel, sample
 from diffbench.plan import CellPlan, ModelPlan
 from diffbench.preparation import Prepared, conditional_model, model_name
+from diffbench.timestep_accuracy import figure_scorer, timesteps_data
 
 REGION_GRID = 48  # decision regions are drawn on a REGION_GRID x REGION_GRID lattice
 SAMPLES_PER_CLASS = 300  # 2-D points per class drawn from the model
 IMAGES_PER_CLASS = 8  # images per class drawn from the model
 SAMPLE_STEPS = 100  # respaced DDPM steps per drawing (of the schedule's T): a tenth of the calls of all 1000
+NOTES = "notes"  # not figure data: a frame of lines (column ``line``) the runner says, a skip kept in skipped.json
 
 
 def regions_data(cells: list[Cell], model: ConditionalModel, prepared: Prepared, seed: int, ids: dict) -> pd.DataFrame:
@@ -83,7 +86,9 @@ def samples_data(model: ConditionalModel, splits: Splits, seed: int, ids: dict) 
 
 
 def figures_data(model: ModelPlan, cells: list[CellPlan], prepared: Prepared | None) -> dict[str, pd.DataFrame]:
-    """The figure tables of one trained model: its samples and (2-D data) the decision regions of ``cells``.
+    """The figure tables of one trained model: its samples, (2-D data) the decision regions of ``cells``, and
+    the accuracy of the single-timestep classifier across t (``timesteps``, through the model's error bank
+    where its cells ran in bank mode); under ``NOTES`` the lines saying what was skipped, if anything.
 
     The model runs as its cells run it (``conditional_model``), on the first cell's device in float32.
     """
@@ -97,4 +102,9 @@ def figures_data(model: ModelPlan, cells: list[CellPlan], prepared: Prepared | N
     plain = [p.cell for p in cells if p.cell.dtype == "float32" and not p.cell.compile and p.cell.device == device]
     if splits.data_shape == (2,) and plain:
         out["regions"] = regions_data(plain, running, prepared, model.seed, ids)
+    timesteps, skipped = timesteps_data(running, splits, model.seed, ids, figure_scorer(cells, prepared, running))
+    if timesteps is not None:
+        out["timesteps"] = timesteps
+    if skipped:
+        out[NOTES] = pd.DataFrame({"line": [skipped]})
     return out

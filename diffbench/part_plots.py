@@ -1,4 +1,5 @@
-"""The plots drawn from a run's figure parts: reliability bins, decision regions, the model's own samples.
+"""The plots drawn from a run's figure parts: reliability bins, decision regions, the model's own samples, the
+single-timestep accuracies.
 
 Each function draws one figure and returns it; ``plots.plot_run`` writes it under the name
 ``plots.PLOTS`` declares.
@@ -134,3 +135,35 @@ def image_grid(part: pd.DataFrame, shape: list[int]) -> np.ndarray:
         for r, image in enumerate(pixels[labels == c]):
             grid[r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = image
     return grid
+
+
+def timestep_accuracy(frame: pd.DataFrame) -> plt.Figure | None:
+    """Accuracy of the single-timestep classifier against t, one line per model (colour), 95% Wilson bands.
+
+    The x axis is t where every model has the same T, else t / T; chance (1 / classes) is dotted.
+    """
+    if frame.empty:
+        return None
+    fraction = frame["num_timesteps"].nunique() > 1
+    x = "t_fraction" if fraction else "t"
+    keys = list(frame.groupby(PANEL, sort=False).groups)
+    colors = sns.color_palette(PALETTE, len(keys))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for key, color in zip(keys, colors, strict=True):
+        line = frame.set_index(PANEL).loc[[key]].sort_values(x)
+        n, total = int(line["n_test"].iloc[0]), int(line["n_test_total"].iloc[0])
+        shown = f"{n} test samples" + (f" of {total}" if n < total else "")
+        label = f"{key[0]} x {key[1]} ({shown}, {int(line['draws'].iloc[0])} draws)"
+        ax.plot(line[x], line["accuracy"], marker="o", ms=3, color=color, label=label)
+        ax.fill_between(line[x], line["accuracy_ci_low"], line["accuracy_ci_high"], color=color, alpha=0.15)
+    for classes in sorted(frame["num_classes"].unique()):
+        ax.axhline(1 / classes, color="grey", lw=0.8, ls=":")
+    xlabel = (
+        "t / T (fraction of the schedule)" if fraction else f"timestep t (T = {int(frame['num_timesteps'].iloc[0])})"
+    )
+    ax.set(
+        xlabel=xlabel, ylabel="test accuracy at that t alone", ylim=(0, 1.02), title="which timesteps carry the class"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig

@@ -60,6 +60,13 @@ TRUNCATION_WINDOWS = Plot(
     "Truncation windows",
     "Accuracy of the truncated estimator over t_min x t_max: which timesteps carry the class.",
 )
+TIMESTEP_ACCURACY = Plot(
+    "timestep_accuracy.png",
+    "Which timesteps carry the class",
+    "Test accuracy of the single-timestep classifier (argmin over classes of the l2 error at that one t, averaged "
+    "over its noise draws) on an evenly spaced grid of timesteps, one line per model, 95% Wilson bands; the dotted "
+    "line is chance (1 / classes).",
+)
 DECISION_REGIONS = Plot(
     "decision_regions.png",
     "Decision regions",
@@ -71,7 +78,16 @@ MODEL_SAMPLES = Plot(
     "Samples drawn from the conditional model per class beside the test data: did the model learn the data?",
 )
 #: Every plot, in the order the report shows them.
-PLOTS = (ACCURACY_VS_NFE, THROUGHPUT, FLIP_RATE, RELIABILITY, TRUNCATION_WINDOWS, DECISION_REGIONS, MODEL_SAMPLES)
+PLOTS = (
+    ACCURACY_VS_NFE,
+    THROUGHPUT,
+    FLIP_RATE,
+    RELIABILITY,
+    TRUNCATION_WINDOWS,
+    TIMESTEP_ACCURACY,
+    DECISION_REGIONS,
+    MODEL_SAMPLES,
+)
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
@@ -91,14 +107,16 @@ def plot_run(run_dir: Path, out: Path | None = None) -> list[Path]:
     if every.empty:
         return []
     ok = results.offline(every)
-    bins, points, regions = (
-        literal_text(t) for t in (folder.read_reliability_bins(), folder.read_samples(), folder.read_regions())
+    bins, points, regions, timesteps = (
+        literal_text(t)
+        for t in (folder.read_reliability_bins(), folder.read_samples(), folder.read_regions(), folder.read_timesteps())
     )
     drawings: list[tuple[Plot, Callable[[], plt.Figure | None]]] = [  # each drawn and saved in turn
         (ACCURACY_VS_NFE, lambda: table_plots.accuracy_vs_nfe(ok) if not ok.empty else None),
         (THROUGHPUT, lambda: table_plots.throughput(every)),
         (FLIP_RATE, lambda: table_plots.flip_rates(ok)),
         (TRUNCATION_WINDOWS, lambda: table_plots.truncation_windows(ok)),
+        (TIMESTEP_ACCURACY, lambda: part_plots.timestep_accuracy(timesteps) if has(timesteps) else None),
         (RELIABILITY, lambda: part_plots.reliability(bins) if has(bins) else None),
         (DECISION_REGIONS, lambda: part_plots.decision_regions(regions, points) if has(regions, points) else None),
         (MODEL_SAMPLES, lambda: part_plots.model_samples(points) if has(points) else None),

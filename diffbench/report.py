@@ -5,9 +5,10 @@ Everything is inlined: the figures as base64 PNG, the style sheet and the table'
 
 Sections: the question and the summary (best estimator per problem at each NFE budget, with its
 CI and whether it beats the runner-up beyond noise), the ranking across problems, the results
-table (sortable, filterable, CSV of the filtered view), the figures, failed and skipped cells,
-provenance. With several run folders: the runs compared cell by cell (``diffbench compare``'s
-verdicts, paired where possible) and side by side on shared plots, then each run's own sections.
+table (sortable, filterable, CSV of the filtered view), the figures, which timesteps carry the
+class (the single-timestep accuracies), failed and skipped cells, provenance. With several run
+folders: the runs compared cell by cell (``diffbench compare``'s verdicts, paired where possible)
+and side by side on shared plots, then each run's own sections.
 
 This module lays out the page; the runs are read in ``report_runs``, values written in
 ``report_format``, the results table built in ``report_table``, one run's sections in
@@ -38,6 +39,7 @@ from diffbench.report_sections import (
     ranking_section,
     run_intro,
     summary_section,
+    timesteps_section,
 )
 from diffbench.report_table import HELP as HELP  # the table's columns, declared in report_table
 from diffbench.report_table import KEY_COLUMNS as KEY_COLUMNS
@@ -94,6 +96,7 @@ def single_run_body(run: Run, draw: bool) -> tuple[list[tuple[str, str]], str]:
         ("ranking", "Ranking"),
         ("table", "Results table"),
         ("figures", "Figures"),
+        ("timesteps", "Timesteps"),
         ("failures", "Failed and skipped"),
         ("provenance", "Provenance"),
     ]
@@ -103,6 +106,7 @@ def single_run_body(run: Run, draw: bool) -> tuple[list[tuple[str, str]], str]:
 <section id="ranking"><h2>Ranking of estimators</h2>{ranking_section(run.frame)}</section>
 <section id="table"><h2>Results table</h2>{table_section(run.frame)}</section>
 <section id="figures"><h2>Figures</h2>{figures_section(run, draw)}</section>
+<section id="timesteps"><h2>Which timesteps carry the class</h2>{timesteps_section(run, draw)}</section>
 <section id="failures"><h2>Failed and skipped cells</h2>{failures_section(run)}</section>
 <section id="provenance"><h2>Provenance</h2>{provenance_section(run)}</section>
 """  # noqa: E501
@@ -136,6 +140,7 @@ def multi_run_body(runs: list[Run], draw: bool) -> tuple[list[tuple[str, str]], 
             f"""<section id="run-{i}"><h2>Run {esc(run.name)}</h2>{run_intro(run)}
 <h3>Summary</h3>{summary_section(run.frame, run.predictions)}
 <details><summary>Figures</summary>{figures_section(run, draw)}</details>
+<details><summary>Which timesteps carry the class</summary>{timesteps_section(run, draw)}</details>
 <h3>Failed and skipped cells</h3>{failures_section(run)}
 <details><summary>Provenance</summary>{provenance_section(run)}</details></section>"""
         )

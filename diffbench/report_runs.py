@@ -1,4 +1,5 @@
-"""The run folders a report shows, read back through ``RunFolder``: the table, predictions, suite and skips."""
+"""The run folders a report shows, read back through ``RunFolder``: the table, predictions, suite, skips and the
+single-timestep accuracies."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class Run:
     suite: dict | None
     skipped: list[str] | None  # None: the folder predates skip records
     problems: list[str] = field(default_factory=list)  # damaged files read around, said on the page
+    timesteps: pd.DataFrame | None = None  # the single-timestep accuracies; None: the run saved none
+    drawn: dict = field(default_factory=dict, repr=False)  # its figures once read or drawn, by whether to draw
 
 
 def load_run(path: Path, name: str) -> Run:
@@ -36,7 +39,12 @@ def load_run(path: Path, name: str) -> Run:
     except (FileNotFoundError, TableError) as exc:
         raise ReportError(str(exc)) from None
     predictions, suite, skipped = folder.read_predictions(), folder.read_suite(), folder.read_skipped()
-    return Run(folder.path, name, frame, predictions, suite, skipped, folder.problems)
+    try:
+        timesteps = folder.read_timesteps()
+    except TableError as exc:  # a damaged figure table: the page without its section's reading, saying why
+        folder.problems.append(f"{exc}; the single-timestep accuracies are left out")
+        timesteps = None
+    return Run(folder.path, name, frame, predictions, suite, skipped, folder.problems, timesteps)
 
 
 def run_names(paths: list[Path]) -> list[str]:

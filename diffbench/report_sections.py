@@ -1,4 +1,5 @@
-"""The sections of one run on the report page: summary, ranking, figures, failures and skips, provenance."""
+"""The sections of one run on the report page: summary, ranking, figures, which timesteps carry the class,
+failures and skips, provenance."""
 
 from __future__ import annotations
 
@@ -144,13 +145,18 @@ def figure_html(title: str, caption: str, png: bytes) -> str:
 
 
 def run_figures(run: Run, draw: bool = True) -> list[tuple[str, str, bytes]]:
-    """The run's figures as PNG bytes: the folder's own, or (``draw``) drawn afresh elsewhere when it has none."""
-    found = plots_in(run.path)
-    if found or not draw:
-        return found
-    with tempfile.TemporaryDirectory() as tmp:
-        plots.plot_run(run.path, out=Path(tmp))
-        return plots_in(Path(tmp))
+    """The run's figures as PNG bytes: the folder's own, or (``draw``) drawn afresh elsewhere when it has none.
+
+    Read (or drawn) once per run and kept on it: several sections show them.
+    """
+    if draw not in run.drawn:
+        found = plots_in(run.path)
+        if not found and draw:
+            with tempfile.TemporaryDirectory() as tmp:
+                plots.plot_run(run.path, out=Path(tmp))
+                found = plots_in(Path(tmp))
+        run.drawn[draw] = found
+    return run.drawn[draw]
 
 
 def plots_in(folder: Path) -> list[tuple[str, str, bytes]]:
@@ -171,7 +177,51 @@ def figures_section(run: Run, draw: bool = True) -> str:
     notes = []
     if "flip_rate" not in run.frame:
         notes.append("<p class='small'>This run predates the flip rate, so it has no flip-rate figure.</p>")
-    return "\n".join(notes + [figure_html(*f) for f in figures])
+    own = {plot.title for plot in OWN_SECTION}
+    return "\n".join(notes + [figure_html(*f) for f in figures if f[0] not in own])
+
+
+OWN_SECTION = (plots.TIMESTEP_ACCURACY,)  # figures shown in a section of their own, not among the figures
+
+
+def timesteps_section(run: Run, draw: bool = True) -> str:
+    """Which timesteps carry the class: the single-timestep accuracy figure and, per model, its best t."""
+    frame = run.timesteps
+    if frame is None or frame.empty:
+        return (
+            "<p>No single-timestep accuracies: the run predates them, its models are pretrained (whose figure data "
+            "is not computed), no cell finished, or a model's classes would cost more than the budget "
+            "(said among the skipped).</p>"
+        )
+    lines = frame.groupby(["dataset_label", "denoiser_label"], sort=False)
+    reading = [f"<p>{esc(best_timestep_sentence(line))}</p>" for _, line in lines]
+    try:
+        figures = [f for f in run_figures(run, draw) if f[0] == plots.TIMESTEP_ACCURACY.title]
+    except (results.TableError, OSError) as exc:  # damaged figure data: the reading without the figure
+        figures = []
+        reading.append(f"<p>The figure could not be drawn ({esc(exc)}).</p>")
+    how = (
+        "<p class='small'>Each point classifies the test samples from the denoising errors at that one timestep "
+        "alone (l2, averaged over the noise draws, shared by the classes): the question behind Li et al.'s "
+        "timestep ablation. The noise comes from the design of draws, and in bank mode the errors from the "
+        "model's error bank, so they are computed once.</p>"
+    )
+    return "\n".join([*reading, *(figure_html(*f) for f in figures), how])
+
+
+def best_timestep_sentence(line: pd.DataFrame) -> str:
+    """One model's reading: its best single timestep and that t's accuracy, against its worst."""
+    line = line.sort_values("t")
+    best, worst = line.loc[line["accuracy"].idxmax()], line.loc[line["accuracy"].idxmin()]
+    n, total = int(best["n_test"]), int(best["n_test_total"])
+    samples = f"{n} test samples" + (f" (evenly spaced, of {total})" if n < total else "")
+    return (
+        f"On {best['dataset_label']} x {best['denoiser_label']}, the single timestep t = {int(best['t'])} "
+        f"({best['t_fraction']:.0%} of T = {int(best['num_timesteps'])}) carries the class best: accuracy "
+        f"{best['accuracy']:.3f} [{best['accuracy_ci_low']:.3f}, {best['accuracy_ci_high']:.3f}] over {samples} "
+        f"with {int(best['draws'])} noise draws each, against {worst['accuracy']:.3f} at t = {int(worst['t'])}, "
+        f"the worst of the {len(line)} timesteps."
+    )
 
 
 def failures_section(run: Run) -> str:

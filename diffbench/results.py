@@ -16,6 +16,7 @@ TABLE = "results.parquet"
 CSV = "results.csv"
 REGIONS = "regions.parquet"
 SAMPLES = "samples.parquet"
+TIMESTEPS = "timesteps.parquet"
 RELIABILITY = "reliability.parquet"
 
 

@@ -8,7 +8,7 @@ Layout of ``DIR``:
   the moment it finishes; ``cells/<id>.bins.parquet``: its reliability bins;
   ``cells/<id>.predictions.parquet``: its per-sample labels and predictions (the seeded pass);
 - ``skipped.json``: the lines that said why a pair or a dtype was skipped;
-- ``parts/<group>.<kind>.parquet``: figure data (samples, regions) per trained model;
+- ``parts/<group>.<kind>.parquet``: figure data (samples, regions, timesteps) per trained model;
 - ``results.parquet``/``results.csv``, ``predictions.parquet`` and the figure tables: rebuilt
   from the above, atomically, at most every few seconds while cells finish (the runner's
   ``TABLES_EVERY_S``, 5 s), always at the end of a run and on any exception; a run killed at any
@@ -20,7 +20,8 @@ Layout of ``DIR``:
 The folder's file names are known here alone: the report, the plots, the paired tests and the
 throughput table read a run back through ``RunFolder``'s readers (``read_table``, ``read_suite``,
 ``read_skipped``, ``read_predictions`` and the figure parts ``read_reliability_bins``,
-``read_samples``, ``read_regions``). The plots' PNG names are declared with the plots.
+``read_samples``, ``read_regions``, ``read_timesteps``; a figure table older than its parts, from a run
+killed between the two, is merged afresh from ``parts/``). The plots' PNG names are declared with the plots.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import pandas as pd
 from diffbench import results
 from diffbench.atomic import replace_atomically, write_atomic
 from diffbench.folder_lock import busy_line, held, try_lock_folder, unlock_folder
-from diffbench.table_lag import cell_files, rebuilt_order, table_is_empty, table_lags
+from diffbench.table_lag import cell_files, parts_lag, rebuilt_order, table_is_empty, table_lags
 
 SETTINGS = "run.json"
 SUITE = "suite.json"
@@ -45,6 +46,8 @@ SKIPPED = "skipped.json"
 PREDICTIONS = "predictions.parquet"
 CELL_SIDE_FILES = (".bins.parquet", ".predictions.parquet")  # beside each cell's rows in cells/
 WRITE_CHECK = ".diffbench-write-check-"  # the file check_writable_folder writes and deletes
+#: Each kind of figure data saved per model in parts/, and the table merged from them.
+FIGURE_PARTS = {"samples": results.SAMPLES, "regions": results.REGIONS, "timesteps": results.TIMESTEPS}
 
 
 class ResumeError(ValueError):
@@ -294,12 +297,16 @@ class RunFolder:
         predictions = [self.predictions[i] for i in order if i in self.predictions]
         if predictions:
             write_atomic(pd.concat(predictions, ignore_index=True), self.path / PREDICTIONS)
-        for kind, name in (("samples", results.SAMPLES), ("regions", results.REGIONS)):
-            parts = sorted(self.parts_dir.glob(f"*.{kind}.parquet")) if self.parts_dir.is_dir() else []
+        for kind, name in FIGURE_PARTS.items():
+            parts = self.part_files(kind)
             if parts:
                 merged = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
                 write_atomic(merged, self.path / name)
         return frame
+
+    def part_files(self, kind: str) -> list[Path]:
+        """The figure parts of one kind, one per model, in a fixed order."""
+        return sorted(self.parts_dir.glob(f"*.{kind}.parquet")) if self.parts_dir.is_dir() else []
 
     # skips ------------------------------------------------------------------------------
     def note_skipped(self, line: str) -> None:
@@ -401,12 +408,20 @@ class RunFolder:
 
     def read_samples(self) -> pd.DataFrame | None:
         """The models' own samples beside test data (figure data); None when the run saved none."""
-        return self.read_figure_table(results.SAMPLES)
+        return self.read_figure_table(results.SAMPLES, "samples")
 
     def read_regions(self) -> pd.DataFrame | None:
         """The estimators' decision regions over the plane (figure data); None when the run saved none."""
-        return self.read_figure_table(results.REGIONS)
+        return self.read_figure_table(results.REGIONS, "regions")
 
-    def read_figure_table(self, name: str) -> pd.DataFrame | None:
+    def read_timesteps(self) -> pd.DataFrame | None:
+        """The single-timestep classifier's accuracy at each t per model (figure data); None when the run saved none."""
+        return self.read_figure_table(results.TIMESTEPS, "timesteps")
+
+    def read_figure_table(self, name: str, kind: str | None = None) -> pd.DataFrame | None:
+        """A figure table; merged afresh (in memory) from ``parts/`` where a part of ``kind`` is newer than it."""
         path = self.path / name
+        parts = self.part_files(kind) if kind is not None else []
+        if parts and parts_lag(path, parts):
+            return pd.concat([results.read_parquet_file(p) for p in parts], ignore_index=True)
         return results.read_parquet_file(path) if path.is_file() else None

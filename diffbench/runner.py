@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from diffbench import resume_identity
 from diffbench.cell import Cell, unique
 from diffbench.executor import Executor, Outcome, Result, Task
-from diffbench.figures import figures_data
+from diffbench.figures import NOTES, figures_data
 from diffbench.interrupts import ctrl_c_deferred, watch_ctrl_c
 from diffbench.measurement import CellResult, failed_result, failure, measure_cell
 from diffbench.memory import tune_cpu_allocator
@@ -147,6 +147,10 @@ class Recorder:
                 self.say(f"figure data for {model.pair()} failed: {failure(outcome.error)}")
             return
         for kind, frame in outcome.result.items():
+            if kind == NOTES:  # lines to say, not figure data (a skip is kept in skipped.json)
+                for line in frame["line"]:
+                    self.say(line, once=True)
+                continue
             self.folder.save_part(model.group_id, kind, frame)
         self.write_tables(every_s=TABLES_EVERY_S)
 

@@ -2,7 +2,8 @@
 
 The runner rebuilds the table at most every few seconds; each cell's own file is written the
 moment it finishes. A reader compares the two and, where the table lags, rebuilds it from the
-cells (``RunFolder.read_table``).
+cells (``RunFolder.read_table``). The figure tables merged from each model's parts lag the same
+way (``parts_lag``; ``RunFolder.read_figure_table`` merges them afresh).
 """
 
 from __future__ import annotations
@@ -37,6 +38,18 @@ def table_lags(table: Path, cells: list[Path]) -> bool:
     if any(cell.stat().st_mtime_ns > made for cell in cells):
         return True
     return not {cell.name[: -len(".parquet")] for cell in cells} <= set(listed_cells(table))
+
+
+def parts_lag(table: Path, parts: list[Path]) -> bool:
+    """Whether a figure part may be newer than the table merged from the parts, or the table is missing.
+
+    A part written in the same clock tick as the table counts as newer: merging again is only work.
+    """
+    try:
+        made = table.stat().st_mtime_ns
+    except OSError:
+        return bool(parts)
+    return any(part.stat().st_mtime_ns >= made for part in parts)
 
 
 def rebuilt_order(table: Path, rows: dict[str, list[dict[str, Any]]]) -> list[str]:

@@ -17,7 +17,7 @@ from tests.helpers import write_suite
 ESTIMATORS = ["shared-noise", "truncated[t_max=[100,200]]"]
 LABELS = ["shared-noise", "truncated[t_max=100]", "truncated[t_max=200]"]
 TRIALS = [1, 2]
-PLOTS = ["accuracy_vs_nfe.png", "throughput.png", "decision_regions.png", "model_samples.png"]
+PLOTS = ["accuracy_vs_nfe.png", "throughput.png", "decision_regions.png", "model_samples.png", "timestep_accuracy.png"]
 REQUIRED = (
     "dataset denoiser estimator device trials seed n_test accuracy accuracy_ci_low accuracy_ci_high "
     "nfe_per_sample samples_per_s evals_per_s efficiency wall_s status p_estimator_t_max torch_version "

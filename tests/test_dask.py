@@ -47,14 +47,21 @@ def test_a_local_cluster_gives_the_local_table_and_figure_data(cli, tmp_path):
     )
     pd.testing.assert_frame_equal(a[ACCURACY], b[ACCURACY])
     assert a["fit_nfe_per_sample"].gt(0).any(), "importance fitted"
-    for figure_data in ("samples.parquet", "regions.parquet"):
-        regions_a = pd.read_parquet(tmp_path / "local" / figure_data)
-        regions_b = pd.read_parquet(tmp_path / "dask" / figure_data)
-        pd.testing.assert_frame_equal(regions_a, regions_b)
+    for figure_data in ("samples.parquet", "regions.parquet", "timesteps.parquet"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / "local" / figure_data), pd.read_parquet(tmp_path / "dask" / figure_data)
+        )
+    regions_a = pd.read_parquet(tmp_path / "local" / "regions.parquet")
     importance = regions_a[regions_a["estimator_label"].str.startswith("importance")]
     assert len(importance) > 0
     assert not a["concurrent"].any()
-    for name in ("samples.parquet", "regions.parquet", "accuracy_vs_nfe.png", "decision_regions.png"):
+    for name in (
+        "samples.parquet",
+        "regions.parquet",
+        "timesteps.parquet",
+        "accuracy_vs_nfe.png",
+        "decision_regions.png",
+    ):
         assert (tmp_path / "dask" / name).is_file(), name
 
 
