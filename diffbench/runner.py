@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from diffbench.bank_file import record_cache_dir
 from diffbench.cell import Cell, unique
 from diffbench.executor import Executor, Outcome, Result, Task
 from diffbench.figures import figures_data
@@ -169,6 +170,8 @@ def run(
     log = folder.keeping_skips(log)  # skip reasons go into the folder too, for the report
     settings = {"suite": suite.to_dict(), "devices": sorted({c.device for c in grid}), "checkpoint": checkpoint}
     folder.start(settings, resume, log)
+    if suite.errors == "bank":  # where `diffbench bank export` finds the banks' shards
+        record_cache_dir(out, cache_dir)
     log(f"running {len(grid)} cells on {', '.join(settings['devices'])}; results go to {out}")
     tune_cpu_allocator()
     order = [c.id for c in grid]
