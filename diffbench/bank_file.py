@@ -208,7 +208,9 @@ def export(run_dir: Path, file: Path, cache_dir: Path | None = None) -> list[Mod
 def read(file: Path) -> tuple[dict[str, Any], list[ModelBank]]:
     """The file's header and models; BankFileError (one line) for a damaged or foreign file, or another design."""
     if Path(file).is_file() and not zipfile.is_zipfile(file):
-        raise BankFileError(f"'{file}' is not a diffbench bank file (not an .npz archive); give one `bank export` wrote")
+        raise BankFileError(
+            f"'{file}' is not a diffbench bank file (not an .npz archive); give one `bank export` wrote"
+        )
     try:
         with np.load(file, allow_pickle=False) as data:
             header = json.loads(str(data["header"]))
@@ -230,11 +232,14 @@ def read(file: Path) -> tuple[dict[str, Any], list[ModelBank]]:
 def check_header(header: Any, file: Path) -> None:
     """BankFileError unless ``header`` is this format's, at this version, for this design of draws."""
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise BankFileError(f"'{file}' is not a diffbench bank file (no '{FORMAT}' header); give one `bank export` wrote")
+        raise BankFileError(
+            f"'{file}' is not a diffbench bank file (no '{FORMAT}' header); give one `bank export` wrote"
+        )
     if header.get("version") != VERSION or header.get("design") != DESIGN:
         raise BankFileError(
             f"'{file}' holds a bank of another design of draws (version {header.get('version')!r}; this diffbench "
-            f"replays version {VERSION}): export the run again with this diffbench, or rescore with the one that wrote it"
+            f"replays version {VERSION}): export the run again with this diffbench, or rescore with the one that "
+            "wrote it"
         )
     if not isinstance(header.get("models"), list) or not header["models"]:
         raise BankFileError(f"'{file}' holds no model's bank; export a run scored with --errors bank")

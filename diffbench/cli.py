@@ -381,4 +381,4 @@ def compare_command(
 
 
 main.add_command(bank_group)  # portable error banks: diffbench.cli_bank
-main.add_command(rescore_command)
+main.add_command(rescore_command(finish_run))

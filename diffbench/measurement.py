@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from diffbench import columns, pretrained, subsets
+from diffbench import bank_file, columns, pretrained, subsets
 from diffbench.acceleration import unsupported
-from diffbench import bank_file
 from diffbench.bank import BankScorer, bank_key, open_bank, weights_digest
 from diffbench.batch_size import cached_batch_size
 from diffbench.cell import Cell

@@ -134,17 +134,17 @@ def identity(cell: Cell, model: ModelBank) -> dict[str, Any]:
     }
 
 
-def rescored_row(ident: dict[str, Any], common: dict[str, Any], started: float, wall: float) -> dict:
-    """One results row (``columns.row``): the cell's identity and model, the answers, empty timing."""
+def rescored_row(ident: dict[str, Any], common: dict[str, Any], run: dict[str, str], started: float) -> dict:
+    """One results row (``columns.row``): the cell's identity and model, the answers, empty timing, provenance."""
     no_timing = {c.name: math.nan for c in columns.SPEED if c.dtype == "float"}
     measured = {"scenario": "offline", **common, **no_timing, "timing_note": TIMING_NOTE}
-    when = {"wall_s": wall, "started_at": started, "finished_at": time.time()}
-    return columns.row(ident, measured, {"status": "ok", "error": ""}, provenance(run_info()), when)
+    when = {"wall_s": time.time() - started, "started_at": started, "finished_at": time.time()}
+    return columns.row(ident, measured, {"status": "ok", "error": ""}, provenance(run), when)
 
 
-def rescore_cell(cell: Cell, model: ModelBank, scorer: BankScorer) -> tuple[dict, list[dict], dict]:
+def rescore_cell(cell: Cell, model: ModelBank, scorer: BankScorer, run: dict[str, str]) -> tuple[dict, list, dict]:
     """One cell's row, bins and predictions, every error read from the bank; RescoreError when one is missing."""
-    started, start = time.time(), time.perf_counter()
+    started = time.time()
     try:
         got = answers(cell, bank_model(model), cell_data(model), scorer)
     except MissingErrors as exc:
@@ -153,7 +153,7 @@ def rescore_cell(cell: Cell, model: ModelBank, scorer: BankScorer) -> tuple[dict
             "rescore with estimators/trials the run used, or run it with --errors bank"
         ) from None
     ident = identity(cell, model)
-    row = rescored_row(ident, got.common, started, time.perf_counter() - start)
+    row = rescored_row(ident, got.common, run, started)
     bins = [{**ident, **b} for b in got.bins]
     return row, bins, {**got.predictions, "test_digest": model.about["identity"].get("test_digest", "")}
 
@@ -179,12 +179,13 @@ def rescore(
     settings = {"suite": suite, "devices": sorted({c.device for _, c in plans}), "checkpoint": None}
     folder.start({**settings, "rescored_from": str(source)}, resume=False, log=log)
     order = [cell.id for _, cell in plans]
+    run = run_info()  # once per rescore, as once per run
     banks = {m.about["bank"]: m.error_bank() for m in models}  # one scorer per cell, as in a run: its own counts
     log(f"rescoring {len(plans)} cell(s) from {source} (no model, no timing); results go to {out}")
     try:
         for model, cell in plans:
             key = model.about["bank"]
-            row, bins, predictions = rescore_cell(cell, model, BankScorer(banks[key], key))
+            row, bins, predictions = rescore_cell(cell, model, BankScorer(banks[key], key), run)
             folder.save_cell(cell.id, [row], bins, predictions)
     finally:
         frame = folder.write_tables(order)
