@@ -14,7 +14,8 @@ the ``design`` of draws it replays (``DESIGN``), and one entry per model; the mo
 ``m<i>_alphas_cumprod`` and ``m<i>_betas``. ``docs/bank-file.md`` describes every field.
 
 The model record is written at run time (``record_model``, by ``measurement.bank_scorer``) beside the shards,
-as ``<cache>/banks/<key>/model.npz``; the run folder records its cache folders in ``cache.json``.
+as ``<cache>/banks/<key>/model-<group id>.npz`` (one bank may serve several seeds of one pretrained model);
+the run folder records its cache folders in ``cache.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ import torch
 from diffbench import columns
 from diffbench.atomic import replace_atomically
 from diffbench.bank import ErrorBank
+from diffbench.cell import GROUP_KEY, key_id
 from diffbench.checkpoints import default_cache_dir
 from diffbench.montecarlo import LOSSES
 from diffbench.quality import GAP_REPEATS, GAP_SAMPLES
@@ -48,7 +51,7 @@ DESIGN = {
     "streams": ["fit", "test", "calibration", *[f"repeat-{r + 1}" for r in range(GAP_REPEATS)]],
     "gap_samples": GAP_SAMPLES,
 }
-MODEL_RECORD = "model.npz"  # beside a bank's shards: what replays it
+MODEL_RECORD = "model-{group}.npz"  # beside a bank's shards: what replays it for one model (``Cell.group_id``)
 CACHE_RECORD = "cache.json"  # in a run folder: the cache folders its banks went to
 ARRAYS = ("test_x", "test_y", "heldout_x", "heldout_y", "alphas_cumprod", "betas")
 #: Identity columns that belong to a cell, not to its model (left out of a model's header entry).
@@ -102,12 +105,13 @@ def recorded_cache_dirs(run_dir: Path) -> list[Path]:
 _RECORDED: set[Path] = set()  # model records this process wrote or found
 
 
-def record_model(folder: Path, arrays: dict[str, torch.Tensor], about: dict[str, Any]) -> None:
-    """Write a bank's model record (``model.npz`` in its folder) unless it is there: what replays its entries."""
-    path = Path(folder) / MODEL_RECORD
+def record_model(folder: Path, group: str, make: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]) -> None:
+    """Write a bank's model record for model ``group`` (``make()``: its arrays and header) unless it is there."""
+    path = Path(folder) / MODEL_RECORD.format(group=group)
     if path in _RECORDED or path.is_file():
         _RECORDED.add(path)
         return
+    arrays, about = make()
     header = np.array(json.dumps(about))
     numpy = {name: tensor.detach().cpu().numpy() for name, tensor in arrays.items()}
     replace_atomically(path, lambda tmp: _savez(tmp, header=header, **numpy))
@@ -136,22 +140,23 @@ def bank_rows(frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     return rows
 
 
-def bank_folder(key: str, caches: list[Path], run_dir: Path) -> Path:
-    """The first cache's ``banks/<key>`` that holds shards and the model record; BankFileError when none does."""
+def bank_folder(key: str, group: str, caches: list[Path], run_dir: Path) -> Path:
+    """The first cache's ``banks/<key>`` with shards and the model's record; BankFileError when none has them."""
+    record = MODEL_RECORD.format(group=group)
     for cache in caches:
         folder = Path(cache) / "banks" / key
-        if any(folder.glob("shard-*.npz")) and (folder / MODEL_RECORD).is_file():
+        if any(folder.glob("shard-*.npz")) and (folder / record).is_file():
             return folder
     where = ", ".join(f"'{c}'" for c in caches)
     raise BankFileError(
-        f"bank {key} of '{run_dir}' has no shards with its {MODEL_RECORD} in {where}; give the run's cache "
+        f"bank {key} of '{run_dir}' has no shards with its {record} in {where}; give the run's cache "
         "with --cache, or run the grid again with --errors bank (a bank made before model records cannot be exported)"
     )
 
 
-def model_entry(key: str, rows: pd.DataFrame, folder: Path) -> ModelBank:
+def model_entry(key: str, group: str, rows: pd.DataFrame, folder: Path) -> ModelBank:
     """One model of the file: the bank's entries from its shards, its model record, its rows' identity."""
-    with np.load(folder / MODEL_RECORD, allow_pickle=False) as record:
+    with np.load(folder / MODEL_RECORD.format(group=group), allow_pickle=False) as record:
         about = json.loads(str(record["header"]))
         arrays = {name: record[name] for name in ARRAYS}
     bank = ErrorBank(about["num_classes"], folder)
@@ -187,9 +192,10 @@ def export(run_dir: Path, file: Path, cache_dir: Path | None = None) -> list[Mod
     folder = RunFolder(run_dir)
     rows = bank_rows(folder.read_table(), run_dir)
     caches = [cache_dir] if cache_dir is not None else [*recorded_cache_dirs(run_dir), default_cache_dir()]
+    groups = rows.assign(_group=[key_id(r, GROUP_KEY) for r in rows.to_dict("records")])
     models = [
-        model_entry(key, part, bank_folder(key, caches, run_dir))
-        for key, part in rows.groupby("errors_bank", sort=False)
+        model_entry(key, group, part, bank_folder(key, group, caches, run_dir))
+        for (key, group), part in groups.groupby(["errors_bank", "_group"], sort=False)
     ]
     header = {"format": FORMAT, "version": VERSION, "design": DESIGN, "run": str(run_dir)}
     header["suite"] = folder.read_suite() or {}

@@ -241,7 +241,8 @@ def bank_scorer(plan: CellPlan, prepared: Prepared, model: ConditionalModel) -> 
     key = bank_key(weights, model, numerics)
     scorer = BankScorer(open_bank(key, model.num_classes, plan.cache_dir), key)
     if scorer.bank.folder is not None:  # what replays the bank without the model (``diffbench bank export``)
-        bank_file.record_model(scorer.bank.folder, *model_record(prepared, model, weights, numerics))
+        record = lambda: model_record(prepared, model, weights, numerics)  # noqa: E731 (made once per bank and model)
+        bank_file.record_model(scorer.bank.folder, cell.group_id, record)
     return scorer
 
 
