@@ -185,15 +185,15 @@ class BankScorer:
         return values.to(model.dtype)
 
 
-_OPEN: dict[str, ErrorBank] = {}  # this process's banks, by key
+_OPEN: dict[tuple[str, Path | None], ErrorBank] = {}  # this process's banks, by key and folder
 
 
 def open_bank(key: str, num_classes: int, cache_dir: Path | None) -> ErrorBank:
-    """The process's bank for ``key`` (read from ``cache_dir/banks/key`` the first time, where there is one)."""
-    bank = _OPEN.get(key)
+    """The process's bank for ``key`` in ``cache_dir`` (read from ``cache_dir/banks/key`` the first time)."""
+    folder = None if cache_dir is None else Path(cache_dir) / "banks" / key
+    bank = _OPEN.get((key, folder))
     if bank is None:
-        folder = None if cache_dir is None else Path(cache_dir) / "banks" / key
-        bank = _OPEN[key] = ErrorBank(num_classes, folder)
+        bank = _OPEN[key, folder] = ErrorBank(num_classes, folder)
     return bank
 
 

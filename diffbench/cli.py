@@ -1,4 +1,4 @@
-"""The `diffbench` command line: run, train, list, env, plot, report, compare.
+"""The `diffbench` command line: run, train, list, env, plot, report, compare; bank export and rescore.
 
 The options that choose a grid, and the grid they build, are ``diffbench.cli_grid``'s.
 """
@@ -19,6 +19,7 @@ from diffbench import bank, limits, plugins, pretrained, provenance, results
 from diffbench.atomic import replace_atomically
 from diffbench.cell import Cell
 from diffbench.checkpoints import CheckpointError, non_finite_weights, read_state_dict
+from diffbench.cli_bank import bank_group, rescore_command
 from diffbench.cli_grid import (
     InputError,
     build_grid,
@@ -402,3 +403,7 @@ def compare_command(
             raise click.ClickException(
                 f"{len(regressed)} cell(s) regressed by more than {regression_pct:g}% beyond noise: {listed}"
             )
+
+
+main.add_command(bank_group)  # portable error banks: diffbench.cli_bank
+main.add_command(rescore_command(finish_run))

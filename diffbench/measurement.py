@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from diffbench import columns, pretrained, subsets
+from diffbench import bank_file, columns, pretrained, subsets
 from diffbench.acceleration import unsupported
 from diffbench.bank import BankScorer, bank_key, open_bank, weights_digest
 from diffbench.batch_size import cached_batch_size
+from diffbench.cell import Cell
 from diffbench.contract import DataError, Estimator, PluginOutputError
 from diffbench.cuda_graphs import bare_runner, single_sample_runner
 from diffbench.memory import cpu_allocator_tuned, peak_memory_mb, reset_peak_memory
@@ -56,26 +57,24 @@ def fitted(estimator: Estimator, model: ConditionalModel, x: torch.Tensor, y: to
     return own
 
 
-def measured_rows(
-    plan: CellPlan, model: ConditionalModel, data: CellData, scorer: BankScorer | None = None
-) -> tuple[list[dict], list[dict], dict]:
-    """One cell's measured columns (one dict per scenario of its plan), its reliability bins and its predictions.
+@dataclass
+class Answers:
+    """A cell's answers (``answers``): its fitted estimator, the generator after them and what they measured."""
 
-    In order: ``fit`` (a copy of the estimator) on held-out data; the answers (``quality``: one
-    seeded pass over the test set, a temperature fitted on the held-out data, independent repeats
-    on a subset); then the scenarios of the plan. With a ``scorer`` (bank mode) fit and the answers
-    draw from the design of draws and read errors from the bank; the scenarios always run live.
-    Timed are: the seeded pass, as a whole (its seconds choose how many samples a timed offline pass
-    covers, and count as the first of the warm-up; in bank mode a live pass over an eighth of the
-    samples stands in for it); in ``offline`` the warm-up passes, the regions that choose how many
-    passes a region holds, and the repeats (estimator regions interleaved with the bare network's on
-    the same rows); in ``single`` every call after one untimed warm-up call, each followed by the bare
-    network on its rows. Not timed: fit, the calibration pass and the noise repeats (a tuned batch
-    size was timed before, by its own sweep of the bare module). NFE are read from the model's
-    counter around each step.
+    estimator: Estimator
+    generator: torch.Generator
+    common: dict[str, Any]  # the quality columns every scenario's row shares
+    first_s: float  # seconds of the seeded pass
+    bins: list[dict]
+    predictions: dict
+
+
+def answers(cell: Cell, model: ConditionalModel, data: CellData, scorer: BankScorer | None = None) -> Answers:
+    """``fit`` (a copy of the estimator) on held-out data, then ``quality``'s passes, on the cell's seeded generator.
+
+    With a ``scorer`` (bank mode) both draw from the design of draws and read errors from the bank. What
+    ``measured_rows`` runs before the scenarios, and all that ``diffbench.rescore`` runs.
     """
-    cell = plan.cell
-    reset_peak_memory(model.device)
     generator = torch.Generator(device=model.device).manual_seed(cell.seed)
     design_seed = cell.seed if scorer is not None else None
     model.reset_nfe()
@@ -94,6 +93,31 @@ def measured_rows(
     common["fit_nfe_per_sample"] = fit_nfe / max(1, data.heldout_x.shape[0])
     common.update(errors_columns(scorer, model.nfe_total() - asked, model.evaluated - evaluated))
     common["quality_s"] = time.perf_counter() - started
+    return Answers(estimator, generator, common, first_s, bins, predictions)
+
+
+def measured_rows(
+    plan: CellPlan, model: ConditionalModel, data: CellData, scorer: BankScorer | None = None
+) -> tuple[list[dict], list[dict], dict]:
+    """One cell's measured columns (one dict per scenario of its plan), its reliability bins and its predictions.
+
+    In order: the answers (``answers``: ``fit`` on held-out data; ``quality``: one seeded pass over the
+    test set, a temperature fitted on the held-out data, independent repeats on a subset); then the
+    scenarios of the plan. With a ``scorer`` (bank mode) fit and the answers draw from the design of
+    draws and read errors from the bank; the scenarios always run live.
+    Timed are: the seeded pass, as a whole (its seconds choose how many samples a timed offline pass
+    covers, and count as the first of the warm-up; in bank mode a live pass over an eighth of the
+    samples stands in for it); in ``offline`` the warm-up passes, the regions that choose how many
+    passes a region holds, and the repeats (estimator regions interleaved with the bare network's on
+    the same rows); in ``single`` every call after one untimed warm-up call, each followed by the bare
+    network on its rows. Not timed: fit, the calibration pass and the noise repeats (a tuned batch
+    size was timed before, by its own sweep of the bare module). NFE are read from the model's
+    counter around each step.
+    """
+    cell = plan.cell
+    reset_peak_memory(model.device)
+    got = answers(cell, model, data, scorer)
+    estimator, generator, common, first_s = got.estimator, got.generator, got.common, got.first_s
     rows = []
     with torch.inference_mode():  # as a deployed classifier runs: no autograd bookkeeping in any timed call
         if scorer is not None and "offline" in plan.scenarios:
@@ -102,7 +126,7 @@ def measured_rows(
             rows.append(offline(plan, estimator, model, data.x, generator, common, first_s))
         if "single" in plan.scenarios:
             rows.append(single(plan, estimator, model, data.x, generator, common))
-    return rows, bins, predictions
+    return rows, got.bins, got.predictions
 
 
 def errors_columns(scorer: BankScorer | None, asked: int, evaluated: int) -> dict[str, Any]:
@@ -216,7 +240,37 @@ def bank_scorer(plan: CellPlan, prepared: Prepared, model: ConditionalModel) -> 
     prepared.info["weights_digest"] = weights  # hashed once per model and process
     numerics = f"{device_name(cell.device)}|{cell.dtype}|compile={cell.compile}"
     key = bank_key(weights, model, numerics)
-    return BankScorer(open_bank(key, model.num_classes, plan.cache_dir), key)
+    scorer = BankScorer(open_bank(key, model.num_classes, plan.cache_dir), key)
+    if scorer.bank.folder is not None:  # what replays the bank without the model (``diffbench bank export``)
+        record = lambda: model_record(prepared, model, weights, numerics)  # noqa: E731 (made once per bank and model)
+        bank_file.record_model(scorer.bank.folder, cell.group_id, record)
+    return scorer
+
+
+def model_record(prepared: Prepared, model: ConditionalModel, weights: str, numerics: str) -> tuple[dict, dict]:
+    """A bank's model record: the samples exactly as its cells classify them, the schedule and what it is."""
+    splits, schedule = prepared.splits, prepared.schedule
+    arrays = {
+        "test_x": splits.test_x.to(model.dtype),
+        "test_y": splits.test_y,
+        "heldout_x": prepared.heldout_x.to(model.dtype),
+        "heldout_y": prepared.heldout_y,
+        "alphas_cumprod": schedule.alphas_cumprod.double(),
+        "betas": schedule.betas.double(),
+    }
+    about = {
+        "weights_digest": weights,
+        "numerics": numerics,
+        "class_names": [str(name) for name in splits.class_names],
+        "num_classes": model.num_classes,
+        "num_timesteps": model.num_timesteps,
+        "data_shape": list(model.data_shape),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "schedule": schedule.kind,
+        "prediction_type": model.prediction_type,
+        "learned_variance": bool(prepared.pretrained and prepared.pretrained.learned_variance),
+    }
+    return arrays, about
 
 
 def failure(exc: BaseException) -> str:

@@ -113,7 +113,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> list[Path]:
     )
     drawings: list[tuple[Plot, Callable[[], plt.Figure | None]]] = [  # each drawn and saved in turn
         (ACCURACY_VS_NFE, lambda: table_plots.accuracy_vs_nfe(ok) if not ok.empty else None),
-        (THROUGHPUT, lambda: table_plots.throughput(every)),
+        (THROUGHPUT, lambda: table_plots.throughput(every) if timed(every) else None),
         (FLIP_RATE, lambda: table_plots.flip_rates(ok)),
         (TRUNCATION_WINDOWS, lambda: table_plots.truncation_windows(ok)),
         (TIMESTEP_ACCURACY, lambda: part_plots.timestep_accuracy(timesteps) if has(timesteps) else None),
@@ -127,6 +127,11 @@ def plot_run(run_dir: Path, out: Path | None = None) -> list[Path]:
         if fig is not None:
             made.append(save(fig, out / plot.file))
     return made
+
+
+def timed(frame: pd.DataFrame) -> bool:
+    """Whether any row holds a timing (a run rescored from a bank holds none)."""
+    return any(c in frame and frame[c].notna().any() for c in ("samples_per_s", "latency_p50_ms"))
 
 
 def has(*tables: pd.DataFrame | None) -> bool:

@@ -8,6 +8,7 @@ Layout of ``DIR``:
   the moment it finishes; ``cells/<id>.bins.parquet``: its reliability bins;
   ``cells/<id>.predictions.parquet``: its per-sample labels and predictions (the seeded pass);
 - ``skipped.json``: the lines that said why a pair or a dtype was skipped;
+- ``cache.json`` (``--errors bank``): the cache folders the run's error banks went to (``diffbench.bank_file``);
 - ``parts/<group>.<kind>.parquet``: figure data (samples, regions, timesteps) per trained model;
 - ``results.parquet``/``results.csv``, ``predictions.parquet`` and the figure tables: rebuilt
   from the above, atomically, at most every few seconds while cells finish (the runner's

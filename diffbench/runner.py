@@ -24,6 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from diffbench import resume_identity
+from diffbench.bank_file import record_cache_dir
 from diffbench.cell import Cell, unique
 from diffbench.executor import Executor, Outcome, Result, Task
 from diffbench.figures import NOTES, figures_data
@@ -175,6 +176,8 @@ def run(
     settings = {"suite": suite.to_dict(), "devices": sorted({c.device for c in grid}), "checkpoint": checkpoint}
     try:
         folder.start(settings, resume, log)
+        if suite.errors == "bank":  # where `diffbench bank export` finds the banks' shards
+            record_cache_dir(out, cache_dir)
         log(f"running {len(grid)} cells on {', '.join(settings['devices'])}; results go to {out}")
         tune_cpu_allocator()
         order = [c.id for c in grid]
