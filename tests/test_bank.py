@@ -1,0 +1,186 @@
+"""The error bank and the design of draws: exact replay, honest NFE, distributions, independence, reuse."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from diffbench import plugins
+from diffbench.bank import BankScorer, ErrorBank, accounting, draw_key
+from diffbench.draws import Replay, normals, row_hash, stream_keys, uniforms
+from diffbench.model import ConditionalModel
+from diffbench.schedule import NoiseSchedule
+from tests.helpers import write_suite
+
+ESTIMATORS = sorted(plugins.registry()["estimator"])
+SHAPES = {"mlp": (2,), "unet": (1, 8, 8)}
+
+
+def untrained(denoiser: str, classes: int = 3) -> ConditionalModel:
+    torch.manual_seed(0)
+    shape = SHAPES[denoiser]
+    module = plugins.registry()["denoiser"][denoiser].cls().build(shape, classes).eval()
+    return ConditionalModel(module, NoiseSchedule("linear", 1000), classes, shape, "cpu")
+
+
+def run_estimator(name, model, x, trials, bank: ErrorBank | None, stream="test"):
+    """``errors`` of a fresh estimator drawing from the design; through ``bank`` when given, else live."""
+    scorer = BankScorer(bank) if bank is not None else None
+    model.bank, model.replay = scorer, Replay(x, 0, stream)
+    model.reset_nfe()
+    computed = model.evaluated
+    try:
+        with torch.no_grad():
+            errors = plugins.registry()["estimator"][name].cls().errors(model, x, trials, torch.Generator().manual_seed(5))
+    finally:
+        model.bank = model.replay = None
+    return errors, model.reset_nfe(), model.evaluated - computed
+
+
+@pytest.mark.parametrize("denoiser", sorted(SHAPES))
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_bank_errors_equal_a_live_computation_of_the_same_draws(name, denoiser):
+    model = untrained(denoiser)
+    x = torch.randn(5, *model.data_shape, generator=torch.Generator().manual_seed(1))
+    bank = ErrorBank(model.num_classes)
+    for trials in (1, 4, 7):
+        live, live_nfe, live_computed = run_estimator(name, model, x, trials, None)
+        banked, nfe, _ = run_estimator(name, model, x, trials, bank)
+        again, again_nfe, again_computed = run_estimator(name, model, x, trials, bank)
+        torch.testing.assert_close(banked, live, rtol=1e-5, atol=1e-6)
+        assert torch.equal(again, banked)  # a replay reads the very same errors
+        assert live_nfe == nfe == again_nfe == live_computed  # NFE stays what the estimator needs live
+        assert again_computed == 0  # ... while nothing new reaches the network
+
+
+def test_shared_prefix_is_reused_and_losses_cost_nothing():
+    model = untrained("mlp")
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(1))
+    bank = ErrorBank(model.num_classes)
+    _, nfe16, computed16 = run_estimator("shared-noise", model, x, 16, bank)
+    assert computed16 == nfe16 == 20 * 16 * 3
+    _, nfe4, computed4 = run_estimator("shared-noise", model, x, 4, bank)  # slots 0..3 of the same draws
+    assert (nfe4, computed4) == (20 * 4 * 3, 0)
+    scorer = BankScorer(bank)
+    model.bank, model.replay = scorer, Replay(x, 0, "test")
+    estimator = plugins.registry()["estimator"]["shared-noise"].cls(loss="l1")
+    before = model.evaluated
+    estimator.errors(model, x, 16, torch.Generator())
+    model.bank = model.replay = None
+    assert model.evaluated == before and scorer.requested == 20 * 16 * 3
+
+
+def test_streams_give_independent_draws_and_each_draw_has_its_distribution():
+    hashes = row_hash(torch.randn(2000, 2, generator=torch.Generator().manual_seed(0)))
+    slots = torch.arange(8).expand(2000, 8)
+    test, repeat = uniforms(stream_keys(hashes, 0, "test"), slots), uniforms(stream_keys(hashes, 0, "repeat-1"), slots)
+    assert 0 <= float(test.min()) and float(test.max()) < 1
+    assert abs(float(test.mean()) - 0.5) < 0.01 and abs(float(test.var()) - 1 / 12) < 0.005
+    assert abs(float(torch.corrcoef(torch.stack([test.flatten(), repeat.flatten()]))[0, 1])) < 0.03
+    counts = torch.bincount((test.flatten() * 10).long(), minlength=10).double()
+    chi2 = float(((counts - counts.mean()) ** 2 / counts.mean()).sum())
+    assert chi2 < 30  # 9 degrees of freedom: p < 0.001 beyond 27.9
+    noise = normals(stream_keys(hashes[:500], 0, "test"), slots[:500], (4, 4), torch.float64)
+    assert abs(float(noise.mean())) < 0.01 and abs(float(noise.std()) - 1) < 0.01
+    assert abs(float(((noise - noise.mean()) ** 4).mean() / noise.var() ** 2) - 3) < 0.1  # kurtosis of a normal
+    other = normals(stream_keys(hashes[:500], 1, "test"), slots[:500], (4, 4), torch.float64)
+    assert not torch.equal(noise, other)  # another seed, other draws
+
+
+def test_rejection_draws_are_uniform_on_the_window_and_share_slots_with_wider_windows():
+    model = untrained("mlp")
+    x = torch.randn(400, 2, generator=torch.Generator().manual_seed(2))
+    model.replay = Replay(x, 0, "test")
+    from diffbench.montecarlo import draw_timesteps
+
+    narrow = draw_timesteps(model, 400, 8, torch.Generator(), low=100, high=200)
+    model.replay = Replay(x, 0, "test")
+    everything = draw_timesteps(model, 400, 64, torch.Generator())
+    model.replay = None
+    assert int(narrow.min()) >= 100 and int(narrow.max()) < 200
+    assert abs(float(narrow.double().mean()) - 149.5) < 3
+    # the window's draws are the full design's draws that fall in it, in order
+    first_inside = [row[(row >= 100) & (row < 200)][:1] for row in everything]
+    matches = [int(n[0]) == int(f[0]) for n, f in zip(narrow, first_inside, strict=True) if f.numel()]
+    assert len(matches) > 300 and all(matches)
+
+
+def test_stratified_design_draws_take_one_draw_per_stratum():
+    model = untrained("mlp")
+    x = torch.randn(300, 2, generator=torch.Generator().manual_seed(3))
+    model.replay = Replay(x, 0, "test")
+    from diffbench.montecarlo import draw_uniform
+
+    u = draw_uniform(model, 300, 5, torch.Generator(), stratify=True)
+    model.replay = None
+    stratum = (u * 5).floor().long()
+    assert torch.equal(stratum, torch.arange(5).expand(300, 5))
+    within = u * 5 - stratum
+    assert abs(float(within.mean()) - 0.5) < 0.02
+
+
+def test_row_hash_sees_every_bit_and_is_batch_free():
+    x = torch.randn(64, 3, 4)
+    assert torch.equal(row_hash(x)[10:20], row_hash(x[10:20]))
+    y = x.clone()
+    y[5, 2, 3] = torch.nextafter(y[5, 2, 3], torch.tensor(10.0))
+    assert (row_hash(x) != row_hash(y)).sum() == 1
+    t = torch.zeros(64, dtype=torch.long)
+    assert not torch.equal(draw_key(row_hash(x), t, row_hash(x)), draw_key(row_hash(x), t + 1, row_hash(x)))
+
+
+def test_bank_shards_survive_a_new_process(tmp_path):
+    model = untrained("mlp")
+    x = torch.randn(10, 2, generator=torch.Generator().manual_seed(1))
+    first = ErrorBank(model.num_classes, tmp_path / "bank")
+    errors, _, computed = run_estimator("shared-noise", model, x, 8, first)
+    first.flush()
+    assert computed > 0 and list((tmp_path / "bank").glob("shard-*.npz"))
+    (tmp_path / "bank" / "shard-torn.npz").write_bytes(b"not a shard")  # ignored, never fatal
+    reopened = ErrorBank(model.num_classes, tmp_path / "bank")
+    again, _, computed_again = run_estimator("shared-noise", model, x, 8, reopened)
+    assert computed_again == 0 and torch.equal(again, errors)
+
+
+def test_accounting_sums_each_cell_once():
+    frame = pd.DataFrame(
+        {
+            "cell_id": ["a", "a", "b"],
+            "status": "ok",
+            "dataset_label": "spirals",
+            "denoiser_label": "mlp",
+            "seed": 0,
+            "device": "cpu",
+            "dtype": "float32",
+            "compile": False,
+            "errors_source": "bank",
+            "errors_bank": "k",
+            "live_nfe": [100, 100, 50],
+            "computed_nfe": [40, 40, 0],
+        }
+    )
+    (model,) = accounting(frame)
+    assert (model["live_nfe"], model["computed_nfe"], model["cells"]) == (150, 40, 2)
+
+
+@pytest.mark.slow
+def test_bank_mode_run_computes_less_and_agrees_with_live(cli, tmp_path):
+    suite = write_suite(
+        tmp_path / "tiny.toml", estimators=["full-mc", "shared-noise"], trials=[2, 8], scenarios=["offline"]
+    )
+    tables = {}
+    for mode in ("live", "bank"):
+        args = ["--suite", suite, "--cache", tmp_path / "cache", "--errors", mode, "--no-plots", "--no-report"]
+        result = cli("run", *args, "--out", tmp_path / mode, "--max-time", "0.1")
+        assert result.exit_code == 0, result.output
+        tables[mode] = pd.read_parquet(tmp_path / mode / "results.parquet").set_index("cell_id")
+        assert (tmp_path / mode / "errors.json").is_file()
+    live, bank = tables["live"], tables["bank"]
+    assert (bank["errors_source"] == "bank").all() and (live["errors_source"] == "live").all()
+    assert (live["computed_nfe"] == live["live_nfe"]).all()
+    assert bank["computed_nfe"].sum() < 0.8 * bank["live_nfe"].sum()
+    assert (bank["nfe_per_sample"] == live["nfe_per_sample"]).all()
+    diff = (bank["accuracy"] - live["accuracy"]).abs()
+    half_width = (live["accuracy_ci_high"] - live["accuracy_ci_low"]) / 2
+    assert (diff <= 2 * half_width).all()
