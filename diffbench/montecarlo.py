@@ -11,6 +11,10 @@ and scores each ``x_t`` against classes through ``model.eps_error`` (which count
 
 The estimate is of E_{t ~ U[0, T), eps} [w_t * loss(eps - eps_theta(x_t, t, c))], with ``loss`` one of
 ``LOSSES`` and the per-timestep weight ``w_t`` one of ``WEIGHTINGS``.
+
+In bank mode (``--errors bank``) the draw helpers take their draws from the run's design of draws
+(``diffbench.draws``, set on the model as ``model.replay``) and ``class_errors`` reads errors from the
+error bank (``diffbench.bank``, ``model.bank``): an estimator built from these helpers replays unchanged.
 """
 
 from __future__ import annotations
