@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 from diffbench.contract import check_module_output, non_finite_output
+from diffbench.noise_process import NoiseProcess, as_process
 from diffbench.parameterisation import ToEpsilon, needs_conversion
 from diffbench.schedule import NoiseSchedule
 
@@ -40,7 +41,12 @@ def _mean_weights(size: int, device: torch.device, dtype: torch.dtype) -> torch.
 
 
 class ConditionalModel:
-    """Wraps a trained module; owns the schedule, chunks batches and counts every row as one NFE.
+    """Wraps a trained module; owns the noise process, chunks batches and counts every row as one NFE.
+
+    ``schedule`` is a ``NoiseProcess`` (``diffbench.noise_process``) or a ``NoiseSchedule`` (wrapped as its
+    variance-preserving process); ``process`` holds it as a process, ``schedule`` as it was given. The
+    module is fed the process's ``model_timesteps[t]`` (t itself on a VP process) and its output is
+    converted to epsilon under ``prediction_type`` (``diffbench.parameterisation``).
 
     ``eps(x_t, t, c)`` accepts any number of rows N and calls the module on chunks of
     at most ``max_batch`` rows, so an estimator can hand over all its samples x trials x
@@ -60,7 +66,7 @@ class ConditionalModel:
     def __init__(
         self,
         module: torch.nn.Module,
-        schedule: NoiseSchedule,
+        schedule: NoiseSchedule | NoiseProcess,
         num_classes: int,
         data_shape: tuple[int, ...],
         device: torch.device | str = "cpu",
@@ -76,11 +82,15 @@ class ConditionalModel:
         self.dtype = dtype
         self.module = module.to(self.device, dtype).eval()
         self.schedule = schedule
+        self.process = process = as_process(schedule)
         self.num_classes = num_classes
-        self.num_timesteps = schedule.num_timesteps
+        self.num_timesteps = process.num_timesteps
         self.data_shape = tuple(data_shape)
-        self.betas = schedule.betas.to(self.device, dtype)
-        self.alphas_cumprod = schedule.alphas_cumprod.to(self.device, dtype)
+        self.betas = process.betas.to(self.device, dtype)  # VP: its own; other processes: the equivalent VP's
+        self.alphas_cumprod = process.alphas_cumprod.to(self.device, dtype)
+        # what the module is fed for index t: t itself (VP), else the process's table (sigma * 1000, c_noise)
+        time_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self._timesteps = None if process.kind == "vp" else process.model_timesteps.to(self.device, time_dtype)
         self.max_batch = max_batch
         self.nfe = 0  # rows asked for since the last reset_nfe(): the NFE an estimator needs live
         self.nfe_before_reset = 0  # what reset_nfe() took away, so that nfe_total() never goes back
@@ -92,7 +102,7 @@ class ConditionalModel:
         self.prediction_type = prediction_type
         self._to_eps = None
         if needs_conversion(prediction_type, learned_variance):
-            self._to_eps = ToEpsilon(prediction_type, learned_variance, schedule.alphas_cumprod, self.device, dtype)
+            self._to_eps = ToEpsilon(prediction_type, learned_variance, process, self.device, dtype)
         self.name = name  # how errors name the module: "denoiser 'mlp[width=16]'"
         self.check_values = True  # fold every output's finiteness into _finite
         self._finite: torch.Tensor | None = None  # all outputs since the last check_finite() were finite
@@ -103,7 +113,9 @@ class ConditionalModel:
         The output must have x_t's shape and a floating dtype (``check_module_output``); while
         ``check_values`` is true its finiteness is folded into a flag kept on the device.
         """
-        out = self.module(x_t, t, c)
+        t_in = t if self._timesteps is None else self._timesteps.index_select(0, t)
+        x_in = x_t if self._to_eps is None else self._to_eps.inputs(x_t, t)
+        out = self.module(x_in, t_in, c)
         if self._to_eps is not None and isinstance(out, torch.Tensor):
             out = self._to_eps(out, x_t, t)
         out = check_module_output(out, x_t, self.name)
@@ -119,23 +131,28 @@ class ConditionalModel:
             raise non_finite_output(self.name, during)
 
     def sqrt_tables(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``sqrt(abar) [T]`` and ``sqrt(1 - abar) [T]`` on the model's device in ``dtype`` (default: the model's).
+        """The process's ``a [T]`` and ``s [T]`` on the model's device in ``dtype`` (default: the model's).
 
-        Made once per dtype and kept (never write into them); remade if ``alphas_cumprod`` is
-        replaced. Elementwise, so gathering from them equals taking the roots of gathered values, bit for bit.
+        On a VP process, ``sqrt(abar)`` and ``sqrt(1 - abar)`` of the model's ``alphas_cumprod``: made once per
+        dtype and kept (never write into them); remade if ``alphas_cumprod`` is replaced. Elementwise, so
+        gathering from them equals taking the roots of gathered values, bit for bit.
         """
         dtype = self.dtype if dtype is None else dtype
         abar = self.alphas_cumprod
         cached = self._sqrt_tables.get(dtype)
         if cached is None or cached[0] is not abar:
-            scaled = abar.to(dtype)
-            cached = (abar, scaled.sqrt(), scaled.neg().add_(1).sqrt_())
+            if self.process.kind == "vp":
+                scaled = abar.to(dtype)
+                cached = (abar, scaled.sqrt(), scaled.neg().add_(1).sqrt_())
+            else:
+                cached = (abar, self.process.a.to(self.device, dtype), self.process.s.to(self.device, dtype))
             self._sqrt_tables[dtype] = cached
         return cached[1], cached[2]
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Forward diffusion on the model's schedule: ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` in eps.dtype.
+        """Forward diffusion on the model's process: ``x_t = a_t x0 + s_t eps`` in eps.dtype.
 
+        On a VP process a_t = sqrt(abar_t) and s_t = sqrt(1 - abar_t).
         ``t`` (long) matches the leading dims of ``eps`` (``[B, R]`` for ``eps [B, R, *shape]``);
         ``x0`` broadcasts against ``eps`` (``x[:, None]`` for trials). Bit for bit
         ``diffbench.schedule.q_sample(model.alphas_cumprod, x0, t, eps)``, in fewer passes: the
@@ -269,12 +286,17 @@ def sample(
     timesteps = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().unique()
     abar = model.alphas_cumprod.double().cpu()[timesteps]
     betas = 1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
+    process = getattr(model, "process", None)
+    scale = None  # other processes: the chain runs on the equivalent VP process, x_t = sqrt(a^2 + s^2) x_vp
+    if process is not None and process.kind != "vp":
+        scale = (process.a.square() + process.s.square()).sqrt()[timesteps]
+        betas = betas.clamp(max=0.999)  # a flow's last level has abar = 0: no step from pure noise divides by 0
     labels = labels.to(model.device)
     n = labels.shape[0]
     x = torch.randn(n, *model.data_shape, generator=generator, device=model.device, dtype=model.dtype)
     for i in reversed(range(len(timesteps))):
         t = torch.full((n,), int(timesteps[i]), device=model.device, dtype=torch.long)
-        eps = model.eps(x, t, labels)
+        eps = model.eps(x if scale is None else x * scale[i].item(), t, labels)
         beta, a = betas[i].item(), abar[i].item()
         mean = (x - beta / math.sqrt(1 - a) * eps) / math.sqrt(1 - beta)
         if i > 0:

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 LOSSES = ("l2", "l1", "huber")
-WEIGHTINGS = ("simple", "elbo")
+WEIGHTINGS = ("simple", "elbo", "velocity", "x0")
 
 
 def pointwise_loss(loss: str) -> Loss:
@@ -57,16 +57,28 @@ def pointwise_loss(loss: str) -> Loss:
 def timestep_weights(model: ConditionalModel, weighting: str = "simple") -> torch.Tensor:
     """Per-timestep loss weights ``w [T]`` on the model's device, averaging 1 over t.
 
-    ``simple``: w_t = 1 (Ho et al.'s L_simple, Li et al.'s choice). ``elbo``: the DDPM
-    variational bound's weight on the epsilon error, beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t))
-    with sigma_t^2 = beta_t, rescaled to mean 1 so errors stay on the simple scale.
+    Each weighting turns the epsilon error into another error of the model's noise process
+    x_t = a x0 + s eps (``docs/noise-processes.md``). ``simple``: w_t = 1 (Ho et al.'s L_simple, Li et
+    al.'s choice). ``elbo``: the process's variational weight in terms of its (equivalent) abar, the DDPM
+    bound's beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)) with sigma_t^2 = beta_t (on a VP process its own
+    betas, unchanged). ``velocity``: 1 / a^2, the error of the process's velocity (a flow's v = eps - x0:
+    (1 - sigma)^-2; VP's v-prediction: 1 / abar; EDM's dx/dsigma = eps: 1). ``x0``: s^2 / a^2, the error of
+    the clean sample. Levels with a = 0 (a flow's sigma = 1) say nothing of x0: weight 0 under all but
+    ``simple``. Every weighting but ``simple`` is rescaled to mean 1 so errors stay on the simple scale.
     """
     if weighting == "simple":
         return torch.ones(model.num_timesteps, device=model.device, dtype=model.dtype)
-    if weighting != "elbo":
+    if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting '{weighting}'; choose one of {', '.join(WEIGHTINGS)}")
-    betas, abar = model.betas.double(), model.alphas_cumprod.double()
-    w = betas / (2 * (1 - betas) * (1 - abar))
+    if weighting == "elbo":
+        betas, abar = model.betas.double(), model.alphas_cumprod.double()
+        w = betas / (2 * (1 - betas) * (1 - abar))
+    else:
+        process = model.process
+        a2 = process.a.square().to(model.device)
+        w = 1 / a2 if weighting == "velocity" else process.s.square().to(model.device) / a2
+    if not torch.isfinite(w).all():  # levels with a = 0: no information on x0, so no weight
+        w = torch.where(torch.isfinite(w), w, torch.zeros_like(w))
     return (w / w.mean()).to(model.dtype)
 
 
