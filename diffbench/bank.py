@@ -207,10 +207,17 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def bank_key(weights: str, model: ConditionalModel, numerics: str) -> str:
-    """The bank's content key: the weights, the schedule, the prediction type, the classes, the numerics."""
+    """The bank's content key: the weights, the noise process, the prediction type, the classes, the numerics.
+
+    A VP process is keyed by its alphas_cumprod alone (the keys of banks made before other processes
+    existed); any other by its kind, sigma_data, a, s and model timesteps too.
+    """
     h = hashlib.sha256()
     h.update(weights.encode())
     h.update(model.alphas_cumprod.detach().to("cpu", torch.float64).numpy().tobytes())
+    process = getattr(model, "process", None)
+    if process is not None and process.kind != "vp":
+        h.update(process.digest_bytes())
     h.update(f"{model.prediction_type}|{model.num_classes}|{list(model.data_shape)}|{numerics}".encode())
     h.update(f"torch={torch.__version__}|losses={','.join(LOSSES)}".encode())
     return h.hexdigest()[:20]

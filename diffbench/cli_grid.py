@@ -30,6 +30,7 @@ from diffbench.suite import (
     resolve_devices,
     suite_from_dict,
 )
+from diffbench.training import OBJECTIVES
 
 INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError, ResumeError, DataError)
 
@@ -90,6 +91,11 @@ def measurement_options() -> list:
             "--repeats", type=click.IntRange(1, limits.MAX_REPEATS), help="Timed repeats per cell (median and IQR)."
         ),
         click.option("--schedule", type=click.Choice(SCHEDULES), help="Noise schedule."),
+        click.option(
+            "--objective",
+            type=click.Choice(OBJECTIVES),
+            help="Training objective: epsilon (default), v_prediction, or flow (a rectified flow, velocity).",
+        ),
         click.option(
             "--batch-size",
             metavar="N|auto",
@@ -172,6 +178,8 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
             "errors": opts.get("errors"),
         }
         suite = replace(suite, **{k: v for k, v in overrides.items() if v not in (None, [])})
+        if opts.get("objective"):
+            suite = with_objective(suite, opts["objective"])
         check_suite(suite, "the command line")
         devices = resolve_devices(suite.devices, log=log)
         cells = expand(suite, devices)
@@ -188,6 +196,12 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
     if not cells:
         raise InputError("the grid is empty: no device is available for the devices asked for")
     return suite, devices, cells
+
+
+def with_objective(suite: Suite, objective: str) -> Suite:
+    """The suite with every model trained to ``objective`` (``--objective``: over [train] and [train.<name>])."""
+    table = {k: ({**v, "objective": objective} if isinstance(v, dict) else v) for k, v in suite.train.items()}
+    return replace(suite, train={**table, "objective": objective})
 
 
 def check_folders(out: RunFolder | None, cache: Path | None) -> None:

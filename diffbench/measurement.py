@@ -203,7 +203,9 @@ def identity(plan: CellPlan) -> dict[str, Any]:
         "estimator": cell.estimator.name,
         **cell.labels(),
         "variance_baseline": bool(getattr(cell.estimator, "variance_baseline", False)),
-        "schedule": model.schedule,
+        "schedule": "flow" if model.train.objective == "flow" else model.schedule,
+        "noise_process": "flow" if model.train.objective == "flow" else "vp",
+        "objective": model.train.objective,
         "num_timesteps": model.timesteps,
         "train_steps": model.train.steps,
         "train_batch_size": model.train.batch_size,
@@ -249,14 +251,14 @@ def bank_scorer(plan: CellPlan, prepared: Prepared, model: ConditionalModel) -> 
 
 def model_record(prepared: Prepared, model: ConditionalModel, weights: str, numerics: str) -> tuple[dict, dict]:
     """A bank's model record: the samples exactly as its cells classify them, the schedule and what it is."""
-    splits, schedule = prepared.splits, prepared.schedule
+    splits = prepared.splits
     arrays = {
         "test_x": splits.test_x.to(model.dtype),
         "test_y": splits.test_y,
         "heldout_x": prepared.heldout_x.to(model.dtype),
         "heldout_y": prepared.heldout_y,
-        "alphas_cumprod": schedule.alphas_cumprod.double(),
-        "betas": schedule.betas.double(),
+        "alphas_cumprod": model.process.alphas_cumprod.double(),
+        "betas": model.process.betas.double(),
     }
     about = {
         "weights_digest": weights,
@@ -266,8 +268,9 @@ def model_record(prepared: Prepared, model: ConditionalModel, weights: str, nume
         "num_timesteps": model.num_timesteps,
         "data_shape": list(model.data_shape),
         "dtype": str(model.dtype).removeprefix("torch."),
-        "schedule": schedule.kind,
+        "schedule": model.process.name,
         "prediction_type": model.prediction_type,
+        **({} if model.process.kind == "vp" else {"process": model.process.record()}),
         "learned_variance": bool(prepared.pretrained and prepared.pretrained.learned_variance),
     }
     return arrays, about

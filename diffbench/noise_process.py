@@ -150,9 +150,24 @@ class NoiseProcess:
         return {**self.describe(), "sigma_data": self.sigma_data}
 
     def digest_bytes(self) -> bytes:
-        """a, s and model_timesteps as float64 bytes, and the kind: what an error-bank key hashes."""
+        """The kind, sigma_data, and a, s and model_timesteps as float64 bytes: what an error-bank key hashes."""
         tables = (self.a, self.s, self.model_timesteps.double())
-        return self.kind.encode() + b"".join(t.contiguous().numpy().tobytes() for t in tables)
+        head = f"{self.kind}|{self.sigma_data}|".encode()
+        return head + b"".join(t.contiguous().numpy().tobytes() for t in tables)
+
+    def record(self) -> dict[str, object]:
+        """The process as JSON (floats round-trip exactly): what a bank file carries to rescore without the model."""
+        tables = {k: getattr(self, k).double().tolist() for k in ("a", "s", "model_timesteps")}
+        return {"kind": self.kind, "name": self.name, "sigma_data": self.sigma_data, **tables}
+
+    @classmethod
+    def from_record(cls, record: dict) -> NoiseProcess:
+        """The process ``record()`` wrote (a VP one gets integer model timesteps back)."""
+        steps = torch.tensor(record["model_timesteps"], dtype=torch.float64)
+        if record["kind"] == "vp":
+            steps = steps.long()
+        tables = (torch.tensor(record[k], dtype=torch.float64) for k in ("a", "s"))
+        return cls(record["kind"], record["name"], *tables, steps, record["sigma_data"])
 
 
 def as_process(schedule: NoiseSchedule | NoiseProcess) -> NoiseProcess:

@@ -19,9 +19,10 @@ from diffbench.acceleration import accelerate
 from diffbench.checkpoints import load_checkpoint
 from diffbench.contract import DataError, Dataset, Plugin, Splits, check_log_posterior, check_splits
 from diffbench.model import ConditionalModel
+from diffbench.noise_process import NoiseProcess
 from diffbench.plan import ModelPlan
 from diffbench.schedule import NoiseSchedule
-from diffbench.training import build_module, load_or_train
+from diffbench.training import build_module, load_or_train, training_process
 
 HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, subsets.HELDOUT_MAX  # training data held out for estimators' fit and calibration
 
@@ -37,8 +38,9 @@ class Prepared:
     info: dict[str, Any]
     bayes_accuracy: float
     setup_s: float
-    schedule: NoiseSchedule  # the suite's, built once per model, or the one a pretrained model brought
+    schedule: NoiseSchedule | NoiseProcess  # the process the model classifies under (a pretrained model's own)
     pretrained: pretrained.PretrainedSetup | None = None  # set when the denoiser arrived trained
+    prediction_type: str = "epsilon"  # what a trained module predicts (its objective), converted to epsilon
 
 
 @dataclass
@@ -132,12 +134,14 @@ def prepare_module(plan: ModelPlan, data: ModelData, bayes: float, start: float,
         return loaded
     splits, held = data.splits, (data.heldout_x, data.heldout_y)
     schedule = NoiseSchedule(plan.schedule, plan.timesteps)
+    process, prediction = training_process(schedule, plan.train)
     if plan.checkpoint is not None:
         module = load_checkpoint(build_module(plan.denoiser, splits, plan.seed), plan.checkpoint, pair)
         log(f"{pair}: loaded weights from {plan.checkpoint}")
         info = {"cache_hit": False, "train_s": 0.0, "checkpoint": str(plan.checkpoint)}
         setup_s = time.perf_counter() - start
-        return Prepared(splits, *held, module.to(device).eval(), info, bayes, setup_s, schedule)
+        module = module.to(device).eval()
+        return Prepared(splits, *held, module, info, bayes, setup_s, process, prediction_type=prediction)
     if splits.train_x.shape[0] == 0:
         raise DataError(
             f"dataset {plan.dataset!r} has no training split to train {plan.denoiser!r} on: "
@@ -161,7 +165,8 @@ def prepare_module(plan: ModelPlan, data: ModelData, bayes: float, start: float,
     else:
         log(f"{pair}: trained in {info['train_s']:.1f}s")
         info.update(train_started_at=train_started, train_finished_at=time.time())
-    return Prepared(splits, *held, module, info, bayes, time.perf_counter() - start, schedule)
+    setup_s = time.perf_counter() - start
+    return Prepared(splits, *held, module, info, bayes, setup_s, process, prediction_type=prediction)
 
 
 def prepare_pretrained(
@@ -195,7 +200,9 @@ def conditional_model(
     """The prepared module as cells and figures run it: on ``device``, autocast to ``dtype`` (compiled if asked),
     under the model's schedule and output type (a pretrained model's own)."""
     module = accelerate(prepared.module.to(device).eval(), device, dtype, compile)
-    options = prepared.pretrained.model_options() if prepared.pretrained else {}
+    options = (
+        prepared.pretrained.model_options() if prepared.pretrained else {"prediction_type": prepared.prediction_type}
+    )
     splits, schedule = prepared.splits, prepared.schedule
     return ConditionalModel(module, schedule, splits.num_classes, splits.data_shape, device, name=name, **options)
 

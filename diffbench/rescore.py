@@ -30,6 +30,7 @@ from diffbench.bank_file import ModelBank
 from diffbench.cell import Cell
 from diffbench.measurement import answers
 from diffbench.model import ConditionalModel
+from diffbench.noise_process import NoiseProcess
 from diffbench.provenance import provenance, run_info
 from diffbench.quality import CellData
 from diffbench.rundir import RunFolder
@@ -74,6 +75,10 @@ def bank_model(model: ModelBank) -> ConditionalModel:
     about = model.about
     schedule = NoiseSchedule.from_alphas_cumprod(torch.from_numpy(model.arrays["alphas_cumprod"]), about["schedule"])
     schedule.betas = torch.from_numpy(model.arrays["betas"])  # the run's own bits (elbo weights read them)
+    if "process" in about:  # a flow or EDM model: its a, s and model timesteps (what q_sample and weights read)
+        schedule = NoiseProcess.from_record(about["process"])
+        schedule.alphas_cumprod = torch.from_numpy(model.arrays["alphas_cumprod"])
+        schedule.betas = torch.from_numpy(model.arrays["betas"])
     name = f"denoiser '{about['identity'].get('denoiser_label', '?')}' (not here: rescoring from a bank)"
     return ConditionalModel(
         RefusingModule(),

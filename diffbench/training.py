@@ -1,4 +1,9 @@
-"""Training a conditional denoiser by epsilon-prediction MSE, cached on disk by a content key.
+"""Training a conditional denoiser, cached on disk by a content key.
+
+Three objectives (``TrainSettings.objective``): ``epsilon`` (DDPM's noise-prediction MSE), ``v_prediction``
+(Salimans & Ho's v = a eps - s x0 on the same VP schedule) and ``flow`` (a rectified flow: x_t =
+(1 - sigma) x0 + sigma eps, predicting the velocity v = eps - x0; sigma logit-normal, SD3's default, or
+uniform). Each model classifies under the process and prediction it was trained on (``training_process``).
 
 The key (``cache_key``) is derived here, from everything that determines the trained weights; the cache's
 files (saving, hashing, locking, loading) are ``diffbench.checkpoints``'.
@@ -28,11 +33,15 @@ from diffbench.checkpoints import (
     save_cached_checkpoint,
 )
 from diffbench.contract import DataError, Dataset, Denoiser, Splits, check_module_output, short_repr
+from diffbench.noise_process import FLOW_TIMESTEP_SCALE, NoiseProcess
 from diffbench.schedule import NoiseSchedule, q_sample
 
 CACHE_FORMAT = 2  # bump when training code changes what a key's weights would be
 MAX_TRAIN_STEPS = 10**9  # larger values are typos (and overflow the table's int64 column)
 MAX_TRAIN_BATCH = 2**31 - 1
+OBJECTIVES = ("epsilon", "v_prediction", "flow")
+FLOW_SIGMAS = ("logit-normal", "uniform")  # how a flow draws sigma: SD3's logit-normal(0, 1), or uniform on (0, 1)
+NEW_KEYS = {"objective": "epsilon", "flow_sigma": "logit-normal"}  # left out of cache keys at their defaults
 
 
 @dataclass(frozen=True)
@@ -40,8 +49,14 @@ class TrainSettings:
     steps: int = 4000
     batch_size: int = 512
     lr: float = 2e-3
+    objective: str = "epsilon"
+    flow_sigma: str = "logit-normal"
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown training objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.flow_sigma not in FLOW_SIGMAS:
+            raise ValueError(f"unknown flow_sigma {self.flow_sigma!r}; choose one of {', '.join(FLOW_SIGMAS)}")
         ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.steps, self.batch_size))
         number = isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
         if not (
@@ -72,7 +87,7 @@ def cache_key(
         "dataset": [dataset.name, dataset.training_params()],
         "denoiser": [denoiser.name, denoiser.params],
         "schedule": schedule.describe(),
-        "train": asdict(settings),
+        "train": {k: v for k, v in asdict(settings).items() if NEW_KEYS.get(k, ...) != v},
         "seed": seed,
         "device": device.type,
     }
@@ -91,7 +106,7 @@ def train(
     progress: bool = True,
     name: str = "the denoiser",
 ) -> list[float]:
-    """Fit ``module`` to predict the noise of x_t = sqrt(abar) x + sqrt(1-abar) eps; returns losses.
+    """Fit ``module`` to ``settings.objective`` (``noisy_batch``) by MSE; returns the losses.
 
     The module's output must be shaped like x_t (checked every step: a broadcasting ``[N, 1]``
     output would train to nonsense quietly) and the loss must stay finite (else TrainingError).
@@ -108,10 +123,8 @@ def train(
     for _ in bar:
         idx = torch.randint(0, x_all.shape[0], (settings.batch_size,), generator=generator, device=device)
         x0, c = x_all[idx], y_all[idx]
-        t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=generator, device=device)
-        eps = torch.randn(x0.shape, generator=generator, device=device)
-        x_t = q_sample(abar, x0, t, eps)
-        loss = torch.nn.functional.mse_loss(check_module_output(module(x_t, t, c), x_t, name), eps)
+        x_t, t, target = noisy_batch(x0, abar, settings, generator)
+        loss = torch.nn.functional.mse_loss(check_module_output(module(x_t, t, c), x_t, name), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -126,6 +139,44 @@ def train(
             bar.set_postfix(loss=f"{sum(losses[-100:]) / 100:.4f}")
     module.eval()
     return losses
+
+
+def noisy_batch(
+    x0: torch.Tensor, abar: torch.Tensor, settings: TrainSettings, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_t, timestep fed to the module, regression target)`` of one batch under the objective.
+
+    epsilon and v_prediction: t uniform over the VP schedule's T levels, target eps or a eps - s x0.
+    flow: sigma continuous in (0, 1) (logit-normal: sigmoid of a standard normal, Esser et al.'s default;
+    or uniform), x_t = (1 - sigma) x0 + sigma eps, the module fed sigma * 1000, target v = eps - x0.
+    """
+    device, n = x0.device, x0.shape[0]
+    if settings.objective == "flow":
+        if settings.flow_sigma == "uniform":
+            sigma = torch.rand(n, generator=generator, device=device)
+        else:
+            sigma = torch.sigmoid(torch.randn(n, generator=generator, device=device))
+        eps = torch.randn(x0.shape, generator=generator, device=device)
+        view = sigma.reshape(-1, *([1] * (x0.dim() - 1)))
+        return (1 - view) * x0 + view * eps, sigma * FLOW_TIMESTEP_SCALE, eps - x0
+    t = torch.randint(0, abar.shape[0], (n,), generator=generator, device=device)
+    eps = torch.randn(x0.shape, generator=generator, device=device)
+    x_t = q_sample(abar, x0, t, eps)
+    if settings.objective == "epsilon":
+        return x_t, t, eps
+    a = abar[t].sqrt().reshape(-1, *([1] * (x0.dim() - 1)))
+    return x_t, t, a * eps - (1 - a.square()).sqrt() * x0
+
+
+def training_process(schedule: NoiseSchedule, settings: TrainSettings) -> tuple[NoiseProcess, str]:
+    """The noise process and prediction type a model trained under ``settings`` classifies with.
+
+    epsilon and v_prediction: the suite's VP schedule; flow: a rectified flow on as many levels
+    (diffusers' FlowMatchEulerDiscreteScheduler sigmas, no shift), its velocity converted to epsilon.
+    """
+    if settings.objective == "flow":
+        return NoiseProcess.rectified_flow(schedule.num_timesteps), "flow"
+    return NoiseProcess.variance_preserving(schedule), settings.objective
 
 
 def adam(module: torch.nn.Module, lr: float) -> torch.optim.Adam:
