@@ -157,17 +157,17 @@ class NoiseProcess:
 
     def record(self) -> dict[str, object]:
         """The process as JSON (floats round-trip exactly): what a bank file carries to rescore without the model."""
-        tables = {k: getattr(self, k).double().tolist() for k in ("a", "s", "model_timesteps")}
+        tables = {k: getattr(self, k).double().tolist() for k in ("a", "s", "model_timesteps", "alphas_cumprod")}
         return {"kind": self.kind, "name": self.name, "sigma_data": self.sigma_data, **tables}
 
     @classmethod
     def from_record(cls, record: dict) -> NoiseProcess:
-        """The process ``record()`` wrote (a VP one gets integer model timesteps back)."""
+        """The process ``record()`` wrote (a VP one gets integer model timesteps back; betas follow from abar)."""
         steps = torch.tensor(record["model_timesteps"], dtype=torch.float64)
         if record["kind"] == "vp":
             steps = steps.long()
-        tables = (torch.tensor(record[k], dtype=torch.float64) for k in ("a", "s"))
-        return cls(record["kind"], record["name"], *tables, steps, record["sigma_data"])
+        a, s, abar = (torch.tensor(record[k], dtype=torch.float64) for k in ("a", "s", "alphas_cumprod"))
+        return cls(record["kind"], record["name"], a, s, steps, record["sigma_data"], abar)
 
 
 def as_process(schedule: NoiseSchedule | NoiseProcess) -> NoiseProcess:

@@ -189,3 +189,30 @@ def test_edm_elbo_weight_is_the_vdm_snr_difference_of_the_equivalent_process():
     expected = (1 - alpha) / (2 * alpha * (1 - abar))
     assert torch.allclose(w, expected / expected.mean())
     assert not math.isclose(w[0].item(), w[-1].item())
+
+
+def test_the_bank_key_holds_the_process_and_a_vp_key_is_unchanged():
+    import hashlib
+
+    from diffbench.bank import bank_key
+
+    flow = NoiseProcess.rectified_flow(100)
+    same_abar = NoiseProcess.variance_preserving(flow.alphas_cumprod.clamp(max=1 - 1e-12))
+    same_abar.alphas_cumprod = flow.alphas_cumprod  # a VP process with the flow's very abar
+    keys = {bank_key("w", _model(p), "cpu") for p in (flow, same_abar, NoiseProcess.rectified_flow(100, shift=3.0))}
+    assert len(keys) == 3, "a flow and a VP process of the same SNR keep apart; so do two flows"
+    vp = _model(NoiseSchedule("linear", 100))
+    h = hashlib.sha256(b"w")
+    h.update(vp.alphas_cumprod.to("cpu", torch.float64).numpy().tobytes())
+    h.update(b"epsilon|2|[2]|cpu")
+    h.update(f"torch={torch.__version__}|losses=l2,l1,huber".encode())
+    assert bank_key("w", vp, "cpu") == h.hexdigest()[:20], "VP keys as before processes existed"
+
+
+@pytest.mark.parametrize("name", PROCESSES)
+def test_a_process_record_round_trips_exactly(name):
+    process = PROCESSES[name]()
+    back = NoiseProcess.from_record(process.record())
+    assert (back.kind, back.name, back.sigma_data) == (process.kind, process.name, process.sigma_data)
+    for table in ("a", "s", "model_timesteps", "alphas_cumprod"):
+        assert torch.equal(getattr(back, table), getattr(process, table)), table
