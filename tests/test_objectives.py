@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -129,3 +130,29 @@ def test_objective_flow_runs_end_to_end_with_its_columns(cli, tmp_path):
     assert set(rows["flow"]["objective"]) == {"flow"} and set(rows["flow"]["noise_process"]) == {"flow"}
     assert set(rows["epsilon"]["noise_process"]) == {"vp"} and set(rows["epsilon"]["schedule"]) == {"linear"}
     assert rows["flow"]["accuracy"].notna().all()
+
+
+@pytest.mark.slow
+def test_a_flow_model_rescores_from_its_bank_file_alone(cli, tmp_path):
+    """The bank file carries the flow's a, s and model timesteps: rescoring gives the run's answers."""
+    suite = write_suite(
+        tmp_path / "tiny.toml",
+        train={"steps": 50, "objective": "flow"},
+        estimators=["shared-noise", "truncated[t_max=300]", "stratified[weighting=velocity]"],
+        scenarios=["offline"],
+        max_time_s=0.1,
+    )
+    run = tmp_path / "run"
+    args = ["--suite", suite, "--out", run, "--cache", tmp_path / "cache", "--errors", "bank", "--no-plots"]
+    assert cli("run", *args, "--no-report").exit_code == 0
+    assert cli("bank", "export", run, tmp_path / "bank.npz").exit_code == 0
+    shutil.rmtree(tmp_path / "cache")
+    result = cli("rescore", tmp_path / "bank.npz", "--out", tmp_path / "again", "--no-plots", "--no-report")
+    assert result.exit_code == 0, result.output
+    columns = ["estimator_label", "trials", "accuracy", "noise_process"]
+    a, b = (
+        pd.read_parquet(f / "results.parquet")[columns].sort_values(columns[:2]).reset_index(drop=True)
+        for f in (run, tmp_path / "again")
+    )
+    assert set(a["noise_process"]) == {"flow"}
+    pd.testing.assert_frame_equal(a, b)
