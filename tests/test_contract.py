@@ -141,7 +141,7 @@ def test_builtin_labels_are_as_before_choices(name, overrides, label):
     ("name", "key", "choices"),
     [
         ("shared-noise", "loss", ("l2", "l1", "huber")),
-        ("antithetic", "weighting", ("simple", "elbo")),
+        ("antithetic", "weighting", ("simple", "elbo", "velocity", "x0")),
         ("stratified", "mode", ("random", "even")),
         ("adaptive", "mode", ("li", "paired-test")),
     ],

@@ -161,7 +161,7 @@ class TestSuites:
             ({"datasets": [1]}, "list of selector strings"),
             (
                 {"train": {"stepz": 10}},
-                r"unknown \[train\] key\(s\) \['stepz'\]; did you mean 'steps'\? \(known: batch_size, lr, steps, or",
+                r"unknown \[train\] key\(s\) \['stepz'\]; did you mean 'steps'\? \(known: batch_size, flow_sigma, lr, objective, steps, or",
             ),
             ({"train": {"steps": 0}}, r"bad \[train\] settings"),
             ({"train": {"mlp": {"lr": -1.0}}}, r"bad \[train\] settings"),
