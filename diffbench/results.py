@@ -78,8 +78,19 @@ def with_variant_labels(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(estimator_label=frame["estimator_label"] + suffix)
 
 
+def is_reference(frame: pd.DataFrame) -> pd.Series:
+    """Which rows are reference classifiers' (``kind`` = reference); a table from before references has none."""
+    return frame["kind"].eq("reference") if "kind" in frame else pd.Series(False, index=frame.index)
+
+
+def references(frame: pd.DataFrame) -> pd.DataFrame:
+    """The reference classifiers' rows (one per dataset and reference), never an estimator's."""
+    return frame[is_reference(frame)]
+
+
 def offline(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the offline scenario (one per cell): what accuracy plots and summaries use."""
+    """The estimators' rows of the offline scenario (one per cell): what accuracy plots and summaries use."""
+    frame = frame[~is_reference(frame)]
     return frame[frame["scenario"] == "offline"] if "scenario" in frame else frame
 
 
