@@ -50,7 +50,7 @@ def plugin_file(tmp_path):
 
 def test_builtins_arrive_through_entry_points():
     found = plugins.registry()
-    assert set(found) == {"dataset", "denoiser", "estimator"}
+    assert set(found) == {"dataset", "denoiser", "estimator", "reference"}
     builtins = [("dataset", "spirals"), ("denoiser", "mlp")] + [
         ("estimator", name) for name in ("full-mc", "shared-noise", "truncated")
     ]
