@@ -192,11 +192,16 @@ def test_a_suite_file_takes_references_and_old_suites_keep_their_settings(tmp_pa
 # --- runs --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def reference_run(builtins, tmp_path):
-    result = run_tiny(tmp_path, "-r", "logistic", "-r", "knn")
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One tiny run with ``-r logistic -r knn`` shared by this module's tests: (its folder, the CLI result)."""
+    base = tmp_path_factory.mktemp("references")
+    with plugins.using() as found:
+        if "logistic" not in plugins.registry()["reference"]:
+            found.register(builtin_references, None, "diffbench_plugins.references")
+        result = run_tiny(base, "-r", "logistic", "-r", "knn")
     assert result.exit_code == 0, result.output
-    return tmp_path / "run", result
+    return base / "run", result
 
 
 def test_a_run_with_references_writes_one_row_each_beside_the_cells(reference_run):
@@ -232,7 +237,8 @@ def test_the_references_appear_on_the_plot_and_in_the_report(reference_run):
     assert "Against reference classifiers" in page and best_ref["estimator_label"] in page
 
 
-def test_resume_keeps_finished_reference_rows(reference_run, tmp_path):
+@pytest.mark.slow
+def test_resume_keeps_finished_reference_rows(builtins, reference_run, tmp_path):
     folder, _ = reference_run
     before = pd.read_parquet(folder / "results.parquet")
     args = ["run", "--resume", folder, "--cache", tmp_path / "cache"]
@@ -243,9 +249,12 @@ def test_resume_keeps_finished_reference_rows(reference_run, tmp_path):
     assert list(after["started_at"]) == list(before["started_at"])
 
 
+@pytest.mark.slow
 def test_bad_references_fail_their_own_rows_in_one_line_and_the_rest_is_kept(register_plugin, tmp_path):
     register_plugin(reference_hooks(Centroid, Raises, WrongShape, NaNs))
-    result = run_tiny(tmp_path, "-r", "raises", "-r", "wrong-shape-ref", "-r", "centroid", "-r", "nan-ref")
+    result = run_tiny(
+        tmp_path, "-r", "raises", "-r", "wrong-shape-ref", "-r", "centroid", "-r", "nan-ref", "--no-plots"
+    )
     assert result.exit_code == 1
     table = pd.read_parquet(tmp_path / "run" / "results.parquet").set_index("estimator_label")
     assert table.loc["centroid", "status"] == "ok" and (table.loc["shared-noise", "status"] == "ok").all()
@@ -260,6 +269,7 @@ def test_bad_references_fail_their_own_rows_in_one_line_and_the_rest_is_kept(reg
     assert "failed: reference raises on spirals" in result.output
 
 
+@pytest.mark.slow
 def test_the_cnn_refuses_points_in_one_line(builtins, tmp_path):
     result = run_tiny(tmp_path, "-r", "cnn", "--no-plots")
     assert result.exit_code == 0, result.output
@@ -292,6 +302,7 @@ def register_references(register):
 '''
 
 
+@pytest.mark.slow
 def test_a_third_party_reference_package_passes_the_kit_and_shows_in_table_plot_and_report(
     install_fake,  # noqa: F811  (the fixture imported above)
     tmp_path,
