@@ -217,6 +217,7 @@ PREFIXES = tuple(f.name.rstrip("*") for f in FAMILIES)
 #: The columns the report shows by default, in order ("run" is the report's own: the run folder's name).
 KEY_COLUMNS = (
     "run",
+    "kind",
     "dataset_label",
     "denoiser_label",
     "estimator_label",
