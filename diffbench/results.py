@@ -146,7 +146,21 @@ def summary(frame: pd.DataFrame) -> str:
     single-sample latency by estimator x trials (single), per dataset x denoiser x device."""
     ok = frame[frame["status"] == "ok"]
     parts = offline_summary(with_variant_labels(offline(ok))) + single_summary(with_variant_labels(single(ok)))
+    parts += reference_summary(references(ok))
     return "\n\n".join(parts) if parts else "no cell finished"
+
+
+def reference_summary(refs: pd.DataFrame) -> list[str]:
+    """Each dataset's reference classifiers: accuracy with its 95% interval, fit seconds and samples/s."""
+    parts = []
+    for dataset, group in refs.groupby("dataset_label", sort=False):
+        lines = [
+            f"  {r.estimator_label:<16} {r.accuracy:.3f} [{r.accuracy_ci_low:.3f}, {r.accuracy_ci_high:.3f}]"
+            f"  fit {r.train_s:.2f}s, {r.samples_per_s:,.0f} samples/s"
+            for r in group.itertuples()
+        ]
+        parts.append(f"{dataset}: reference classifiers, accuracy [95% CI]\n" + "\n".join(lines))
+    return parts
 
 
 def offline_summary(ok: pd.DataFrame) -> list[str]:

@@ -207,6 +207,7 @@ def reference_run(tmp_path_factory):
 def test_a_run_with_references_writes_one_row_each_beside_the_cells(reference_run):
     folder, result = reference_run
     assert "running 2 cells and 2 reference row(s)" in result.output
+    assert ": reference classifiers, accuracy [95% CI]\n  logistic " in result.output  # the terminal summary
     table = pd.read_parquet(folder / "results.parquet")
     assert list(table["kind"]) == ["estimator", "estimator", "reference", "reference"]
     refs = table[table["kind"] == "reference"].set_index("estimator")
