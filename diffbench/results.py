@@ -152,7 +152,9 @@ def summary(frame: pd.DataFrame) -> str:
 
 def reference_summary(refs: pd.DataFrame) -> list[str]:
     """Each dataset's reference classifiers: accuracy with its 95% interval, fit seconds and samples/s."""
-    parts = []
+    parts: list[str] = []
+    if refs.empty:
+        return parts
     for dataset, group in refs.groupby("dataset_label", sort=False):
         lines = [
             f"  {r.estimator_label:<16} {r.accuracy:.3f} [{r.accuracy_ci_low:.3f}, {r.accuracy_ci_high:.3f}]"
