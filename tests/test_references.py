@@ -324,3 +324,22 @@ def test_a_third_party_reference_package_passes_the_kit_and_shows_in_table_plot_
     assert "reference: prototype" in figure.axes[0].get_legend_handles_labels()[1]
     page = build_report([folder], draw=False)
     assert "prototype: " in page and "McNemar" in page
+
+
+def test_one_reference_row_per_dataset_and_reference_not_per_denoiser(builtins):
+    from diffbench.reference_cell import reference_plans
+    from diffbench.suite import expand
+
+    suite = Suite(
+        datasets=["spirals", "moons"], denoisers=["mlp", "resmlp"], trials=[1, 2], references=["logistic", "knn"]
+    )
+    grid = expand(suite, ["cpu"])
+    assert len(grid) == 2 * 2 * 3 * 2
+    plans = reference_plans(suite, grid, {})
+    assert [p.cell.pair() for p in plans] == [
+        "spirals x reference logistic",
+        "spirals x reference knn",
+        "moons x reference logistic",
+        "moons x reference knn",
+    ]
+    assert len({p.id for p in plans} | {c.id for c in grid}) == len(plans) + len(grid)
