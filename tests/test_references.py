@@ -140,6 +140,7 @@ def test_well_behaved_references_pass_the_kit(cls):
 
 def test_the_cnn_passes_the_kit_on_images_and_is_refused_on_points():
     check_reference(builtin_references.CNN(epochs=3), data_shape=(1, 8, 8))
+    check_reference(builtin_references.CNN(epochs=3), data_shape=(1, 28, 28))  # the first convolution strides
     with pytest.raises(AssertionError, match="supports"):
         check_reference(builtin_references.CNN)
 
