@@ -1,7 +1,17 @@
 """diffbench: benchmark diffusion classifiers — which estimator buys the most accuracy per compute."""
 
 from diffbench import montecarlo
-from diffbench.contract import Choice, DataError, Dataset, Denoiser, Estimator, ParamError, Pretrained, Splits
+from diffbench.contract import (
+    Choice,
+    DataError,
+    Dataset,
+    Denoiser,
+    Estimator,
+    ParamError,
+    Pretrained,
+    Reference,
+    Splits,
+)
 from diffbench.hookspecs import hookimpl
 from diffbench.model import ConditionalModel
 
@@ -16,6 +26,7 @@ __all__ = [
     "Estimator",
     "ParamError",
     "Pretrained",
+    "Reference",
     "Splits",
     "__version__",
     "hookimpl",

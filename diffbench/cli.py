@@ -58,7 +58,7 @@ def main(plugin_specs: tuple[str, ...]) -> None:
 @main.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the plugins as JSON.")
 def list_plugins(as_json: bool) -> None:
-    """List every dataset, denoiser and estimator plugin with its params and source."""
+    """List every dataset, denoiser, estimator and reference classifier plugin with its params and source."""
     try:
         found = plugins.registry()
     except plugins.PluginError as exc:
@@ -71,6 +71,7 @@ def list_plugins(as_json: bool) -> None:
                 "source": r.source,
                 "doc": (r.cls.__doc__ or "").strip().splitlines()[0] if r.cls.__doc__ else "",
                 **({"accepts": r.cls.accepts, "train": r.cls.train} if kind == "denoiser" else {}),
+                **({"accepts": r.cls.accepts} if kind == "reference" else {}),
             }
             for r in sorted(entries.values(), key=lambda r: r.name)
         ]
@@ -257,6 +258,9 @@ def finish_run(frame: pd.DataFrame, out: Path, plots: bool, report: bool) -> Non
     failed = frame[frame["status"] != "ok"].drop_duplicates("cell_id")
     if not failed.empty:
         for _, row in failed.iterrows():
+            if row.get("kind") == "reference":
+                log(f"failed: reference {row['estimator_label']} on {row['dataset_label']}: {row['error']}")
+                continue
             log(f"failed: {row['estimator_label']} at {row['trials']} trials on {row['device']}: {row['error']}")
         raise click.ClickException(
             f"{len(failed)} of {frame['cell_id'].nunique()} cells failed (see the 'error' column); "

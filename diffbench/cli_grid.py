@@ -26,6 +26,7 @@ from diffbench.suite import (
     check_grid,
     check_suite,
     expand,
+    instantiate,
     load_suite,
     resolve_devices,
     suite_from_dict,
@@ -72,6 +73,14 @@ def selector_options() -> list:
             multiple=True,
             metavar="SELECTOR",
             help='Estimator selector (repeatable), e.g. -e "truncated[t_min=100,t_max=[300,600]]".',
+        ),
+        click.option(
+            "-r",
+            "--reference",
+            "references",
+            multiple=True,
+            metavar="SELECTOR",
+            help="Reference classifier selector (repeatable), e.g. -r logistic -r knn[k=5]: one row per dataset.",
         ),
         click.option("--trials", metavar="LIST", help="Trials per class, comma-separated, e.g. 1,2,4,8."),
         click.option("--device", type=click.Choice(DEVICES), help="cpu, cuda, or auto (every device present)."),
@@ -165,6 +174,7 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
             "datasets": list(opts["datasets"]),
             "denoisers": list(opts["denoisers"]),
             "estimators": list(opts["estimators"]),
+            "references": list(opts.get("references") or []),
             "trials": parse_int_list(opts["trials"]) if opts["trials"] else None,
             "devices": [opts["device"]] if opts["device"] else None,
             "seed": opts["seed"],
@@ -189,6 +199,8 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
             dataset.check()  # missing or incomplete files: one line before anything trains
         pretrained.check_pairs(cells)  # a pretrained model that cannot serve its dataset: before anything runs
         check_grid(suite, cells)
+        for selector in suite.references:  # unknown names and bad params: one line before anything trains
+            instantiate("reference", selector)
     except INPUT_ERRORS as exc:
         raise InputError(str(exc)) from None
     except (TypeError, ValueError) as exc:  # a denoiser's own `train` defaults are malformed

@@ -32,12 +32,13 @@ def _c(name: str, dtype: str, meaning: str, unit: str = "", help: str = "") -> C
 
 IDENTITY = (
     _c("cell_id", "str", "hash of the cell's key columns (dataset_label ... compile)"),
+    _c("kind", "str", "estimator (a diffusion classifier's cell) or reference (a reference classifier's row)"),
     _c("dataset", "str", "dataset plugin name"),
     _c("denoiser", "str", "denoiser plugin name"),
-    _c("estimator", "str", "estimator plugin name"),
+    _c("estimator", "str", "estimator plugin name (a reference row: the reference's name)"),
     _c("dataset_label", "str", "dataset name with its non-default params, as in a selector"),
     _c("denoiser_label", "str", "denoiser name with its non-default params"),
-    _c("estimator_label", "str", "estimator name with its non-default params"),
+    _c("estimator_label", "str", "estimator (or reference) name with its non-default params"),
     _c("trials", "int", "the estimator's trials budget"),
     _c("device", "str", "cpu or cuda"),
     _c("seed", "int", "the run's seed (data, training, the seeded pass)"),
@@ -56,6 +57,7 @@ FAMILIES = (
     _c("p_dataset_*", "any", "each dataset param"),
     _c("p_denoiser_*", "any", "each denoiser param"),
     _c("p_estimator_*", "any", "each estimator param"),
+    _c("p_reference_*", "any", "each reference classifier param"),
 )
 MODEL = (
     _c("device_name", "str", "the GPU's or CPU's name"),
@@ -217,6 +219,7 @@ PREFIXES = tuple(f.name.rstrip("*") for f in FAMILIES)
 #: The columns the report shows by default, in order ("run" is the report's own: the run folder's name).
 KEY_COLUMNS = (
     "run",
+    "kind",
     "dataset_label",
     "denoiser_label",
     "estimator_label",

@@ -5,7 +5,8 @@ Every plugin class has a unique ``name`` and a ``params`` dict of defaults (``ch
 default takes only its choices; ``diffbench.params`` holds those rules, re-exported here) and keeps
 the merged values in ``self.params``. What a plugin
 returns is checked by ``check_splits`` (a dataset's ``load``) and ``check_errors`` (an estimator's
-``errors``); the runner and ``diffbench.testing`` apply the same checks.
+``errors``), ``check_probabilities`` (a reference's ``predict_proba``); the runner and
+``diffbench.testing`` apply the same checks.
 """
 
 from __future__ import annotations
@@ -232,7 +233,37 @@ class Estimator(Plugin):
         """
 
 
-KINDS: dict[str, type[Plugin]] = {"dataset": Dataset, "denoiser": Denoiser, "estimator": Estimator}
+class Reference(Plugin):
+    """Base of reference classifiers: an ordinary (discriminative) classifier beside the diffusion classifiers.
+
+    The core trains a fresh instance on the run's training split (the part the denoiser trains on) and
+    scores it on the same fixed test subset the estimators classify; accuracy, its CI, calibration and
+    its timing are the core's. ``fit`` must depend only on its arguments (draw from ``seed``).
+    """
+
+    kind = "reference"
+    #: The data shapes this classifier takes, in words (shown by `diffbench list` and in skip lines).
+    accepts: ClassVar[str] = "any shape"
+
+    def supports(self, data_shape: tuple[int, ...]) -> bool:
+        """Whether ``fit`` can take data of this sample shape (default: any); else the pair is skipped in one line."""
+        return True
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int) -> None:
+        """Train on ``x [N, *shape]`` float, ``y [N]`` long labels in ``[0, num_classes)``."""
+        raise NotImplementedError
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``[N, K]`` class probabilities for ``x [N, *shape]``: finite, non-negative, rows summing to 1."""
+        raise NotImplementedError
+
+
+KINDS: dict[str, type[Plugin]] = {
+    "dataset": Dataset,
+    "denoiser": Denoiser,
+    "estimator": Estimator,
+    "reference": Reference,
+}
 
 
 # --- the class rules, checked when a plugin registers and by diffbench.testing -----------------
@@ -259,6 +290,8 @@ def check_class(cls: Any, base: type[Plugin]) -> type[Plugin]:
             raise PluginClassError(f"denoiser '{cls.name}': `accepts` must be a str describing the shapes it takes")
         if not isinstance(cls.train, dict):
             raise PluginClassError(f"denoiser '{cls.name}': `train` must be a dict of training settings")
+    if issubclass(cls, Reference) and not isinstance(cls.accepts, str):
+        raise PluginClassError(f"reference '{cls.name}': `accepts` must be a str describing the shapes it takes")
     if issubclass(cls, Dataset) and cls.bayes_log_posterior is not None and not callable(cls.bayes_log_posterior):
         raise PluginClassError(f"dataset '{cls.name}': `bayes_log_posterior` must be a method or None")
     return cls
@@ -317,6 +350,19 @@ def check_errors(errors: Any, batch: int, classes: int, name: str) -> torch.Tens
     if not torch.isfinite(errors).all():
         raise PluginOutputError(f"{where} returned NaN or inf")
     return errors
+
+
+def check_probabilities(probabilities: Any, rows: int, classes: int, name: str) -> torch.Tensor:
+    """Return a reference's ``predict_proba()`` result if it is ``[rows, classes]`` probabilities, else raise."""
+    where = f"reference '{name}' predict_proba()"
+    check_matrix(probabilities, rows, classes, where, "[N, K]")
+    fix = "return finite class probabilities [N, K], each row non-negative and summing to 1"
+    if not torch.isfinite(probabilities).all():
+        raise PluginOutputError(f"{where} returned NaN or inf; {fix}")
+    sums = probabilities.double().sum(1)
+    if (probabilities < 0).any() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+        raise PluginOutputError(f"{where} returned rows that are not probabilities; {fix}")
+    return probabilities
 
 
 def check_module_output(out: Any, x_t: torch.Tensor, name: str) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The three hooks a diffbench plugin implements; each receives a ``register`` callable."""
+"""The four hooks a diffbench plugin implements; each receives a ``register`` callable."""
 
 from collections.abc import Callable
 
@@ -21,3 +21,8 @@ def register_denoisers(register: Callable[[type], None]) -> None:
 @hookspec
 def register_estimators(register: Callable[[type], None]) -> None:
     """Register estimator classes (subclasses of ``diffbench.Estimator``)."""
+
+
+@hookspec
+def register_references(register: Callable[[type], None]) -> None:
+    """Register reference classifier classes (subclasses of ``diffbench.Reference``); a plugin may leave it out."""

@@ -214,7 +214,7 @@ def identity(plan: CellPlan) -> dict[str, Any]:
         **columns.param_columns("denoiser", cell.denoiser.params),
         **columns.param_columns("estimator", cell.estimator.params),
     }
-    return {"cell_id": cell.id, **ident}
+    return {"cell_id": cell.id, "kind": "estimator", **ident}
 
 
 def model_columns(plan: CellPlan, prepared: Prepared) -> dict[str, Any]:

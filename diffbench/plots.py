@@ -33,7 +33,8 @@ ACCURACY_VS_NFE = Plot(
     "accuracy_vs_nfe.png",
     "Accuracy against compute",
     "Test accuracy against denoiser evaluations per sample (NFE), one line per estimator, 95% Wilson "
-    "bands; the circled cells form the Pareto frontier (no other cell is both cheaper and more accurate).",
+    "bands; the circled cells form the Pareto frontier (no other cell is both cheaper and more accurate). "
+    "Grey horizontal lines: reference classifiers trained on the same split (no NFE), with their 95% bands.",
 )
 THROUGHPUT = Plot(
     "throughput.png",
@@ -106,13 +107,13 @@ def plot_run(run_dir: Path, out: Path | None = None) -> list[Path]:
     every = frame[frame["status"] == "ok"]
     if every.empty:
         return []
-    ok = results.offline(every)
+    ok, refs = results.offline(every), results.references(every)
     bins, points, regions, timesteps = (
         literal_text(t)
         for t in (folder.read_reliability_bins(), folder.read_samples(), folder.read_regions(), folder.read_timesteps())
     )
     drawings: list[tuple[Plot, Callable[[], plt.Figure | None]]] = [  # each drawn and saved in turn
-        (ACCURACY_VS_NFE, lambda: table_plots.accuracy_vs_nfe(ok) if not ok.empty else None),
+        (ACCURACY_VS_NFE, lambda: table_plots.accuracy_vs_nfe(ok, refs) if not ok.empty else None),
         (THROUGHPUT, lambda: table_plots.throughput(every) if timed(every) else None),
         (FLIP_RATE, lambda: table_plots.flip_rates(ok)),
         (TRUNCATION_WINDOWS, lambda: table_plots.truncation_windows(ok)),

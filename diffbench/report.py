@@ -44,6 +44,7 @@ from diffbench.report_sections import (
 from diffbench.report_table import HELP as HELP  # the table's columns, declared in report_table
 from diffbench.report_table import KEY_COLUMNS as KEY_COLUMNS
 from diffbench.report_table import table_section
+from diffbench.versus_references import references_section
 
 ASSETS = Path(__file__).parent / "assets"
 REPORT = "report.html"
@@ -93,6 +94,7 @@ def page(title: str, nav: list[tuple[str, str]], body: str) -> str:
 def single_run_body(run: Run, draw: bool) -> tuple[list[tuple[str, str]], str]:
     nav = [
         ("summary", "Summary"),
+        ("references", "References"),
         ("ranking", "Ranking"),
         ("table", "Results table"),
         ("figures", "Figures"),
@@ -103,6 +105,7 @@ def single_run_body(run: Run, draw: bool) -> tuple[list[tuple[str, str]], str]:
     body = f"""
 {run_intro(run)}
 <section id="summary"><h2>Summary: the best estimator at each NFE budget</h2>{summary_section(run.frame, run.predictions)}</section>
+<section id="references"><h2>Against reference classifiers: the best estimator at each budget vs the best reference</h2>{references_section(run.frame, run.predictions)}</section>
 <section id="ranking"><h2>Ranking of estimators</h2>{ranking_section(run.frame)}</section>
 <section id="table"><h2>Results table</h2>{table_section(run.frame)}</section>
 <section id="figures"><h2>Figures</h2>{figures_section(run, draw)}</section>

@@ -78,8 +78,19 @@ def with_variant_labels(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(estimator_label=frame["estimator_label"] + suffix)
 
 
+def is_reference(frame: pd.DataFrame) -> pd.Series:
+    """Which rows are reference classifiers' (``kind`` = reference); a table from before references has none."""
+    return frame["kind"].eq("reference") if "kind" in frame else pd.Series(False, index=frame.index)
+
+
+def references(frame: pd.DataFrame) -> pd.DataFrame:
+    """The reference classifiers' rows (one per dataset and reference), never an estimator's."""
+    return frame[is_reference(frame)]
+
+
 def offline(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the offline scenario (one per cell): what accuracy plots and summaries use."""
+    """The estimators' rows of the offline scenario (one per cell): what accuracy plots and summaries use."""
+    frame = frame[~is_reference(frame)]
     return frame[frame["scenario"] == "offline"] if "scenario" in frame else frame
 
 
@@ -135,7 +146,23 @@ def summary(frame: pd.DataFrame) -> str:
     single-sample latency by estimator x trials (single), per dataset x denoiser x device."""
     ok = frame[frame["status"] == "ok"]
     parts = offline_summary(with_variant_labels(offline(ok))) + single_summary(with_variant_labels(single(ok)))
+    parts += reference_summary(references(ok))
     return "\n\n".join(parts) if parts else "no cell finished"
+
+
+def reference_summary(refs: pd.DataFrame) -> list[str]:
+    """Each dataset's reference classifiers: accuracy with its 95% interval, fit seconds and samples/s."""
+    parts: list[str] = []
+    if refs.empty:
+        return parts
+    for dataset, group in refs.groupby("dataset_label", sort=False):
+        lines = [
+            f"  {r.estimator_label:<16} {r.accuracy:.3f} [{r.accuracy_ci_low:.3f}, {r.accuracy_ci_high:.3f}]"
+            f"  fit {r.train_s:.2f}s, {r.samples_per_s:,.0f} samples/s"
+            for r in group.itertuples()
+        ]
+        parts.append(f"{dataset}: reference classifiers, accuracy [95% CI]\n" + "\n".join(lines))
+    return parts
 
 
 def offline_summary(ok: pd.DataFrame) -> list[str]:

@@ -34,6 +34,7 @@ from diffbench.memory import tune_cpu_allocator
 from diffbench.plan import CellPlan, ModelPlan, by_model, plan_cells, plan_models
 from diffbench.preparation import Trained, train
 from diffbench.provenance import run_info
+from diffbench.reference_cell import ReferencePlan, failed_reference, measure_reference, reference_plans
 from diffbench.rundir import RunFolder, TableWriteError
 from diffbench.suite import Suite
 
@@ -63,13 +64,15 @@ def say_training(model: ModelPlan, outcome: Outcome, say: Log) -> bool:
     return False
 
 
-def build_tasks(plans: list[CellPlan], finished: set[str]) -> list[Task]:
+def build_tasks(plans: list[CellPlan], finished: set[str], references: list[ReferencePlan] = ()) -> list[Task]:
     """The tasks that measure the cells of ``plans`` not yet ``finished``, in a runnable order.
 
-    Per model with cells to measure: its training, one task per such cell, and its figure data
-    over every cell of the model that finishes ok (now or before).
+    First one task per reference row not yet finished (each trains its own classifier); then per
+    model with cells to measure: its training, one task per such cell, and its figure data over
+    every cell of the model that finishes ok (now or before).
     """
-    tasks: list[Task] = []
+    todo_references = [r for r in references if r.id not in finished]
+    tasks = [Task(f"reference-{r.id}", measure_reference, (r,), "reference", r) for r in todo_references]
     for model, cells in by_model(plans):
         todo = [p for p in cells if p.id not in finished]
         if not todo:
@@ -142,6 +145,14 @@ class Recorder:
             self.say(str(exc), once=True)
         self.tables_written_at = time.monotonic()
 
+    def record_reference(self, plan: ReferencePlan, outcome: Outcome) -> None:
+        result = failed_reference(plan, outcome.error) if outcome.error is not None else outcome.result
+        for message in result.messages:
+            self.say(message, once=result.skipped)
+        if not result.skipped:
+            self.folder.save_cell(result.cell_id, result.rows, result.bins, result.predictions)
+            self.write_tables(every_s=TABLES_EVERY_S)
+
     def record_figures(self, model: ModelPlan, outcome: Outcome) -> None:
         if outcome.error is not None:
             if not outcome.upstream:  # an upstream failure was said with the training
@@ -178,16 +189,18 @@ def run(
         folder.start(settings, resume, log)
         if suite.errors == "bank":  # where `diffbench bank export` finds the banks' shards
             record_cache_dir(out, cache_dir)
-        log(f"running {len(grid)} cells on {', '.join(settings['devices'])}; results go to {out}")
+        references = reference_plans(suite, grid, run_info())
+        rows = f" and {len(references)} reference row(s)" if references else ""
+        log(f"running {len(grid)} cells{rows} on {', '.join(settings['devices'])}; results go to {out}")
         tune_cpu_allocator()
-        order = [c.id for c in grid]
+        order = [c.id for c in grid] + [r.id for r in references]
         finished = folder.finished() & set(order)
         if resume:
-            log(f"resuming {out}: {len(finished)} of {len(grid)} cells already finished")
+            log(f"resuming {out}: {len(finished)} of {len(order)} cells already finished")
         plans = plan_cells(suite, grid, cache_dir, checkpoint, progress and executor.in_process, run_info())
         if resume:  # each model is checked against what its finished cells recorded, once prepared
             plans = resume_identity.with_recorded(plans, out, folder.rows, finished)
-        return measure(folder, plans, finished, order, executor, progress, log)
+        return measure(folder, plans, finished, order, executor, progress, log, references)
     finally:
         folder.release()  # the next run or --resume of this folder, here or in another process, may write it
 
@@ -200,13 +213,15 @@ def measure(
     executor: Executor,
     progress: bool,
     log: Log,
+    references: list[ReferencePlan] = (),
 ) -> pd.DataFrame:
-    """Run the tasks of the cells not yet ``finished``, recording each outcome; returns the rebuilt table.
+    """Run the tasks of the cells (and reference rows) not yet ``finished``, recording each outcome; returns the
+    rebuilt table.
 
     The last rebuild of the tables (at the end, or on Ctrl-C or any exception) runs to its end through a
     further Ctrl-C, which is raised once the tables hold every finished cell.
     """
-    tasks = build_tasks(plans, finished)
+    tasks = build_tasks(plans, finished, references)
     with CellProgress(tasks, progress, executor.in_process) as bar:
         recorder = Recorder(folder, order, bar.wrap(log))
         try:

@@ -146,7 +146,9 @@ def ranking(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 def offline_ok(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows the summary and ranking read: offline scenario, finished ok, with dtype/compile in the label."""
-    narrow = frame[[c for c in ["run", *PROBLEM, *READ, "status", "scenario", "dtype", "compile"] if c in frame]]
+    narrow = frame[
+        [c for c in ["run", *PROBLEM, *READ, "status", "scenario", "kind", "dtype", "compile"] if c in frame]
+    ]
     if not {"accuracy", "nfe_per_sample"} <= set(narrow.columns):  # no cell finished: a table of failures only
         return narrow.iloc[:0]
     ok = results.with_variant_labels(results.offline(narrow[narrow["status"] == "ok"]))  # narrow: pandas is faster

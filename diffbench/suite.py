@@ -55,9 +55,12 @@ class Suite:
     errors: str = "live"
     #: Training overrides: TrainSettings keys for every denoiser, or a table per denoiser name.
     train: dict[str, Any] = field(default_factory=dict)
+    #: Reference classifier selectors: one reference row per dataset and reference (diffbench.reference_cell).
+    references: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every field; ``references`` only when set, so run folders from before it resume with the same settings."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "references" or self.references}
 
     def train_settings(self, denoiser: Plugin) -> TrainSettings:
         """Defaults < the denoiser's own ``train`` < the suite's [train] < its [train.<denoiser>]."""
@@ -185,7 +188,7 @@ def check_suite(suite: Suite, where: str = "suite") -> None:
     for scenario in suite.scenarios:
         if scenario not in SCENARIOS:
             raise SuiteError(f"{where}: unknown scenario '{scenario}'; choose from {', '.join(SCENARIOS)}")
-    for kind in ("datasets", "denoisers", "estimators", "dtypes", "scenarios"):
+    for kind in ("datasets", "denoisers", "estimators", "references", "dtypes", "scenarios"):
         if not all(isinstance(s, str) for s in getattr(suite, kind)):
             raise SuiteError(f"{where}: '{kind}' must be a list of selector strings")
 

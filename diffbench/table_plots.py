@@ -15,8 +15,9 @@ from diffbench import results
 from diffbench.plot_style import PALETTE, PANEL
 
 
-def accuracy_vs_nfe(frame: pd.DataFrame) -> plt.Figure:
-    """Accuracy against denoiser evaluations per sample, one line per estimator, 95% CI bands."""
+def accuracy_vs_nfe(frame: pd.DataFrame, references: pd.DataFrame | None = None) -> plt.Figure:
+    """Accuracy against denoiser evaluations per sample, one line per estimator, 95% CI bands; each reference
+    classifier of the panel's dataset (``references``: its rows) as a labelled horizontal line with its CI band."""
     keys = list(frame.groupby(PANEL, sort=False).groups)
     n = len(keys)
     fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.5), squeeze=False)
@@ -55,11 +56,24 @@ def accuracy_vs_nfe(frame: pd.DataFrame) -> plt.Figure:
         ax.scatter(
             frontier["nfe_per_sample"], frontier["accuracy"], s=90, facecolors="none", edgecolors="black", zorder=3
         )
+        reference_lines(ax, references, key[0])
         ax.set_xscale("log", base=2)
         ax.set(xlabel="denoiser evaluations per sample (NFE)", ylabel="test accuracy", title=f"{key[0]} x {key[1]}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
+
+
+def reference_lines(ax: plt.Axes, references: pd.DataFrame | None, dataset_label: str) -> None:
+    """The reference classifiers of one dataset: a grey horizontal line each (its own dash), with its 95% CI band."""
+    if references is None or references.empty:
+        return
+    mine = references[references["dataset_label"] == dataset_label]
+    dashes = [(0, (6, 2)), (0, (2, 2)), (0, (6, 2, 2, 2)), (0, (1, 1))]
+    for i, (_, ref) in enumerate(mine.iterrows()):
+        style = dashes[i % len(dashes)]
+        ax.axhline(ref["accuracy"], color="dimgray", ls=style, lw=1.2, label=f"reference: {ref['estimator_label']}")
+        ax.axhspan(ref["accuracy_ci_low"], ref["accuracy_ci_high"], color="gray", alpha=0.08)
 
 
 def pareto_frontier(panel: pd.DataFrame) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """Contract checks for plugin authors: put a plugin through what the runner will ask of it.
 
-    from diffbench.testing import check_dataset, check_denoiser, check_estimator
+    from diffbench.testing import check_dataset, check_denoiser, check_estimator, check_reference
 
     def test_my_estimator():
         check_estimator(MyEstimator)                 # the class with its defaults
@@ -35,17 +35,19 @@ from diffbench.contract import (
     Plugin,
     PluginClassError,
     PluginOutputError,
+    Reference,
     Splits,
     check_class,
     check_errors,
     check_log_posterior,
+    check_probabilities,
     check_splits,
 )
 from diffbench.model import ConditionalModel
 from diffbench.schedule import NoiseSchedule
 from diffbench.training import TrainSettings, build_module
 
-__all__ = ["TinyDenoiser", "check_dataset", "check_denoiser", "check_estimator", "tiny_model"]
+__all__ = ["TinyDenoiser", "check_dataset", "check_denoiser", "check_estimator", "check_reference", "tiny_model"]
 
 
 def _fail(label: str, message: str) -> NoReturn:
@@ -300,4 +302,66 @@ def check_estimator(
     probs = torch.softmax(-first.double(), dim=1)
     if not ((probs >= 0).all() and torch.allclose(probs.sum(1), torch.ones(batch, dtype=torch.float64))):
         _fail(label, "softmax(-errors) is not a probability distribution over the classes")
+    return first
+
+
+# --- reference classifiers --------------------------------------------------------------------
+
+
+def separable_data(
+    data_shape: tuple[int, ...], num_classes: int, n: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` samples of well separated classes: class c is noise (std 0.5) around 2c everywhere, labels cycling."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % num_classes
+    x = torch.randn(n, *data_shape, generator=gen) * 0.5
+    return x + 2.0 * y.reshape(n, *[1] * len(data_shape)), y
+
+
+def check_reference(
+    cls_or_instance: type[Reference] | Reference,
+    data_shape: tuple[int, ...] = (2,),
+    num_classes: int = 3,
+    n_train: int = 60,
+    n_test: int = 12,
+) -> torch.Tensor:
+    """Check a reference classifier on well separated synthetic data of ``data_shape``: it ``supports`` the shape,
+    ``fit`` runs and ``predict_proba`` gives ``[N, K]`` probabilities (``check_probabilities``, the runner's check),
+    leaves ``x`` alone, takes N = 1, repeats under the same seed whatever the global RNGs hold, and beats chance.
+
+    Returns the test probabilities. Pass a ``data_shape`` the reference takes (``(1, 8, 8)`` for an image one).
+    """
+    reference, label = _instance(cls_or_instance, Reference)
+    data_shape = tuple(data_shape)
+    if reference.supports(data_shape) is not True:
+        _fail(label, f"supports({data_shape}) is not True: pass check_reference a data_shape it takes")
+    train_x, train_y = separable_data(data_shape, num_classes, n_train, seed=0)
+    test_x, test_y = separable_data(data_shape, num_classes, n_test, seed=1)
+
+    def fitted_probabilities(scramble: int, x: torch.Tensor) -> torch.Tensor:
+        own, kept = copy.deepcopy(reference), (train_x.clone(), x.clone())
+        with _global_rngs(scramble):
+            for call, args in (("fit", (train_x, train_y, num_classes, 0)), ("predict_proba", (x,))):
+                try:
+                    out = getattr(own, call)(*args)
+                except Exception as exc:
+                    _fail(label, f"{call}() raised {type(exc).__name__}: {exc}")
+        try:
+            check_probabilities(out, x.shape[0], num_classes, reference.name)
+        except PluginOutputError as exc:
+            raise AssertionError(f"{exc} ({label}, N={x.shape[0]})") from None
+        if not (torch.equal(train_x, kept[0]) and torch.equal(x, kept[1])):
+            _fail(label, "fit() or predict_proba() changed its input x in place")
+        return out
+
+    first = fitted_probabilities(1, test_x)
+    if not torch.equal(first, fitted_probabilities(2, test_x)):
+        _fail(
+            label,
+            "the same seed gave different probabilities: draw every random number from `seed`, not the global RNG",
+        )
+    fitted_probabilities(1, test_x[:1])  # N = 1
+    accuracy = (first.argmax(1) == test_y).double().mean().item()
+    if accuracy <= 1.5 / num_classes:
+        _fail(label, f"accuracy {accuracy:.2f} on well separated classes is near chance: does fit() learn from y?")
     return first

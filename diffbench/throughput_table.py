@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from diffbench import results
 from diffbench.cuda_graphs import GRAPHED
 from diffbench.rundir import RunFolder
 
@@ -26,7 +27,7 @@ def load_rows(folders: list[Path]) -> pd.DataFrame:
     frames = []
     for folder in folders:
         frame = RunFolder(folder).read_table()
-        frames.append(frame[frame["status"] == "ok"])
+        frames.append(frame[(frame["status"] == "ok") & ~results.is_reference(frame)])  # estimators' cells only
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if rows.empty:
         return rows

@@ -50,7 +50,7 @@ def plugin_file(tmp_path):
 
 def test_builtins_arrive_through_entry_points():
     found = plugins.registry()
-    assert set(found) == {"dataset", "denoiser", "estimator"}
+    assert set(found) == {"dataset", "denoiser", "estimator", "reference"}
     builtins = [("dataset", "spirals"), ("denoiser", "mlp")] + [
         ("estimator", name) for name in ("full-mc", "shared-noise", "truncated")
     ]
@@ -173,11 +173,11 @@ def test_cli_plugin_file_is_listed_with_its_file_source(cli, plugin_file):
     assert lines[at + 1].strip() == f"from file {plugin_file.resolve()}"
 
 
-def test_cli_list_json_has_three_kinds(cli):
+def test_cli_list_json_has_four_kinds(cli):
     result = cli("list", "--json")
     assert result.exit_code == 0
     listing = json.loads(result.stdout)
-    assert set(listing) == {"datasets", "denoisers", "estimators", "held_back"}
+    assert set(listing) == {"datasets", "denoisers", "estimators", "references", "held_back"}
     assert listing["held_back"] == []
     estimators = {entry["name"]: entry for entry in listing["estimators"]}
     assert {"full-mc", "shared-noise", "truncated"} <= set(estimators)
@@ -394,6 +394,7 @@ def test_a_plugin_set_for_a_test_holds_the_builtins_and_what_it_is_given():
             "dataset": set(),
             "denoiser": set(),
             "estimator": {"dummy"},
+            "reference": set(),
         }
 
 
@@ -422,7 +423,7 @@ def test_a_misspelt_hook_in_a_plugin_file_is_one_line_naming_plugin_and_hooks(cl
     assert error_lines(result) == [
         f"diffbench: error: plugin file {misspelt.resolve()} implements unknown hook 'register_estimatorz'; "
         "did you mean 'register_estimators'? (diffbench's hooks: register_datasets, register_denoisers, "
-        "register_estimators)"
+        "register_estimators, register_references)"
     ]
     assert not any("misspelt" in plugins.pm.get_name(p) for p in plugins.pm.get_plugins()), "left unregistered"
 
