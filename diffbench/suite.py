@@ -59,10 +59,11 @@ class Suite:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def train_settings(self, denoiser: Plugin) -> TrainSettings:
-        """Defaults < the denoiser's own ``train`` < the suite's [train] < its [train.<denoiser>]."""
+    def train_settings(self, denoiser: Plugin, dataset: Plugin | None = None) -> TrainSettings:
+        """Defaults < the denoiser's own ``train`` < the dataset's ``train`` < the suite's [train] < [train.<denoiser>]."""
         overrides = {k: v for k, v in self.train.items() if not isinstance(v, dict)}
-        merged = {**getattr(denoiser, "train", {}), **overrides, **self.train.get(denoiser.name, {})}
+        own = {**getattr(denoiser, "train", {}), **getattr(dataset, "train", {})}
+        merged = {**own, **overrides, **self.train.get(denoiser.name, {})}
         return TrainSettings(**merged)
 
 

@@ -174,3 +174,13 @@ def test_the_real_file_is_5000_digits_split_4000_and_1000():
     assert torch.bincount(splits.test_y).tolist() == [100] * 10
     assert torch.bincount(splits.train_y).tolist() == [400] * 10
     assert splits.train_x.min() == -1 and splits.train_x.max() == 1
+
+
+def test_its_models_train_at_its_own_batch_size_and_digits_at_unets():
+    from diffbench.plan import plan_models
+    from diffbench.suite import Suite, expand
+
+    suite = Suite(datasets=["mnist5k", "digits"], denoisers=["unet"], estimators=["shared-noise"], trials=[1])
+    plans = plan_models(suite, expand(suite, ["cpu"]), None, None, False)
+    sizes = {plan.dataset.name: plan.train.batch_size for plan in plans.values()}
+    assert sizes == {"mnist5k": 64, "digits": 128}
