@@ -60,7 +60,7 @@ class Suite:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def train_settings(self, denoiser: Plugin, dataset: Plugin | None = None) -> TrainSettings:
-        """Defaults < the denoiser's own ``train`` < the dataset's ``train`` < the suite's [train] < [train.<denoiser>]."""
+        """Defaults < the denoiser's ``train`` < the dataset's ``train`` < the suite's [train] < [train.<denoiser>]."""
         overrides = {k: v for k, v in self.train.items() if not isinstance(v, dict)}
         own = {**getattr(denoiser, "train", {}), **getattr(dataset, "train", {})}
         merged = {**own, **overrides, **self.train.get(denoiser.name, {})}
