@@ -193,8 +193,8 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
         check_suite(suite, "the command line")
         devices = resolve_devices(suite.devices, log=log)
         cells = expand(suite, devices)
-        for denoiser in {repr(c.denoiser): c.denoiser for c in cells}.values():
-            suite.train_settings(denoiser)
+        for pair in {(repr(c.denoiser), repr(c.dataset)): c for c in cells}.values():
+            suite.train_settings(pair.denoiser, pair.dataset)
         for dataset in {repr(c.dataset): c.dataset for c in cells}.values():
             dataset.check()  # missing or incomplete files: one line before anything trains
         pretrained.check_pairs(cells)  # a pretrained model that cannot serve its dataset: before anything runs

@@ -122,6 +122,10 @@ class Dataset(Plugin):
 
     kind = "dataset"
     params: dict[str, Any] = dict(SUBSET_PARAMS)
+    #: Training settings this dataset's size calls for, whatever the network (keys of TrainSettings: a
+    #: smaller batch for larger images, say). They override the denoiser's own ``train``; a suite's
+    #: [train] overrides both. Empty, the default, leaves the denoiser's settings as they are.
+    train: ClassVar[dict[str, Any]] = {}
     #: The keys of ``params`` the class itself declared (the rest came from ``SUBSET_PARAMS``).
     declared_params: ClassVar[frozenset[str]] = frozenset()
 
@@ -292,6 +296,8 @@ def check_class(cls: Any, base: type[Plugin]) -> type[Plugin]:
             raise PluginClassError(f"denoiser '{cls.name}': `train` must be a dict of training settings")
     if issubclass(cls, Reference) and not isinstance(cls.accepts, str):
         raise PluginClassError(f"reference '{cls.name}': `accepts` must be a str describing the shapes it takes")
+    if issubclass(cls, Dataset) and not isinstance(cls.train, dict):
+        raise PluginClassError(f"dataset '{cls.name}': `train` must be a dict of training settings")
     if issubclass(cls, Dataset) and cls.bayes_log_posterior is not None and not callable(cls.bayes_log_posterior):
         raise PluginClassError(f"dataset '{cls.name}': `bayes_log_posterior` must be a method or None")
     return cls

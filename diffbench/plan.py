@@ -92,7 +92,7 @@ def plan_models(
                 cell.seed,
                 suite.schedule,
                 suite.timesteps,
-                suite.train_settings(cell.denoiser),
+                suite.train_settings(cell.denoiser, cell.dataset),
                 device,
                 cache_dir,
                 checkpoint,

@@ -62,10 +62,11 @@ class Suite:
         """Every field; ``references`` only when set, so run folders from before it resume with the same settings."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "references" or self.references}
 
-    def train_settings(self, denoiser: Plugin) -> TrainSettings:
-        """Defaults < the denoiser's own ``train`` < the suite's [train] < its [train.<denoiser>]."""
+    def train_settings(self, denoiser: Plugin, dataset: Plugin | None = None) -> TrainSettings:
+        """Defaults < the denoiser's ``train`` < the dataset's ``train`` < the suite's [train] < [train.<denoiser>]."""
         overrides = {k: v for k, v in self.train.items() if not isinstance(v, dict)}
-        merged = {**getattr(denoiser, "train", {}), **overrides, **self.train.get(denoiser.name, {})}
+        own = {**getattr(denoiser, "train", {}), **getattr(dataset, "train", {})}
+        merged = {**own, **overrides, **self.train.get(denoiser.name, {})}
         return TrainSettings(**merged)
 
 

@@ -41,6 +41,8 @@ def builtins(kind):
 
 #: Built-in datasets read from files on disk: tests/test_images.py writes them in each format and covers them.
 ON_DISK = {"image-folder", "mnist", "fashion-mnist", "cifar10", "cifar100", "stl10", "imagenet"}
+#: Built-in datasets of an extra's package: tests/test_mnist5k.py writes its file and covers it.
+EXTRA_DATA = {"mnist5k"}
 
 
 #: Built-in denoisers of diffusers' models: tests/test_diffusers.py covers them (with the diffusers extra).
@@ -48,7 +50,7 @@ DIFFUSERS = {"diffusers", "diffusers-unet"}
 
 
 def test_every_builtin_is_covered_here():
-    assert builtins("dataset") == set(DATASETS) | ON_DISK
+    assert builtins("dataset") == set(DATASETS) | ON_DISK | EXTRA_DATA
     assert builtins("denoiser") == set(TINY_DENOISERS) | DIFFUSERS
 
 

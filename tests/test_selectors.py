@@ -191,6 +191,18 @@ class TestSuites:
         assert (settings.steps, settings.lr) == (10, 0.25)
         assert Suite().train_settings(mlp).steps == 4000
 
+    def test_a_datasets_train_settings_sit_between_the_denoisers_and_the_suites(self):
+        from diffbench.plugins import get
+
+        unet, digits = get("denoiser", "unet").cls(), get("dataset", "digits").cls()
+        mnist5k = get("dataset", "mnist5k").cls()
+        assert Suite().train_settings(unet, digits) == Suite().train_settings(unet), "digits asks for nothing"
+        own = Suite().train_settings(unet, mnist5k)
+        assert own.batch_size == mnist5k.train["batch_size"] != unet.train["batch_size"]
+        assert own.steps == mnist5k.train.get("steps", unet.train["steps"])
+        suite = suite_from_dict({"train": {"batch_size": 16, "unet": {"steps": 7}}})
+        assert (suite.train_settings(unet, mnist5k).batch_size, suite.train_settings(unet, mnist5k).steps) == (16, 7)
+
     def test_a_suite_expands_to_the_grid(self):
         suite = suite_from_dict({"estimators": ["shared-noise", "truncated[t_max=[100,200]]"], "trials": [1, 2]})
         cells = expand_suite(suite, ["cpu"])

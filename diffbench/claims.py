@@ -1,0 +1,363 @@
+"""Li et al.'s claims checked on a results table: each claim's measured effect, its test and a verdict (claims.md).
+
+Each claim compares rows of one model (``dataset_label`` x ``denoiser_label``) that classified the same
+test points: B against A at the same trials budget (or NFE), by McNemar's exact paired test and a paired
+bootstrap CI where both cells' per-sample predictions are given (``paired``), else by an unpaired
+two-proportion z-test with a Wald CI of the difference. A comparison is *better* or *worse* when its
+test rejects "same accuracy" at 95%, else *same*. A claim's verdict per model:
+
+- "B beats A" claims (1-4): holds when B is better at some budget and worse at none; does not hold when B
+  is worse at some budget and better at none; inconclusive at this size otherwise.
+- "B reaches A" claims (5, and 6 "competitive"): holds when B is not worse by more than ``MARGIN``
+  (its CI's low end at or above -MARGIN) and, for 5, costs fewer NFE; does not hold when B is worse
+  (or, for 5, costs as many NFE or more); inconclusive otherwise.
+
+A claim whose rows are missing says which rows it needs. Claim 6 reads the rows whose ``kind`` is
+'reference' (discriminative classifiers on the same split; ``estimator`` holds the reference's name).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from scipy.stats import norm
+
+from diffbench.paired import ALPHA, correctness, paired_test, same_points
+
+HOLDS, FAILS, INCONCLUSIVE, MISSING = "holds", "does not hold", "inconclusive at this size", "not measured"
+#: Accuracy a "reaches" or "competitive" claim may give up (its CI's low end may not fall below -MARGIN).
+MARGIN = 0.02
+#: The 2-D toy datasets, where claim 2 expects low-noise windows to win.
+POINT_DATASETS = frozenset({"spirals", "moons", "circles", "checkerboard", "gaussian-mixture"})
+CLAIMS_FILE = "claims.md"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """B against A on the same test points: accuracy(B) - accuracy(A), its 95% CI, the test and its p-value."""
+
+    what: str
+    acc_a: float
+    acc_b: float
+    n: int
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    test: str
+
+    @property
+    def direction(self) -> str:
+        if not self.p_value < ALPHA:
+            return "same"
+        return "better" if self.diff > 0 else "worse"
+
+    def line(self) -> str:
+        return (
+            f"| {self.what} | {self.diff:+.3f} ({self.acc_b:.3f} vs {self.acc_a:.3f}, n={self.n}) "
+            f"| [{self.ci_low:+.3f}, {self.ci_high:+.3f}] | {self.test} | {self.p_value:.3g} | {self.direction} |"
+        )
+
+
+@dataclass
+class Finding:
+    """One claim on one model: the comparisons behind it, the verdict and why."""
+
+    model: str
+    verdict: str
+    why: str
+    comparisons: list[Comparison] = field(default_factory=list)
+
+
+@dataclass
+class Claim:
+    number: int
+    statement: str
+    paper: str
+    findings: list[Finding]
+    needs: str  # which rows the claim reads, said when they are missing
+
+    @property
+    def verdict(self) -> str:
+        measured = {f.verdict for f in self.findings if f.verdict != MISSING}
+        if not measured:
+            return MISSING
+        return measured.pop() if len(measured) == 1 else "mixed (see each model)"
+
+
+def compare(a: pd.Series, b: pd.Series, outcomes: dict, what: str) -> Comparison:
+    """B's row against A's: paired where both cells' predictions of the same points are in ``outcomes``."""
+    pa, pb = outcomes.get(a.get("cell_id")), outcomes.get(b.get("cell_id"))
+    if same_points(pa, pb):
+        r = paired_test(pa[1], pb[1])
+        acc_a, acc_b = float(pa[1].mean()), float(pb[1].mean())
+        return Comparison(what, acc_a, acc_b, r.n, r.diff, r.ci_low, r.ci_high, r.p_value, "paired McNemar")
+    acc_a, acc_b = float(a["accuracy"]), float(b["accuracy"])
+    n_a, n_b = int(a["n_test"]), int(b["n_test"])
+    diff = acc_b - acc_a
+    half = norm.ppf(1 - ALPHA / 2) * math.sqrt(acc_a * (1 - acc_a) / n_a + acc_b * (1 - acc_b) / n_b)
+    pooled = (acc_a * n_a + acc_b * n_b) / (n_a + n_b)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    p = 1.0 if spread == 0 else float(2 * norm.sf(abs(diff) / spread))
+    return Comparison(what, acc_a, acc_b, min(n_a, n_b), diff, diff - half, diff + half, p, "unpaired z")
+
+
+def beats(model: str, comparisons: list[Comparison], winner: str) -> Finding:
+    """The verdict of "B beats A" over every budget compared."""
+    ways = [c.direction for c in comparisons]
+    better, worse = ways.count("better"), ways.count("worse")
+    tally = f"{winner} better at {better}, worse at {worse}, no detectable difference at {ways.count('same')}"
+    if better and not worse:
+        return Finding(model, HOLDS, tally, comparisons)
+    if worse and not better:
+        return Finding(model, FAILS, tally, comparisons)
+    return Finding(model, INCONCLUSIVE, tally, comparisons)
+
+
+def reaches(model: str, comparisons: list[Comparison], cheaper: Iterable[bool] | None = None) -> Finding:
+    """The verdict of "B reaches A" (non-inferior within MARGIN; and cheaper where ``cheaper`` is given)."""
+    cheap = list(cheaper) if cheaper is not None else [True] * len(comparisons)
+    worse = any(c.direction == "worse" for c in comparisons)
+    if worse or not all(cheap):
+        why = "significantly worse in a comparison" if worse else "no fewer NFE"
+        return Finding(model, FAILS, why, comparisons)
+    if all(c.ci_low >= -MARGIN for c in comparisons):
+        return Finding(model, HOLDS, f"every difference's CI stays above -{MARGIN}", comparisons)
+    return Finding(model, INCONCLUSIVE, f"a CI reaches below -{MARGIN}: too few test points to tell", comparisons)
+
+
+def usable(table: pd.DataFrame) -> pd.DataFrame:
+    """Measured rows, one per cell (the offline scenario's where a cell has both)."""
+    rows = table[table["accuracy"].notna()]
+    if "status" in rows:
+        rows = rows[rows["status"].fillna("ok") == "ok"]
+    if "scenario" in rows:
+        rows = rows.sort_values("scenario", key=lambda s: s != "offline", kind="stable")
+    key = ["cell_id"] if "cell_id" in rows else ["dataset_label", "denoiser_label", "estimator_label", "trials"]
+    return rows.drop_duplicates(key)
+
+
+def estimator_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["kind"] != "reference"] if "kind" in rows else rows
+
+
+def models(rows: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
+    for (data, net), part in estimator_rows(rows).groupby(["dataset_label", "denoiser_label"], sort=True):
+        yield f"{data} x {net}", part
+
+
+def param(rows: pd.DataFrame, name: str, default: object) -> pd.Series:
+    column = f"p_estimator_{name}"
+    return rows[column].fillna(default) if column in rows else pd.Series(default, index=rows.index)
+
+
+def at_trials(a: pd.DataFrame, b: pd.DataFrame) -> Iterable[tuple[int, pd.Series, pd.Series]]:
+    """Rows of A and B at each trials budget both have (the first of each)."""
+    for trials in sorted(set(a["trials"]) & set(b["trials"])):
+        yield int(trials), a[a["trials"] == trials].iloc[0], b[b["trials"] == trials].iloc[0]
+
+
+def per_model(rows: pd.DataFrame, check: Callable[[str, pd.DataFrame], Finding | None], needs: str) -> list[Finding]:
+    """``check`` on each model's rows; a model without the rows a claim needs says so."""
+    found = [check(model, part) or Finding(model, MISSING, f"needs {needs}") for model, part in models(rows)]
+    return found or [Finding("(no model)", MISSING, f"needs {needs}")]
+
+
+def plain(part: pd.DataFrame, estimator: str) -> pd.DataFrame:
+    """``estimator``'s rows with l2 loss and simple weighting (the defaults)."""
+    keep = (part["estimator"] == estimator) & (param(part, "loss", "l2") == "l2")
+    return part[keep & (param(part, "weighting", "simple") == "simple")]
+
+
+def nfe(row: pd.Series) -> float:
+    return float(row.get("nfe_per_sample", math.nan))
+
+
+def efficiency(full: pd.DataFrame, shared: pd.DataFrame) -> str:
+    """How many fewer NFE shared-noise needs to reach full-mc's best accuracy."""
+    best = full.loc[full["accuracy"].idxmax()]
+    enough = shared[shared["accuracy"] >= best["accuracy"]]
+    target = f"full-mc's best accuracy ({best['accuracy']:.3f} at {nfe(best):.0f} NFE)"
+    if enough.empty:
+        return f"shared-noise never reaches {target}"
+    cheapest = enough.loc[enough["nfe_per_sample"].idxmin()]
+    return f"shared-noise reaches {target} at {nfe(cheapest):.0f} NFE, {nfe(best) / nfe(cheapest):.3g}x fewer"
+
+
+def claim_shared_noise(rows: pd.DataFrame, outcomes: dict) -> Claim:
+    def check(model: str, part: pd.DataFrame) -> Finding | None:
+        full, shared = plain(part, "full-mc"), plain(part, "shared-noise")
+        comparisons = [
+            compare(a, b, outcomes, f"shared-noise vs full-mc at {t} trials ({nfe(b):.0f} NFE)")
+            for t, a, b in at_trials(full, shared)
+        ]
+        if not comparisons:
+            return None
+        finding = beats(model, comparisons, "shared-noise")
+        finding.why += f"; {efficiency(full, shared)}"
+        return finding
+
+    needs = "shared-noise and full-mc rows at a common trials budget"
+    paper = "Li et al.: sharing the noise across classes saves about two orders of magnitude of NFE"
+    return Claim(1, "Shared noise beats independent noise at equal NFE", paper, per_model(rows, check, needs), needs)
+
+
+def claim_timesteps(rows: pd.DataFrame, outcomes: dict) -> Claim:
+    def check(model: str, part: pd.DataFrame) -> Finding | None:
+        grid = plain(part, "stratified")
+        grid = grid[param(grid, "mode", "random") == "even"]
+        windows = plain(part, "truncated")
+        toy = part["dataset"].iloc[0] in POINT_DATASETS
+        if toy:  # on 2-D toys the claim is for low-noise windows: t_max below half the schedule
+            windows = windows[windows["p_estimator_t_max"] < part["num_timesteps"].iloc[0] / 2]
+        comparisons = []
+        for t in sorted(set(grid["trials"]) & set(windows["trials"])):
+            g = grid[grid["trials"] == t].iloc[0]
+            w = windows[windows["trials"] == t].sort_values("accuracy").iloc[-1]  # the best window
+            span = f"truncated[{int(w['p_estimator_t_min'])}..{int(w['p_estimator_t_max'])}]"
+            a, b, what = (g, w, f"{span} vs the even grid") if toy else (w, g, f"the even grid vs {span}")
+            comparisons.append(compare(a, b, outcomes, f"{what} at {t} trials"))
+        if not comparisons:
+            return None
+        return beats(model, comparisons, "the low-noise window" if toy else "the even grid")
+
+    needs = "stratified[mode=even] and truncated rows at a common trials budget"
+    paper = (
+        "Li et al.: on images an evenly spaced grid over all of t beats narrow windows (the most informative "
+        "single timesteps are mid-range: read off timestep_accuracy.png, not checked here); on 2-D toys "
+        "low-noise windows win. Each window compared is the best one at its budget"
+    )
+    statement = "The even grid beats narrow windows on images; a low-noise window wins on 2-D toys"
+    return Claim(2, statement, paper, per_model(rows, check, needs), needs)
+
+
+def partners(part: pd.DataFrame, name: str, default: str, a_value: str, b_value: str):
+    """(A row, B row) pairs that differ only in estimator param ``name`` (A's value, B's value)."""
+    others = sorted(c for c in part.columns if c.startswith("p_estimator_") and c != f"p_estimator_{name}")
+    rows = part[["estimator", "trials", *others]].itertuples(index=False)
+    key = pd.Series(["|".join(map(str, values)) for values in rows], index=part.index)
+    value = param(part, name, default)
+    for at in part.index[value == b_value]:
+        match = part.index[(value == a_value) & (key == key[at])]
+        if len(match):
+            yield part.loc[match[0]], part.loc[at]
+
+
+def claim_by_param(rows, outcomes, number, statement, paper, name, default, loser, winner) -> Claim:
+    """Claims 3 and 4: ``winner`` beats ``loser`` for estimator param ``name``, all else equal."""
+
+    def check(model: str, part: pd.DataFrame) -> Finding | None:
+        comparisons = [
+            compare(a, b, outcomes, f"{b['estimator_label']} vs {name}={loser} at {int(b['trials'])} trials")
+            for a, b in partners(part, name, default, loser, winner)
+        ]
+        return beats(model, comparisons, f"{name}={winner}") if comparisons else None
+
+    needs = f"rows of one estimator at {name}={winner} and {name}={loser}, all else equal"
+    return Claim(number, statement, paper, per_model(rows, check, needs), needs)
+
+
+def claim_adaptive(rows: pd.DataFrame, outcomes: dict) -> Claim:
+    def check(model: str, part: pd.DataFrame) -> Finding | None:
+        adaptive = plain(part, "adaptive")
+        fixed = plain(part, "stratified")
+        fixed = fixed[param(fixed, "mode", "random") == "even"]
+        fixed = fixed if not fixed.empty else plain(part, "shared-noise")
+        pairs = list(at_trials(fixed, adaptive))
+        if not pairs:
+            return None
+        comparisons = [
+            compare(
+                a,
+                b,
+                outcomes,
+                f"{b['estimator_label']} at {t} trials: {nfe(b):.0f} of {a['estimator_label']}'s "
+                f"{nfe(a):.0f} NFE ({nfe(b) / nfe(a):.0%})",
+            )
+            for t, a, b in pairs
+        ]
+        return reaches(model, comparisons, [nfe(b) < nfe(a) for _, a, b in pairs])
+
+    needs = "adaptive rows and stratified[mode=even] (or shared-noise) rows at the same trials"
+    paper = "Li et al.: 2,750 NFE per CIFAR-10 image instead of 10 x 1,000"
+    statement = "Adaptive elimination reaches the fixed-budget accuracy with a fraction of its NFE"
+    return Claim(5, statement, paper, per_model(rows, check, needs), needs)
+
+
+def claim_references(rows: pd.DataFrame, outcomes: dict) -> Claim:
+    needs = "rows with kind 'reference' on a dataset that estimators classified"
+    references = rows[rows["kind"] == "reference"] if "kind" in rows else rows.iloc[:0]
+    estimators = estimator_rows(rows)
+    findings = []
+    for data, refs in references.groupby("dataset_label", sort=True):
+        mine = estimators[estimators["dataset_label"] == data]
+        if mine.empty:
+            findings.append(Finding(str(data), MISSING, f"needs {needs}"))
+            continue
+        best = mine.loc[mine["accuracy"].idxmax()]
+        label = f"{best['denoiser_label']} {best['estimator_label']} at {int(best['trials'])} trials"
+        comparisons = [compare(ref, best, outcomes, f"{label} vs {ref['estimator']}") for _, ref in refs.iterrows()]
+        findings.append(reaches(str(data), comparisons))
+    paper = "Li et al.: a diffusion classifier is competitive with discriminative classifiers"
+    statement = "The best estimator is competitive with discriminative references on the same split"
+    return Claim(6, statement, paper, findings or [Finding("(no reference)", MISSING, f"needs {needs}")], needs)
+
+
+def check_claims(table: pd.DataFrame, predictions: pd.DataFrame | None = None) -> list[Claim]:
+    """Claims 1-6 on ``table``'s measured rows; ``predictions`` (per-sample, as stored by the runner) pair the tests."""
+    rows = usable(table)
+    outcomes = correctness(predictions) if predictions is not None and len(predictions) else {}
+    loss_paper = "Li et al.: l1 better on CIFAR-10 (88.4 vs 84.4), l2 better on ImageNet (61.4 vs 59.6)"
+    weight_paper = "Li et al. (DiT on ImageNet): uniform weighting 77.5 vs the ELBO's 71.6"
+    return [
+        claim_shared_noise(rows, outcomes),
+        claim_timesteps(rows, outcomes),
+        claim_by_param(rows, outcomes, 3, "The l1 loss beats l2", loss_paper, "loss", "l2", "l2", "l1"),
+        claim_by_param(
+            rows,
+            outcomes,
+            4,
+            "Uniform (simple) weighting beats the ELBO's",
+            weight_paper,
+            "weighting",
+            "simple",
+            "elbo",
+            "simple",
+        ),
+        claim_adaptive(rows, outcomes),
+        claim_references(rows, outcomes),
+    ]
+
+
+def render(claims: list[Claim]) -> str:
+    """claims.md: each claim with its verdict, the paper's number, each model's finding and comparisons."""
+    lines = [
+        "# Does it reproduce the paper?",
+        "",
+        f"Each comparison is B minus A on the same test points: McNemar's exact paired test where both cells' "
+        f"per-sample predictions were stored, else an unpaired two-proportion z-test; 'better'/'worse' at p < "
+        f"{ALPHA}. Verdicts: {HOLDS}, {FAILS}, {INCONCLUSIVE}, {MISSING}.",
+    ]
+    for claim in claims:
+        lines += ["", f"## {claim.number}. {claim.statement}: {claim.verdict}", "", claim.paper + ".", ""]
+        for finding in claim.findings:
+            lines.append(f"- **{finding.model}**: {finding.verdict} ({finding.why})")
+        rows = [c.line() for f in claim.findings for c in f.comparisons]
+        if rows:
+            lines += ["", "| B vs A | effect (B - A) | 95% CI | test | p | B is |", "|---|---|---|---|---|---|"]
+            lines += rows
+    return "\n".join(lines) + "\n"
+
+
+def write_claims(
+    table: pd.DataFrame, folder: Path, predictions: pd.DataFrame | None = None
+) -> tuple[Path, list[Claim]]:
+    """Write ``folder/claims.md`` from ``table`` (and ``predictions``); returns its path and the claims."""
+    claims = check_claims(table, predictions)
+    path = Path(folder) / CLAIMS_FILE
+    path.write_text(render(claims))
+    return path, claims
