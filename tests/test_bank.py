@@ -32,7 +32,8 @@ def run_estimator(name, model, x, trials, bank: ErrorBank | None, stream="test")
     computed = model.evaluated
     try:
         with torch.no_grad():
-            errors = plugins.registry()["estimator"][name].cls().errors(model, x, trials, torch.Generator().manual_seed(5))
+            estimator = plugins.registry()["estimator"][name].cls()
+            errors = estimator.errors(model, x, trials, torch.Generator().manual_seed(5))
     finally:
         model.bank = model.replay = None
     return errors, model.reset_nfe(), model.evaluated - computed

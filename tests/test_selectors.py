@@ -161,7 +161,8 @@ class TestSuites:
             ({"datasets": [1]}, "list of selector strings"),
             (
                 {"train": {"stepz": 10}},
-                r"unknown \[train\] key\(s\) \['stepz'\]; did you mean 'steps'\? \(known: batch_size, flow_sigma, lr, objective, steps, or",
+                r"unknown \[train\] key\(s\) \['stepz'\]; did you mean 'steps'\? "
+                r"\(known: batch_size, flow_sigma, lr, objective, steps, or",
             ),
             ({"train": {"steps": 0}}, r"bad \[train\] settings"),
             ({"train": {"mlp": {"lr": -1.0}}}, r"bad \[train\] settings"),

@@ -9,7 +9,7 @@ from torch import nn
 
 import diffbench
 from diffbench import plugins
-from diffbench.testing import check_dataset, check_denoiser, check_estimator, tiny_model
+from diffbench.testing import check_dataset, check_denoiser, check_estimator, check_reference, tiny_model
 
 BUILTINS = [
     (kind, r.cls)
@@ -35,12 +35,16 @@ def test_every_builtin_plugin_passes_its_check(kind, cls):
     elif kind == "denoiser":
         shape = (2,) if cls().supports((2,)) else IMAGE_SHAPE
         assert isinstance(check_denoiser(cls, data_shape=shape), nn.Module)
+    elif kind == "reference":
+        shape = (2,) if cls().supports((2,)) else IMAGE_SHAPE
+        probabilities = check_reference(cls, data_shape=shape)
+        assert probabilities.shape[1] == 3
     else:
         assert check_estimator(cls).shape == (4, 3)
 
 
 def test_the_builtins_of_every_kind_are_checked():
-    assert {kind for kind, _ in BUILTINS} == {"dataset", "denoiser", "estimator"}
+    assert {kind for kind, _ in BUILTINS} == {"dataset", "denoiser", "estimator", "reference"}
 
 
 def test_checks_take_instances_and_other_shapes():
