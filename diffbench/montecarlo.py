@@ -140,28 +140,59 @@ def draw_timesteps(
     if not 0 <= low < high <= T:
         raise ValueError(f"draw_timesteps needs 0 <= low < high <= T = {T}, got low={low}, high={high}")
     replay = _replay(model, rows)
-    if replay is not None and not stratify:
-        slots = replay.slots_where(trials, lambda u: _in_window((u * T).floor(), low, high))
-        return (replay.uniform_at(slots) * T).floor().long().clamp_(max=T - 1)
+    if replay is not None:
+        t = _design_timesteps(replay, T, trials, stratify, low, high)
+        replay.drew_timesteps(t)
+        return t
     if not stratify:
         return torch.randint(low, high, (rows, trials), generator=generator, device=model.device)
     u = draw_uniform(model, rows, trials, generator, stratify=True)
     return low + (u * (high - low)).floor().long().clamp_(max=high - low - 1)
 
 
+def _design_timesteps(replay, T: int, trials: int, stratify: bool, low: int, high: int) -> torch.Tensor:
+    """Timesteps from the design: over [low, high), or over the grid points inside it (``t_grid``)."""
+    grid = replay.grid(T)
+    if grid is None:
+        if stratify:
+            u = replay.uniform_at(replay.strata_slots(trials))
+            return low + (u * (high - low)).floor().long().clamp_(max=high - low - 1)
+        slots = replay.slots_where(trials, lambda u: _in_window((u * T).floor(), low, high))
+        return (replay.uniform_at(slots) * T).floor().long().clamp_(max=T - 1)
+    points = grid[_in_window(grid, low, high)]
+    if points.numel() == 0:
+        raise ValueError(
+            f"no timestep of the design's grid (t_grid = {grid.numel()}) lies in [{low}, {high}); "
+            "raise t_grid or widen the window"
+        )
+    if stratify:
+        u = replay.uniform_at(replay.strata_slots(trials))
+        return points[(u * points.numel()).floor().long().clamp_(max=points.numel() - 1)]
+    N = grid.numel()
+    slots = replay.slots_where(trials, lambda u: _in_window(grid[(u * N).floor().long().clamp_(max=N - 1)], low, high))
+    return grid[(replay.uniform_at(slots) * N).floor().long().clamp_(max=N - 1)]
+
+
 def _in_window(t: torch.Tensor, low: int, high: int) -> torch.Tensor:
     return (t >= low) & (t < high)
 
 
-def draw_noise(model: ConditionalModel, dims: tuple[int, ...] | torch.Size, generator: torch.Generator) -> torch.Tensor:
+def draw_noise(
+    model: ConditionalModel,
+    dims: tuple[int, ...] | torch.Size,
+    generator: torch.Generator,
+    timesteps: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Standard normal noise ``[*dims, *model.data_shape]`` on the model's device in its dtype.
 
-    In bank mode, the design's noise: of the slots whose timesteps or uniforms were just drawn when their
-    count matches ``dims`` (a trial's t and eps from one slot), else of the next slots.
+    In bank mode, the design's noise: of (t, occurrence) for the timesteps just drawn by ``draw_timesteps``
+    or given as ``timesteps`` (shaped ``dims``; an estimator that makes its own t, e.g. on a fixed grid,
+    passes them so that its draws meet other cells' in the bank), else of the slots whose uniforms were just
+    drawn, else of the next slots. Live, ``timesteps`` is not used.
     """
     replay = _replay(model, dims[0]) if len(dims) else None
     if replay is not None:
-        return replay.noise(tuple(dims), model.data_shape, model.dtype)
+        return replay.noise(tuple(dims), model.data_shape, model.dtype, timesteps)
     return torch.randn((*dims, *model.data_shape), generator=generator, device=model.device, dtype=model.dtype)
 
 
