@@ -129,8 +129,9 @@ class BankScorer:
     Counts the rows asked for (``requested``) and the rows evaluated (``computed``).
     """
 
-    def __init__(self, bank: ErrorBank, key: str = "") -> None:
+    def __init__(self, bank: ErrorBank, key: str = "", t_grid: int = 0) -> None:
         self.bank, self.key = bank, key
+        self.t_grid = t_grid  # the design's timestep grid (diffbench.draws.Design)
         self.losses = tuple(pointwise_loss(name) for name in LOSSES)
         self.requested = 0
         self.computed = 0

@@ -122,6 +122,12 @@ def measurement_options() -> list:
             help="bank: each denoising error computed once per model and shared by every cell; live: per cell.",
         ),
         click.option(
+            "--t-grid",
+            "t_grid",
+            type=click.IntRange(min=0),
+            help="With --errors bank: draw every timestep from Li et al.'s evenly spaced grid of N (0: all T).",
+        ),
+        click.option(
             "--max-time",
             "max_time_s",
             type=click.FloatRange(0, limits.MAX_TIME_S, min_open=True),
@@ -186,6 +192,7 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
             "scenarios": split_list(opts["scenarios"]),
             "max_time_s": opts["max_time_s"],
             "errors": opts.get("errors"),
+            "t_grid": opts.get("t_grid"),
         }
         suite = replace(suite, **{k: v for k, v in overrides.items() if v not in (None, [])})
         if opts.get("objective"):

@@ -128,6 +128,7 @@ QUALITY = (
     _c("quality_s", "float", "seconds of the cell's fit and quality passes (not timed scenarios)", "s"),
     _c("errors_bank", "str", "the error bank's content key (bank mode; its shards: <cache>/banks/<key>)"),
     _c("live_nfe", "int", "denoiser rows the quality passes asked for (fit, accuracy, calibration, repeats)", "NFE"),
+    _c("t_grid", "int", "the error bank's timestep grid (--t-grid; 0: every timestep of T)", "steps"),
     _c("computed_nfe", "int", "rows the denoiser really ran for this cell (the rest came from the bank)", "NFE"),
 )
 SPEED = (

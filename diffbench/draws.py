@@ -25,8 +25,9 @@ most N x E x K errors per sample and stream, E the most draws any call makes at 
 Each request starts after every slot an earlier request of the call examined, so no draw of a pass is
 used twice and every draw keeps its distribution: within a call, draws at distinct (t, e) are
 independent. Cells with the same trials prefix, windows that overlap and estimators built from the same
-helpers thus draw the same (t, eps) for the same sample, and the error bank computes those errors once. A call whose row count is not the batch's (a subset of the
-samples) draws from its generator as in live mode.
+helpers thus draw the same (t, eps) for the same sample, and the error bank computes those errors once.
+A call whose row count is not the batch's (a subset of the samples) draws from its generator as in live
+mode.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from diffbench.batch_size import cached_batch_size
 from diffbench.cell import Cell
 from diffbench.contract import DataError, Estimator, PluginOutputError
 from diffbench.cuda_graphs import bare_runner, single_sample_runner
+from diffbench.draws import Design
 from diffbench.memory import cpu_allocator_tuned, peak_memory_mb, reset_peak_memory
 from diffbench.model import ConditionalModel
 from diffbench.plan import CellPlan
@@ -76,16 +77,16 @@ def answers(cell: Cell, model: ConditionalModel, data: CellData, scorer: BankSco
     ``measured_rows`` runs before the scenarios, and all that ``diffbench.rescore`` runs.
     """
     generator = torch.Generator(device=model.device).manual_seed(cell.seed)
-    design_seed = cell.seed if scorer is not None else None
+    design = Design(cell.seed, scorer.t_grid) if scorer is not None else None
     model.reset_nfe()
     asked, evaluated, started = model.nfe_total(), model.evaluated, time.perf_counter()
     model.bank = scorer
     try:
-        with replaying(model, data.heldout_x, design_seed, "fit"):
+        with replaying(model, data.heldout_x, design, "fit"):
             estimator = fitted(cell.estimator, model, data.heldout_x, data.heldout_y, generator)
         fit_nfe = model.reset_nfe()
         model.check_finite(f"while estimator '{cell.estimator.name}' fitted")
-        common, first_s, bins, predictions = quality(cell, estimator, model, data, generator, design_seed)
+        common, first_s, bins, predictions = quality(cell, estimator, model, data, generator, design)
     finally:
         model.bank = None
         if scorer is not None:
@@ -137,6 +138,7 @@ def errors_columns(scorer: BankScorer | None, asked: int, evaluated: int) -> dic
         "errors_bank": scorer.key if scorer is not None else "",
         "live_nfe": asked,
         "computed_nfe": evaluated,
+        "t_grid": scorer.t_grid if scorer is not None else 0,
     }
 
 
@@ -242,7 +244,7 @@ def bank_scorer(plan: CellPlan, prepared: Prepared, model: ConditionalModel) -> 
     prepared.info["weights_digest"] = weights  # hashed once per model and process
     numerics = f"{device_name(cell.device)}|{cell.dtype}|compile={cell.compile}"
     key = bank_key(weights, model, numerics)
-    scorer = BankScorer(open_bank(key, model.num_classes, plan.cache_dir), key)
+    scorer = BankScorer(open_bank(key, model.num_classes, plan.cache_dir), key, plan.t_grid)
     if scorer.bank.folder is not None:  # what replays the bank without the model (``diffbench bank export``)
         record = lambda: model_record(prepared, model, weights, numerics)  # noqa: E731 (made once per bank and model)
         bank_file.record_model(scorer.bank.folder, cell.group_id, record)

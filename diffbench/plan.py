@@ -67,6 +67,7 @@ class CellPlan:
     cache_dir: Path | None = None  # where tuned batch sizes are cached
     run: dict[str, str] = field(default_factory=dict)  # provenance.run_info() of the process that started the run
     errors: str = "live"  # where the quality passes' errors come from: "bank" (diffbench.bank) or "live"
+    t_grid: int = 0  # the bank's timestep grid (diffbench.draws.Design; 0: all T)
 
     @property
     def id(self) -> str:
@@ -123,6 +124,7 @@ def plan_cells(
             cache_dir,
             dict(run),
             suite.errors,
+            suite.t_grid,
         )
         for cell in grid
     ]

@@ -18,7 +18,7 @@ import torch
 from diffbench import batching, metrics
 from diffbench.cell import Cell
 from diffbench.contract import Estimator, PluginOutputError, check_errors
-from diffbench.draws import Replay
+from diffbench.draws import Design, Replay
 from diffbench.model import ConditionalModel
 from diffbench.summary import median_iqr
 from diffbench.timing import timed
@@ -40,17 +40,17 @@ class CellData:
 
 
 def classifier(
-    cell: Cell, estimator: Estimator, model: ConditionalModel, design_seed: int | None = None
+    cell: Cell, estimator: Estimator, model: ConditionalModel, design: Design | int | None = None
 ) -> tuple[Classify, int]:
     """The estimator's checked errors over any number of samples (streamed in fixed batches), and that batch.
 
-    ``classify(inputs, generator, stream)``: with a ``design_seed`` (bank mode) each call draws from the
-    design of draws (``diffbench.draws``) of its samples on ``stream``, one stream per pass.
+    ``classify(inputs, generator, stream)``: with a ``design`` (bank mode: a ``Design``, or its seed) each
+    call draws from the design of draws (``diffbench.draws``) of its samples on ``stream``, one stream per pass.
     """
     name, trials, k = cell.estimator.name, cell.trials, model.num_classes
 
     def one_call(inputs: torch.Tensor, generator: torch.Generator, stream: str) -> torch.Tensor:
-        with replaying(model, inputs, design_seed, stream):
+        with replaying(model, inputs, design, stream):
             errors = estimator.errors(model, inputs, trials, generator)
         model.check_finite(f"during a pass of estimator '{name}'")  # blame the module, not the estimator
         return check_errors(errors, inputs.shape[0], k, name)
@@ -64,12 +64,14 @@ def classifier(
 
 
 @contextmanager
-def replaying(model: ConditionalModel, inputs: torch.Tensor, design_seed: int | None, stream: str) -> Iterator[None]:
+def replaying(
+    model: ConditionalModel, inputs: torch.Tensor, design: Design | int | None, stream: str
+) -> Iterator[None]:
     """Draws from the design for ``inputs`` on ``stream`` inside the block (nothing without a design seed)."""
-    if design_seed is None:
+    if design is None:
         yield
         return
-    model.replay = Replay(inputs, design_seed, stream)
+    model.replay = Replay(inputs, design, stream)
     try:
         yield
     finally:
@@ -96,16 +98,16 @@ def quality(
     model: ConditionalModel,
     data: CellData,
     generator: torch.Generator,
-    design_seed: int | None = None,
+    design: Design | int | None = None,
 ) -> tuple[dict[str, Any], float, list[dict], dict[str, Any]]:
-    """Accuracy, calibration and noise of a fitted estimator (draws from the design given a ``design_seed``).
+    """Accuracy, calibration and noise of a fitted estimator (draws from the design given a ``design``).
 
     Returns its columns, the first pass's seconds, the reliability bins and the seeded pass's
     per-sample labels and predictions (what paired comparisons need).
     """
     x, y = data.x, data.y
     n = x.shape[0]
-    classify, per_call = classifier(cell, estimator, model, design_seed)
+    classify, per_call = classifier(cell, estimator, model, design)
     errors: list[torch.Tensor] = []
     first_s = timed(lambda: errors.append(classify(x, generator)), model.device)
     pass_nfe = [model.reset_nfe() / n]

@@ -190,7 +190,9 @@ def rescore(
     try:
         for model, cell in plans:
             key = model.about["bank"]
-            row, bins, predictions = rescore_cell(cell, model, BankScorer(banks[key], key), run)
+            row, bins, predictions = rescore_cell(
+                cell, model, BankScorer(banks[key], key, int(suite.get("t_grid", 0))), run
+            )
             folder.save_cell(cell.id, [row], bins, predictions)
     finally:
         frame = folder.write_tables(order)

@@ -53,6 +53,9 @@ class Suite:
     #: Where the quality passes' errors come from: "bank" (computed once per model and draw, shared by
     #: every cell: diffbench.bank) or "live" (every cell evaluates its own draws).
     errors: str = "live"
+    #: The error bank's timestep grid: 0 draws from all T; N puts every draw on Li et al.'s evenly spaced
+    #: grid of N timesteps (bank mode only: diffbench.draws.Design).
+    t_grid: int = 0
     #: Training overrides: TrainSettings keys for every denoiser, or a table per denoiser name.
     train: dict[str, Any] = field(default_factory=dict)
     #: Reference classifier selectors: one reference row per dataset and reference (diffbench.reference_cell).
@@ -186,6 +189,10 @@ def check_suite(suite: Suite, where: str = "suite") -> None:
         raise SuiteError(f"{where}: 'compile' must be true, false or a list of them, got {suite.compile!r}")
     if suite.errors not in ERROR_MODES:
         raise SuiteError(f"{where}: unknown errors mode {suite.errors!r}; choose from {', '.join(ERROR_MODES)}")
+    if isinstance(suite.t_grid, bool) or not isinstance(suite.t_grid, int) or suite.t_grid < 0:
+        raise SuiteError(f"{where}: t_grid must be a whole number of timesteps (0: all T), got {suite.t_grid!r}")
+    if suite.t_grid and suite.errors != "bank":
+        raise SuiteError(f'{where}: t_grid = {suite.t_grid} is part of the error bank\'s design; set errors = "bank"')
     for scenario in suite.scenarios:
         if scenario not in SCENARIOS:
             raise SuiteError(f"{where}: unknown scenario '{scenario}'; choose from {', '.join(SCENARIOS)}")

@@ -185,3 +185,50 @@ def test_bank_mode_run_computes_less_and_agrees_with_live(cli, tmp_path):
     diff = (bank["accuracy"] - live["accuracy"]).abs()
     half_width = (live["accuracy_ci_high"] - live["accuracy_ci_low"]) / 2
     assert (diff <= 2 * half_width).all()
+
+
+def test_occurrences_count_earlier_draws_at_the_same_timestep():
+    from diffbench.draws import occurrences
+
+    t = torch.tensor([[5, 3, 5, 5, 3], [1, 2, 3, 4, 1]])
+    assert occurrences(t).tolist() == [[0, 0, 1, 2, 1], [0, 0, 0, 0, 1]]
+    assert occurrences(torch.tensor([[3, 7]]), before=torch.tensor([[3, 3, 9]])).tolist() == [[2, 0]]
+
+
+def test_noise_is_keyed_by_timestep_so_cells_meet_and_a_call_never_reuses_one():
+    from diffbench.montecarlo import draw_noise
+
+    model = untrained("mlp")
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(4))
+    t_a, t_b = torch.tensor([[7, 9, 7]]).expand(50, 3), torch.tensor([[9, 7, 7, 8]]).expand(50, 4)
+    model.replay = Replay(x, 0, "test")
+    a = draw_noise(model, (50, 3), torch.Generator(), timesteps=t_a)
+    model.replay = Replay(x, 0, "test")
+    b = draw_noise(model, (50, 4), torch.Generator(), timesteps=t_b)
+    model.replay = None
+    assert torch.equal(a[:, 1], b[:, 0])  # t = 9, first visit: the same noise in both calls
+    assert torch.equal(a[:, 0], b[:, 1]) and torch.equal(a[:, 2], b[:, 2])  # t = 7, first and second visits
+    assert not torch.equal(a[:, 0], a[:, 2])  # two visits of one call: independent draws
+    assert abs(float(torch.corrcoef(torch.stack([a[:, 0].flatten(), a[:, 2].flatten()]))[0, 1])) < 0.4
+
+
+def test_a_timestep_grid_draws_uniformly_over_its_points_in_the_window():
+    from diffbench.draws import Design
+    from diffbench.montecarlo import draw_timesteps
+
+    model = untrained("mlp")
+    x = torch.randn(400, 2, generator=torch.Generator().manual_seed(5))
+    model.replay = Replay(x, Design(0, t_grid=10), "test")
+    t = draw_timesteps(model, 400, 16, torch.Generator(), low=0, high=500)
+    strata = draw_timesteps(model, 400, 5, torch.Generator(), stratify=True, low=0, high=500)
+    model.replay = Replay(x, Design(0, t_grid=10), "test")
+    with pytest.raises(ValueError, match="no timestep of the design's grid"):
+        draw_timesteps(model, 400, 4, torch.Generator(), low=1, high=40)
+    model.replay = Replay(x, Design(0, t_grid=2000), "test")
+    with pytest.raises(ValueError, match="lower t_grid"):
+        draw_timesteps(model, 400, 4, torch.Generator())
+    model.replay = None
+    assert set(t.unique().tolist()) == {50, 150, 250, 350, 450}
+    counts = torch.bincount(t.flatten() // 100, minlength=5).double()
+    assert float(((counts - counts.mean()) ** 2 / counts.mean()).sum()) < 20  # 4 degrees of freedom
+    assert torch.equal(strata, torch.tensor([50, 150, 250, 350, 450]).expand(400, 5))
