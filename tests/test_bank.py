@@ -232,3 +232,16 @@ def test_a_timestep_grid_draws_uniformly_over_its_points_in_the_window():
     counts = torch.bincount(t.flatten() // 100, minlength=5).double()
     assert float(((counts - counts.mean()) ** 2 / counts.mean()).sum()) < 20  # 4 degrees of freedom
     assert torch.equal(strata, torch.tensor([50, 150, 250, 350, 450]).expand(400, 5))
+
+
+def test_t_grid_runs_on_the_grid_and_is_refused_outside_bank_mode(cli, tmp_path):
+    suite = write_suite(tmp_path / "tiny.toml", estimators=["shared-noise"], trials=[4], scenarios=["offline"])
+    base = ["run", "--suite", suite, "--cache", tmp_path / "cache", "--no-plots", "--no-report", "--max-time", "0.1"]
+    refused = cli(*base, "--t-grid", "10", "--out", tmp_path / "live")
+    assert refused.exit_code == 2 and 't_grid = 10 is part of the error bank\'s design; set errors = "bank"' in (
+        refused.output
+    )
+    result = cli(*base, "--t-grid", "10", "--errors", "bank", "--out", tmp_path / "grid")
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(tmp_path / "grid" / "results.parquet")
+    assert (table["t_grid"] == 10).all() and (table["errors_source"] == "bank").all()
