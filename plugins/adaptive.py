@@ -49,7 +49,7 @@ class _Shared(diffbench.Estimator):
 
     def _score(self, model, x, t, generator, alive=None) -> torch.Tensor:
         """Draw shared noise for ``t [b, R]`` and return weighted per-trial errors ``[b, R, K]``."""
-        eps = draw_noise(model, t.shape, generator)
+        eps = draw_noise(model, t.shape, generator, timesteps=t)
         return class_errors(model, x, t, eps, self.params["loss"], self.params["weighting"], classes=alive)
 
 

@@ -152,7 +152,7 @@ class Importance(_Draws):
         which = torch.arange(bins, device=model.device).repeat_interleave(p["fit_trials"])  # [R]
         offsets = draw_uniform(model, n, R, generator)
         t = edges[which] + (offsets * width[which]).floor().long()
-        eps = draw_noise(model, (n, R), generator)
+        eps = draw_noise(model, (n, R), generator, timesteps=t)
         err = class_errors(model, x, t, eps, p["loss"], p["weighting"]).double()  # [n, R, K]
         rows = torch.arange(n, device=model.device)
         means = err.mean(1)
@@ -178,7 +178,7 @@ class Importance(_Draws):
         u = draw_uniform(model, B, trials, generator, stratify=self.params["stratify"])
         t = torch.searchsorted(cdf, u, right=True).clamp_(max=q.numel() - 1)
         importance = (1 / (q.numel() * q[t])).to(model.dtype)
-        return t, draw_noise(model, (B, trials), generator), importance
+        return t, draw_noise(model, (B, trials), generator, timesteps=t), importance
 
 
 @diffbench.hookimpl
