@@ -192,16 +192,6 @@ class Replay:
         slots, _ = self.pending[-1]
         self.pending[-1] = (slots, t)
 
-    def grid(self, num_timesteps: int) -> torch.Tensor | None:
-        """The design's timestep grid ``[N]`` for ``T``, or None (all T)."""
-        n = self.design.t_grid
-        if not n:
-            return None
-        if n > num_timesteps:
-            raise ValueError(f"t_grid = {n} is more timesteps than the model's T = {num_timesteps}; lower t_grid")
-        step = num_timesteps // n
-        return torch.arange(step // 2, num_timesteps, step, device=self.device)[:n]
-
     def next_slots(self, count: int) -> torch.Tensor:
         """The next ``count`` slots of every sample ``[B, count]``."""
         slots = self.cursor.unsqueeze(1) + torch.arange(count, device=self.device)

@@ -152,7 +152,7 @@ def draw_timesteps(
 
 def _design_timesteps(replay, T: int, trials: int, stratify: bool, low: int, high: int) -> torch.Tensor:
     """Timesteps from the design: over [low, high), or over the grid points inside it (``t_grid``)."""
-    grid = replay.grid(T)
+    grid = _design_grid(replay, T)
     if grid is None:
         if stratify:
             u = replay.uniform_at(replay.strata_slots(trials))
@@ -171,6 +171,16 @@ def _design_timesteps(replay, T: int, trials: int, stratify: bool, low: int, hig
     N = grid.numel()
     slots = replay.slots_where(trials, lambda u: _in_window(grid[(u * N).floor().long().clamp_(max=N - 1)], low, high))
     return grid[(replay.uniform_at(slots) * N).floor().long().clamp_(max=N - 1)]
+
+
+def _design_grid(replay, T: int) -> torch.Tensor | None:
+    """The design's timestep grid (Li et al.'s evenly spaced ``t_grid`` timesteps), or None (all T)."""
+    n = replay.design.t_grid
+    if not n:
+        return None
+    if n > T:
+        raise ValueError(f"t_grid = {n} is more timesteps than the model's T = {T}; lower t_grid")
+    return li_timesteps(T, n, replay.device)
 
 
 def _in_window(t: torch.Tensor, low: int, high: int) -> torch.Tensor:

@@ -44,6 +44,19 @@ def best_within(panel: pd.DataFrame, budget: float) -> pd.DataFrame:
     return within.drop_duplicates("estimator_label")
 
 
+def best_columns(best: pd.Series, budget: float) -> dict:
+    """A standings row's columns for the best cell at ``budget``: its estimator, trials, NFE, accuracy and CI."""
+    return {
+        "budget_nfe": budget,
+        "best": best["estimator_label"],
+        "best_trials": int(best["trials"]),
+        "best_nfe": best["nfe_per_sample"],
+        "accuracy": best["accuracy"],
+        "ci_low": best["accuracy_ci_low"],
+        "ci_high": best["accuracy_ci_high"],
+    }
+
+
 @dataclass
 class Verdict:
     """The best cell against the runner-up."""
@@ -89,13 +102,7 @@ def summary_table(frame: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFram
             best = ranked.iloc[0]
             row = {
                 **dict(zip(columns, key, strict=True)),
-                "budget_nfe": budget,
-                "best": best["estimator_label"],
-                "best_trials": int(best["trials"]),
-                "best_nfe": best["nfe_per_sample"],
-                "accuracy": best["accuracy"],
-                "ci_low": best["accuracy_ci_low"],
-                "ci_high": best["accuracy_ci_high"],
+                **best_columns(best, budget),
                 "runner_up": "",
             }
             if len(ranked) > 1:

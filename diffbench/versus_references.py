@@ -65,13 +65,7 @@ def best_vs_reference(frame: pd.DataFrame, predictions: pd.DataFrame) -> pd.Data
             rows.append(
                 {
                     **problem,
-                    "budget_nfe": budget,
-                    "best": best["estimator_label"],
-                    "best_trials": int(best["trials"]),
-                    "best_nfe": best["nfe_per_sample"],
-                    "accuracy": best["accuracy"],
-                    "ci_low": best["accuracy_ci_low"],
-                    "ci_high": best["accuracy_ci_high"],
+                    **standings.best_columns(best, budget),
                     "reference": ref["estimator_label"],
                     "reference_accuracy": ref["accuracy"],
                     "reference_ci_low": ref["accuracy_ci_low"],
