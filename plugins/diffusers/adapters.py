@@ -1,12 +1,14 @@
 """diffusers' modules behind diffbench's ``forward(x_t, t, c)``: class labels, DiT outputs, class prompts, the VAE.
 
+``t`` is what the core feeds the module: the integer t of a variance-preserving process, the timestep its
+scheduler feeds the network on another (sigma * 1000 for a rectified flow such as SD3's).
+
 diffusers and transformers are imported inside the functions, when a model is loaded, never at import.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
@@ -15,8 +17,9 @@ import diffbench
 
 from .hub import one_line
 from .labels import label_ids
-from .layout import CLASS_UNET, DIT, Layout
+from .layout import CLASS_UNET, DIT, SD3, Layout
 from .scheduler import find_scheduler
+from .sd3 import encode_prompts, transformers_class
 
 
 class ClassUNet(nn.Module):
@@ -55,6 +58,21 @@ class PromptUNet(nn.Module):
         return self.unet(x_t, t, encoder_hidden_states=self.embeddings[c]).sample
 
 
+class PromptSD3(nn.Module):
+    """``SD3Transformer2DModel`` on each class's prompt: ``embeds [K, L, D]`` and ``pooled [K, P]``, encoded once."""
+
+    def __init__(self, transformer: nn.Module, embeds: torch.Tensor, pooled: torch.Tensor) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.register_buffer("embeds", embeds)
+        self.register_buffer("pooled", pooled)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.transformer(
+            hidden_states=x_t, timestep=t, encoder_hidden_states=self.embeds[c], pooled_projections=self.pooled[c]
+        ).sample
+
+
 def quiet_diffusers() -> None:
     from diffusers.utils import logging as diffusers_logging
 
@@ -73,13 +91,21 @@ def load_module(layout: Layout, class_names: list[str], classes: str, prompt: st
     if layout.kind == DIT:
         dit = diffusers.DiTTransformer2DModel.from_pretrained(layout.root, **load)
         return ClassDiT(dit, label_ids(layout, class_names, classes))
-    unet = diffusers.UNet2DConditionModel.from_pretrained(layout.root, **load)
     prompts = [prompt.format(name) for name in class_names]
+    if layout.kind == SD3:
+        transformer = diffusers.SD3Transformer2DModel.from_pretrained(layout.root, **load)
+        embeds, pooled = encode_prompts(layout, prompts)
+        return PromptSD3(transformer, embeds.float().clone(), pooled.float().clone())
+    unet = diffusers.UNet2DConditionModel.from_pretrained(layout.root, **load)
     return PromptUNet(unet, prompt_embeddings(layout, prompts))
 
 
 def vae_encoder(layout: Layout) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The folder's VAE as a map from images to the latents the model denoises (the latent mean, scaled)."""
+    """The folder's VAE as a map from images to the latents the model denoises: (mean - shift_factor) * scaling_factor.
+
+    SD3's VAE has a shift_factor, SD 1/2's and DiT's none (0): the latents the pipeline decodes as
+    latents / scaling_factor + shift_factor.
+    """
     import diffusers
 
     vae = diffusers.AutoencoderKL.from_pretrained(layout.root, subfolder="vae").eval()
@@ -108,15 +134,9 @@ def alphas_cumprod(layout: Layout) -> torch.Tensor:
 
 def prompt_embeddings(layout: Layout, prompts: list[str]) -> torch.Tensor:
     """``[K, L, D]``: the text encoder's last hidden state of each prompt, padded to the tokenizer's length."""
-    import transformers
-
-    def component(folder: str, fallback: str) -> Any:
-        entry = layout.index.get(folder)
-        name = entry[1] if isinstance(entry, list) and len(entry) == 2 and entry[0] == "transformers" else fallback
-        return getattr(transformers, name)
-
-    tokenizer = component("tokenizer", "AutoTokenizer").from_pretrained(layout.root / "tokenizer")
-    encoder = component("text_encoder", "CLIPTextModel").from_pretrained(layout.root / "text_encoder").eval()
+    tokenizer = transformers_class(layout, "tokenizer", "AutoTokenizer").from_pretrained(layout.root / "tokenizer")
+    encoder = transformers_class(layout, "text_encoder", "CLIPTextModel").from_pretrained(layout.root / "text_encoder")
+    encoder.eval()
     tokens = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import torch
 
@@ -11,7 +12,7 @@ import diffbench
 from .adapters import ClassUNet, alphas_cumprod, load_module, quiet_diffusers, vae_encoder
 from .hub import content_hash, fetch_weights
 from .labels import label_ids
-from .layout import TEXT_UNET, read_layout
+from .layout import TEXT_KINDS, check_sample_size, read_layout
 
 EXTRA_HINT = "install the extra: pip install 'diffbench[diffusers]'"
 
@@ -44,7 +45,7 @@ class Diffusers(diffbench.Denoiser):
 
     def check_dataset(self, data_shape: tuple[int, ...], class_names: list[str]) -> None:
         layout = self.layout
-        if layout.kind != TEXT_UNET:
+        if layout.kind not in TEXT_KINDS:
             label_ids(layout, class_names, self.params["classes"])
         if layout.vae:
             want = layout.vae_config.get("in_channels") or 3
@@ -55,6 +56,10 @@ class Diffusers(diffbench.Denoiser):
             raise diffbench.ParamError(
                 f"the model cannot read the dataset's samples, shape {list(data_shape)}: {where} images [{want}, H, W]"
             )
+        self.note = check_sample_size(layout, data_shape)  # refused, or said once here and recorded in the rows
+        if self.note and self.note not in vars(self).setdefault("said", set()):
+            self.said.add(self.note)
+            print(f"diffbench: note: {self!r}: {self.note}", file=sys.stderr)
 
     def build(self, data_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
         raise diffbench.ParamError("denoiser 'diffusers' arrives trained: it is loaded, not built (no --checkpoint)")
