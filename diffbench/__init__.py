@@ -14,6 +14,7 @@ from diffbench.contract import (
 )
 from diffbench.hookspecs import hookimpl
 from diffbench.model import ConditionalModel
+from diffbench.noise_process import NoiseProcess
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "Dataset",
     "Denoiser",
     "Estimator",
+    "NoiseProcess",
     "ParamError",
     "Pretrained",
     "Reference",

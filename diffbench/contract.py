@@ -29,6 +29,7 @@ from diffbench.subsets import SUBSET_PARAMS
 
 if TYPE_CHECKING:  # through the package: model.py imports this module (check_module_output)
     import diffbench
+    from diffbench.noise_process import NoiseProcess
 
 
 class PluginClassError(TypeError):
@@ -91,25 +92,33 @@ class Splits:
 
 @dataclass
 class Pretrained:
-    """A denoiser that arrives trained, with the schedule and output parameterisation it was trained for.
+    """A denoiser that arrives trained, with the noise process and output parameterisation it was trained for.
 
     ``module.forward(x_t, t, c)`` returns the raw prediction under ``prediction_type``: the noise
-    (``epsilon``), the velocity sqrt(abar) eps - sqrt(1 - abar) x0 (``v_prediction``) or x0 (``sample``);
-    with ``learned_variance`` the output has twice the data's channels and the second half is dropped.
-    The core converts every prediction to epsilon, so estimators never know the difference.
+    (``epsilon``), the velocity a eps - s x0 (``v_prediction``), x0 (``sample``), a rectified flow's
+    velocity eps - x0 (``flow``) or an EDM network's raw output F (``edm_denoiser``: the core feeds it
+    c_in x_t and applies c_skip and c_out itself); with ``learned_variance`` the output has twice the data's
+    channels and the second half is dropped. The core converts every prediction to epsilon, so estimators
+    never know the difference (``diffbench.parameterisation``).
+
+    The noise process is ``process`` (a ``diffbench.NoiseProcess``: variance preserving, rectified flow or
+    EDM; the module is fed its ``model_timesteps``), or, without one, the variance-preserving process of
+    ``alphas_cumprod [T]`` (the module is fed integer t). Give either; given both, they must agree.
     ``encode`` (latent models) maps a batch of dataset samples to the latents the module denoises; each
-    image is encoded once. ``schedule`` names the noise schedule in the table; ``source`` and ``revision``
-    (a content hash or hub revision) say where the weights came from.
+    image is encoded once. ``schedule`` names the noise schedule in the table (the process's own name where
+    it is left "custom"); ``source`` and ``revision`` (a content hash or hub revision) say where the weights
+    came from.
     """
 
     module: torch.nn.Module
-    alphas_cumprod: torch.Tensor
+    alphas_cumprod: torch.Tensor | None = None
     prediction_type: str = "epsilon"
     learned_variance: bool = False
     schedule: str = "custom"
     source: str = ""
     revision: str = ""
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    process: NoiseProcess | None = None
 
 
 class Dataset(Plugin):

@@ -1,10 +1,11 @@
 """Denoisers that arrive trained: the checks on what they hand over, their encoded data, and the model self-check.
 
 A ``Denoiser`` whose ``pretrained()`` returns a ``diffbench.Pretrained`` is not trained and not cached:
-its module runs under the schedule and parameterisation it brought (``ConditionalModel`` converts
-its output to epsilon), a latent model classifies the latents of each image (encoded once, timed
-apart from the estimator), and ``model_check`` says whether the declared parameterisation fits and
-whether the output depends on the class before anyone trusts the numbers.
+its module runs under the noise process and parameterisation it brought (variance preserving, rectified
+flow or EDM; ``ConditionalModel`` converts its output to epsilon), a latent model classifies the latents of
+each image (encoded once, timed apart from the estimator), and ``model_check`` says whether the declared
+parameterisation fits the process (a flow model declared as epsilon, an EDM network without its
+preconditioning) and whether the output depends on the class before anyone trusts the numbers.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 import torch
 
 from diffbench.contract import Denoiser, ParamError, Pretrained, Splits
-from diffbench.parameterisation import PREDICTION_TYPES
-from diffbench.schedule import NoiseSchedule, q_sample
+from diffbench.noise_process import NoiseProcess, as_process
+from diffbench.parameterisation import ALL_PREDICTION_TYPES, ToEpsilon
+from diffbench.schedule import NoiseSchedule
 
 ENCODE_BATCH = 64  # images per encode call
 CHECK_SAMPLES = 32  # held-out samples behind model_check
@@ -35,9 +37,13 @@ class PretrainedError(RuntimeError):
 
 @dataclass
 class PretrainedSetup:
-    """What the runner keeps of a pretrained model besides its module: schedule, output type, row columns."""
+    """What the runner keeps of a pretrained model besides its module: its process, output type, row columns.
 
-    schedule: NoiseSchedule
+    ``schedule`` is a ``NoiseSchedule`` for a model that gave only ``alphas_cumprod`` (as before processes
+    existed), else the ``NoiseProcess`` it gave; ``ConditionalModel`` takes either.
+    """
+
+    schedule: NoiseSchedule | NoiseProcess
     prediction_type: str
     learned_variance: bool
     columns: dict[str, Any]
@@ -64,17 +70,53 @@ def check_pretrained(made: Any, name: str) -> Pretrained:
         raise PretrainedError(f"{where} returned {type(made).__name__}, not diffbench.Pretrained or None")
     if not isinstance(made.module, torch.nn.Module):
         raise PretrainedError(f"{where}: module must be a torch.nn.Module, got {type(made.module).__name__}")
-    if made.prediction_type not in PREDICTION_TYPES:
+    if made.prediction_type not in ALL_PREDICTION_TYPES:
         raise PretrainedError(
-            f"{where}: prediction_type '{made.prediction_type}' is none of {', '.join(PREDICTION_TYPES)}"
+            f"{where}: prediction_type '{made.prediction_type}' is none of {', '.join(ALL_PREDICTION_TYPES)}"
         )
     if made.encode is not None and not callable(made.encode):
         raise PretrainedError(f"{where}: encode must be a function of a batch of samples, or None")
+    if made.process is not None and not isinstance(made.process, NoiseProcess):
+        raise PretrainedError(
+            f"{where}: process must be a diffbench NoiseProcess or None, got {type(made.process).__name__}"
+        )
+    if made.process is None and made.alphas_cumprod is None:
+        raise PretrainedError(f"{where}: give the noise process (process=) or the DDPM schedule (alphas_cumprod=)")
     try:
-        NoiseSchedule.from_alphas_cumprod(made.alphas_cumprod, made.schedule)
+        process_of(made)
     except (TypeError, ValueError) as exc:
         raise PretrainedError(f"{where}: {exc}") from None
+    if made.prediction_type == "edm_denoiser" and made.process.sigma_data is None:
+        raise PretrainedError(
+            f"{where}: prediction_type 'edm_denoiser' needs an EDM process (with sigma_data), "
+            f"got process '{made.process.name}' ({made.process.kind})"
+        )
     return made
+
+
+def process_of(made: Pretrained) -> NoiseSchedule | NoiseProcess:
+    """The process a pretrained model runs on: its ``process``, else the DDPM schedule of its ``alphas_cumprod``.
+
+    Given both, ``alphas_cumprod`` must be the process's (its own or the equivalent abar); ValueError if not.
+    """
+    if made.process is None:
+        if made.prediction_type == "edm_denoiser":
+            raise ValueError("prediction_type 'edm_denoiser' needs an EDM process (process=NoiseProcess.edm(...))")
+        return NoiseSchedule.from_alphas_cumprod(made.alphas_cumprod, made.schedule)
+    if made.alphas_cumprod is not None:
+        given = torch.as_tensor(made.alphas_cumprod).detach().to("cpu", torch.float64)
+        own = made.process.alphas_cumprod
+        if given.shape != own.shape or not torch.allclose(given, own, rtol=1e-5, atol=1e-7):
+            raise ValueError(
+                f"alphas_cumprod {list(given.shape)} is not the process's ('{made.process.name}', "
+                f"{own.numel()} levels): give the process alone"
+            )
+    return made.process
+
+
+def schedule_name(made: Pretrained, process: NoiseProcess) -> str:
+    """The table's ``schedule``: the plugin's name for it, else (left "custom" with a process) the process's."""
+    return process.name if made.process is not None and made.schedule == "custom" else made.schedule
 
 
 @torch.inference_mode()
@@ -84,18 +126,33 @@ def encode_all(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
     return torch.cat(parts)
 
 
-def relative_errors(raw: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> dict[str, float]:
-    """Each prediction type's ``mean (raw - target)^2 / mean target^2``: 1 for a model that predicts zeros."""
+def targets(x0: torch.Tensor, eps: torch.Tensor, process: NoiseProcess, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a perfect module outputs at x_t = a x0 + s eps under each prediction type, on ``process`` at ``t``.
+
+    ``edm_denoiser`` (the raw F of D = c_skip x + c_out F, with x = x_t / a, sigma = s / a) only where the
+    process has a sigma_data.
+    """
     shape = (-1,) + (1,) * (x0.dim() - 1)
-    a, s = abar.sqrt().reshape(shape), (1 - abar).sqrt().reshape(shape)
-    targets = {"epsilon": eps, "v_prediction": a * eps - s * x0, "sample": x0}
-    return {k: float(((raw - v) ** 2).mean() / (v**2).mean().clamp_min(1e-12)) for k, v in targets.items()}
+    a = process.a.float()[t].reshape(shape)
+    s = process.s.float()[t].reshape(shape)
+    out = {"epsilon": eps, "v_prediction": a * eps - s * x0, "sample": x0, "flow": eps - x0}
+    if process.sigma_data is not None:
+        sd, sigma = process.sigma_data, s / a
+        total = sigma.square() + sd**2
+        c_skip, c_out = sd**2 / total, sigma * sd * total.rsqrt()
+        out["edm_denoiser"] = (x0 - c_skip * (x0 + sigma * eps)) / c_out
+    return out
+
+
+def relative_errors(raw: torch.Tensor, wanted: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each prediction type's ``mean (raw - target)^2 / mean target^2``: 1 for a model that predicts zeros."""
+    return {k: float(((raw - v) ** 2).mean() / (v**2).mean().clamp_min(1e-12)) for k, v in wanted.items()}
 
 
 @torch.inference_mode()
 def model_check(
     module: torch.nn.Module,
-    schedule: NoiseSchedule,
+    schedule: NoiseSchedule | NoiseProcess,
     prediction_type: str,
     learned_variance: bool,
     x0: torch.Tensor,
@@ -103,42 +160,67 @@ def model_check(
     num_classes: int,
     seed: int = 0,
 ) -> str:
-    """'ok', or why the model's declared parameterisation or its class conditioning looks wrong.
+    """'ok', or, in one line, why the model's declared parameterisation or its class conditioning looks wrong.
 
-    On held-out samples noised at mid-range t: the raw output's error against the declared
-    type's target must be clearly lower than against the other types' (relative errors, so
-    scale does not matter), and the output must change when the class does (some diffusers
-    versions silently ignored ``class_labels``; such a model classifies at chance).
+    On held-out samples noised by the model's process (x_t = a x0 + s eps) at mid-range t, the module is
+    called as the classifier calls it (its process's model timesteps; an EDM network through c_in). The raw
+    output's error against the declared type's target must be clearly lower than against the other types'
+    (relative errors, so scale does not matter); a model that fits a flow velocity better is named a flow model
+    run on another process's scheduler, and an EDM process's network that fits far better when called through
+    its preconditioning is named as run without it. The output must also change when the class does (some
+    diffusers versions silently ignored ``class_labels``; such a model classifies at chance).
     """
     if x0.shape[0] == 0:
         return "not checked: no held-out samples"
+    process = as_process(schedule)
     device = next(iter(module.parameters()), torch.empty(0)).device
     generator = torch.Generator().manual_seed(seed)
     x0, y = x0[:CHECK_SAMPLES].float(), y[:CHECK_SAMPLES]
-    n, big_t = x0.shape[0], schedule.num_timesteps
+    n, big_t = x0.shape[0], process.num_timesteps
     low, high = int(CHECK_T[0] * big_t), max(int(CHECK_T[0] * big_t) + 1, int(CHECK_T[1] * big_t))
     t = torch.randint(low, high, (n,), generator=generator)
     eps = torch.randn(x0.shape, generator=generator)
-    abar = schedule.alphas_cumprod.float()[t]
-    x_t = q_sample(schedule.alphas_cumprod.float(), x0, t, eps)
+    x_t = process.q_sample(x0, t, eps)
+    wanted = targets(x0, eps, process, t)
     other = (y + 1) % num_classes
-    raw, raw_other = [], []
-    for i in range(0, n, CHECK_BATCH):
-        rows = slice(i, i + CHECK_BATCH)
-        args = (x_t[rows].to(device), t[rows].to(device))
-        raw.append(module(*args, y[rows].to(device)).float().cpu())
-        raw_other.append(module(*args, other[rows].to(device)).float().cpu())
-    out, out_other = torch.cat(raw), torch.cat(raw_other)
-    if learned_variance:
-        out, out_other = out[:, : x0.shape[1]], out_other[:, : x0.shape[1]]
+
+    def call(declared: str, labels: torch.Tensor) -> torch.Tensor:
+        """The module's raw output as ``ConditionalModel`` calls it under ``declared``: its timesteps and inputs."""
+        convert = ToEpsilon(declared, False, process, torch.device("cpu"), torch.float32)
+        x_in = convert.inputs(x_t, t)
+        t_in = t if process.kind == "vp" else process.model_timesteps.float()[t]
+        parts = []
+        for i in range(0, n, CHECK_BATCH):
+            rows = slice(i, i + CHECK_BATCH)
+            parts.append(module(x_in[rows].to(device), t_in[rows].to(device), labels[rows].to(device)).float().cpu())
+        out = torch.cat(parts)
+        return out[:, : x0.shape[1]] if learned_variance else out
+
+    out, out_other = call(prediction_type, y), call(prediction_type, other)
     if out.shape != x0.shape:
         return f"the output has shape {list(out.shape[1:])}, the data {list(x0.shape[1:])}"
     if not torch.isfinite(out).all():
         return "the output holds NaN or inf"
-    errors = relative_errors(out, x0, eps, abar)
+    if prediction_type != "edm_denoiser":
+        wanted.pop("edm_denoiser", None)  # the output of a call without c_in says nothing about F
+    errors = relative_errors(out, wanted)
     declared = errors[prediction_type]
+    if prediction_type != "edm_denoiser" and process.sigma_data is not None:
+        fitted = relative_errors(call("edm_denoiser", y), targets(x0, eps, process, t))["edm_denoiser"]
+        if fitted < CHECK_RATIO * declared:
+            return (
+                f"an EDM network run without its preconditioning: relative error {declared:.3f} under "
+                f"'{prediction_type}', {fitted:.3f} called through c_in, c_skip and c_out: "
+                "declare prediction_type 'edm_denoiser'"
+            )
     best_other = min((k for k in errors if k != prediction_type), key=errors.__getitem__)
     if not declared < CHECK_RATIO * errors[best_other]:
+        if best_other == "flow" and process.kind != "flow":
+            return (
+                f"a rectified-flow model (it predicts eps - x0) declared '{prediction_type}' on a {process.kind} "
+                f"process: relative error {declared:.3f} under '{prediction_type}', {errors['flow']:.3f} under "
+                "'flow' at mid-range t; give it the FlowMatchEulerDiscreteScheduler it was trained with"
+            )
         return (
             f"prediction_type '{prediction_type}' does not fit: relative error {declared:.3f} under it, "
             f"{errors[best_other]:.3f} under '{best_other}' at mid-range t"
@@ -175,15 +257,17 @@ def load(
         log(f"{pair}: encoded {test_z.shape[0] + heldout_z.shape[0]} images to latents {list(test_z.shape[1:])}")
         splits = Splits(heldout_z, heldout_y, test_z, splits.test_y, splits.class_names)
         heldout_x = heldout_z
-    schedule = NoiseSchedule.from_alphas_cumprod(made.alphas_cumprod, made.schedule)
+    schedule = process_of(made)
+    process = as_process(schedule)
     check = model_check(
         module, schedule, made.prediction_type, made.learned_variance, heldout_x, heldout_y, splits.num_classes, seed
     )
     if check != "ok":
         log(f"{pair}: model_check: {check}")
     columns = {
-        "schedule": made.schedule,
-        "num_timesteps": schedule.num_timesteps,
+        "schedule": schedule_name(made, process),
+        "noise_process": process.kind,
+        "num_timesteps": process.num_timesteps,
         "train_steps": 0,
         "prediction_type": made.prediction_type,
         "learned_variance": made.learned_variance,

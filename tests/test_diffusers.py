@@ -336,7 +336,7 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[str, str]]:
     no_classes = save_class_unet(tmp_path / "no-classes", num_classes=None)
     five = save_class_unet(tmp_path / "five", num_classes=5)
     edm = save_class_unet(tmp_path / "edm")
-    edit_json(edm / "scheduler" / "scheduler_config.json", _class_name="EDMEulerScheduler")
+    edit_json(edm / "scheduler" / "scheduler_config.json", _class_name="ScoreSdeVeScheduler")
     odd = save_class_unet(tmp_path / "odd")
     edit_json(odd / "scheduler" / "scheduler_config.json", _class_name="MadeUpScheduler")
     text_less = save_text_unet(tmp_path / "text-less", with_text=False)
@@ -348,8 +348,8 @@ def bad_folders(tmp_path: Path) -> dict[str, tuple[str, str]]:
         "no folder": (f"diffusers[path={tmp_path / 'nowhere'}]", "no such folder"),
         "no conditioning": (f"diffusers[path={no_classes}]", "no class conditioning"),
         "class count": (f"diffusers[path={five}]", "the model has 5 classes but the dataset has 10"),
-        "edm": (f"diffusers[path={edm}]", "EDMEulerScheduler, an EDM (variance-exploding"),
-        "not ddpm": (f"diffusers[path={odd}]", "not of the DDPM family"),
+        "variance exploding": (f"diffusers[path={edm}]", "ScoreSdeVeScheduler, a variance-exploding SDE scheduler"),
+        "unknown scheduler": (f"diffusers[path={odd}]", "'MadeUpScheduler', which diffusers does not take"),
         "no text encoder": (f"diffusers[path={text_less}]", "without text_encoder/"),
         "no path": ("diffusers", "needs path=FOLDER"),
         "hub id offline": ("diffusers[path=nobody/no-such-model]", "hub model 'nobody/no-such-model' is not in"),

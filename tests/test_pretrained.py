@@ -98,7 +98,7 @@ def test_a_dataset_the_pretrained_model_cannot_serve_is_one_line_exit_2(frozen, 
 def test_a_broken_pretrained_fails_its_cells_with_the_reason(frozen, cli, tmp_path):
     result = run(cli, tmp_path, "frozen[prediction_type=x0]")
     assert result.exit_code == 1
-    assert "prediction_type 'x0' is none of epsilon, v_prediction, sample" in result.stderr
+    assert "prediction_type 'x0' is none of epsilon, v_prediction, sample, flow, edm_denoiser" in result.stderr
 
 
 class VOracle(torch.nn.Module):

@@ -10,13 +10,17 @@ prompts). Three kinds of model are conditioned on a class:
   variance and a VAE: ``transformer(z_t, timestep=t, class_labels=c).sample``, first half of the channels;
 - ``UNet2DConditionModel`` with a CLIP text encoder: ``unet(z_t, t, encoder_hidden_states=prompt[c]).sample``.
 
-The schedule and ``prediction_type`` come from the scheduler's config (DDPM family only: the noising is
-variance-preserving with its ``alphas_cumprod``). Only the config files are read until the model is
-needed, so bad input is caught before anything runs; diffusers is imported only then too.
+The noise process and ``prediction_type`` come from the scheduler's config: a DDPM-family scheduler's
+``alphas_cumprod`` (variance preserving; epsilon, v_prediction or sample), a ``FlowMatchEulerDiscreteScheduler``'s
+own sigmas (rectified flow, the network fed sigma * T, predicting eps - x0: ``flow``), or an
+``EDMEulerScheduler``'s or ``EDMDPMSolverMultistepScheduler``'s own Karras sigmas (the network called through
+diffusers' EDM preconditioning: ``edm_denoiser``). The param ``prediction_type`` overrides what the folder says
+(``model_check`` then says whether it fits). Only the config files are read until the model is needed, so bad
+input is caught before anything runs; diffusers is imported only then too.
 
 The package, one idea a module: ``hub`` (a folder or a hub id, and its files), ``layout`` (what the folder
-holds and whether diffbench can use it), ``scheduler`` (the training schedule: DDPM family, a valid
-process), ``values`` (typed reads of config values, a wrong one naming the file and key), ``labels``
+holds and whether diffbench can use it), ``scheduler`` (the training process: DDPM, flow or EDM, a
+valid one), ``values`` (typed reads of config values, a wrong one naming the file and key), ``labels``
 (dataset classes to model labels), ``adapters`` (diffusers' modules behind ``forward(x_t, t, c)``) and
 ``denoisers`` (the two plugins).
 """

@@ -13,12 +13,16 @@ from .adapters import ClassUNet, alphas_cumprod, load_module, quiet_diffusers, v
 from .hub import content_hash, fetch_weights
 from .labels import label_ids
 from .layout import TEXT_KINDS, check_sample_size, read_layout
+from .scheduler import edm_output_sign, family, find_scheduler, noise_process, prediction_type
+
+PREDICTION_TYPES = diffbench.parameterisation.ALL_PREDICTION_TYPES
 
 EXTRA_HINT = "install the extra: pip install 'diffbench[diffusers]'"
 
 
 class Diffusers(diffbench.Denoiser):
-    """A trained diffusers model: class-conditional UNet, DiT (+ VAE) or text-to-image UNet (+ CLIP), zero-shot."""
+    """A trained diffusers model: class-conditional UNet, DiT (+ VAE) or text-to-image UNet (+ CLIP), zero-shot,
+    on its scheduler's process (DDPM, rectified flow or EDM; ``scheduler``)."""
 
     name = "diffusers"
     params = {"path": "", "prompt": "a photo of a {}.", "classes": "", "prediction_type": "", "revision": ""}
@@ -32,16 +36,20 @@ class Diffusers(diffbench.Denoiser):
             raise diffbench.ParamError(
                 "denoiser 'diffusers' needs path=FOLDER (or a hub id), e.g. diffusers[path=./ddpm-digits]"
             )
-        if p["prediction_type"] and p["prediction_type"] not in diffbench.parameterisation.PREDICTION_TYPES:
-            known = ", ".join(diffbench.parameterisation.PREDICTION_TYPES)
+        if p["prediction_type"] and p["prediction_type"] not in PREDICTION_TYPES:
             raise diffbench.ParamError(
-                f"diffusers prediction_type must be one of {known}, got '{p['prediction_type']}'"
+                f"diffusers prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got '{p['prediction_type']}'"
             )
         if "{}" not in p["prompt"]:
             raise diffbench.ParamError(f"diffusers prompt needs a {{}} where the class name goes, got '{p['prompt']}'")
         self.layout = read_layout(p["path"], p["revision"])
         if self.layout.text and importlib.util.find_spec("transformers") is None:
             raise diffbench.ParamError(f"a text-to-image model needs the transformers package: {EXTRA_HINT}")
+        if p["prediction_type"] == "edm_denoiser" and family(self.layout.scheduler_config) != "edm":
+            raise diffbench.ParamError(
+                f"diffusers prediction_type 'edm_denoiser' needs an EDM scheduler (EDMEulerScheduler, "
+                f"EDMDPMSolverMultistepScheduler); path '{p['path']}' has {self.layout.scheduler_config['_class_name']}"
+            )
 
     def check_dataset(self, data_shape: tuple[int, ...], class_names: list[str]) -> None:
         layout = self.layout
@@ -72,19 +80,37 @@ class Diffusers(diffbench.Denoiser):
         module = load_module(layout, class_names, self.params["classes"], self.params["prompt"])
         encode = vae_encoder(layout) if layout.vae else None
         scheduler = layout.scheduler_config
-        schedule = (
-            scheduler.get("beta_schedule", "linear") if scheduler.get("trained_betas") is None else "trained_betas"
-        )
+        declared = self.params["prediction_type"] or prediction_type(scheduler)
+        if family(scheduler) == "vp":  # as before processes existed: the DDPM schedule of its alphas_cumprod
+            schedule = (
+                scheduler.get("beta_schedule", "linear") if scheduler.get("trained_betas") is None else "trained_betas"
+            )
+            process_args = {"alphas_cumprod": alphas_cumprod(layout), "schedule": schedule}
+        else:  # a flow or EDM process: the scheduler's own sigmas and the timesteps it feeds the network
+            process_args = {"process": noise_process(scheduler, find_scheduler(layout.root))}
+        if declared == "edm_denoiser" and edm_output_sign(scheduler) < 0:
+            module = Negated(module)  # precondition_outputs' c_out is negated under v_prediction: F read as -F
         return diffbench.Pretrained(
             module=module.eval(),
-            alphas_cumprod=alphas_cumprod(layout),
-            prediction_type=self.params["prediction_type"] or scheduler.get("prediction_type", "epsilon"),
+            prediction_type=declared,
             learned_variance=layout.learned_variance,
-            schedule=schedule,
             source=str(layout.source),
             revision=content_hash(layout.root),
             encode=encode,
+            **process_args,
         )
+
+
+class Negated(torch.nn.Module):
+    """The module's output negated: an EDM network trained with ``prediction_type`` v_prediction, whose
+    D = c_skip x - c_out F, read as the ``edm_denoiser`` D = c_skip x + c_out (-F)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return -self.module(x_t, t, c)
 
 
 class DiffusersUNet(diffbench.Denoiser):
