@@ -78,6 +78,7 @@ PRETRAINED = (
     _c("model_source", "str", "where a pretrained model came from"),
     _c("model_revision", "str", "the pretrained model's revision"),
     _c("model_check", "str", "'ok', or why the model's parameterisation or class conditioning looks wrong"),
+    _c("model_note", "str", "what the plugin said about the model before it ran (a sample size it was not trained on)"),
     _c("latent", "bool", "a latent model: images were encoded once before classifying"),
     _c("encode_s", "float", "time encoding the images to latents", "s"),
     _c("encode_s_per_image", "float", "encode time per image", "s"),

@@ -107,7 +107,8 @@ class Pretrained:
     ``encode`` (latent models) maps a batch of dataset samples to the latents the module denoises; each
     image is encoded once. ``schedule`` names the noise schedule in the table (the process's own name where
     it is left "custom"); ``source`` and ``revision`` (a content hash or hub revision) say where the weights
-    came from.
+    came from. ``note`` is a line the plugin said about the model before it ran (a sample size it was not
+    trained on), recorded in the rows' ``model_note``.
     """
 
     module: torch.nn.Module
@@ -119,6 +120,7 @@ class Pretrained:
     revision: str = ""
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None
     process: NoiseProcess | None = None
+    note: str = ""
 
 
 class Dataset(Plugin):

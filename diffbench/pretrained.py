@@ -274,6 +274,7 @@ def load(
         "model_source": made.source,
         "model_revision": made.revision,
         "model_check": check,
+        "model_note": made.note,
         "latent": made.encode is not None,
         "encode_s": encode_s,
         "encode_s_per_image": per_image,

@@ -97,6 +97,7 @@ class Diffusers(diffbench.Denoiser):
             source=str(layout.source),
             revision=content_hash(layout.root),
             encode=encode,
+            note=self.note,
             **process_args,
         )
 
