@@ -280,7 +280,8 @@ def check_sample_size(layout: Layout, data_shape: tuple[int, ...]) -> str:
         if limit is None and trained and (height, width) != trained:
             raise refuse(f"its {layout.kind}'s positional embeddings are fixed at {size(*trained)}", resize)
     elif layout.kind == CLASS_UNET:
-        halvings = max(len(config.get("down_block_types") or ()) - 1, 0)
+        blocks = config.get("down_block_types")
+        halvings = max(len(blocks) - 1, 0) if isinstance(blocks, list) else 0
         if height % 2**halvings or width % 2**halvings:
             raise refuse(f"its UNet2DModel halves them {halvings} times: it takes sizes divisible by {2**halvings}")
     if not trained or (height, width) == trained:
