@@ -73,7 +73,7 @@ MODEL = (
     _c("heldout_from", "str", "where the held-out samples came from, or why there were none"),
 )
 PRETRAINED = (
-    _c("prediction_type", "str", "what a pretrained module predicts (epsilon, v_prediction, sample)"),
+    _c("prediction_type", "str", "a pretrained module predicts: epsilon, v_prediction, sample, flow or edm_denoiser"),
     _c("learned_variance", "bool", "a pretrained module returns a learned variance beside its prediction"),
     _c("model_source", "str", "where a pretrained model came from"),
     _c("model_revision", "str", "the pretrained model's revision"),

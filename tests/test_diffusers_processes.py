@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import diffbench
 from diffbench import pretrained
 from diffbench.model import ConditionalModel
 from diffbench.noise_process import NoiseProcess
@@ -272,3 +273,33 @@ def test_model_check_flags_an_edm_network_run_without_its_preconditioning(image,
 def test_an_edm_folder_run_as_epsilon_is_run_without_preconditioning(tmp_path):
     made = load(save(tmp_path / "edm", "edm"), prediction_type="epsilon")
     assert made.prediction_type == "epsilon" and made.process.kind == "edm"  # a user's override, then checked
+
+
+# --- the contract: Pretrained.process ----------------------------------------------------------------------
+
+
+def test_pretrained_takes_a_process_or_alphas_cumprod_and_they_must_agree():
+    net = torch.nn.Linear(2, 2)
+    flow = NoiseProcess.rectified_flow(T)
+    made = pretrained.check_pretrained(diffbench.Pretrained(net, process=flow, prediction_type="flow"), "p")
+    assert pretrained.process_of(made) is flow
+    agreed = diffbench.Pretrained(net, flow.alphas_cumprod.clone(), "flow", process=flow)
+    assert pretrained.process_of(pretrained.check_pretrained(agreed, "p")) is flow
+    old = diffbench.Pretrained(net, NoiseSchedule("cosine", T).alphas_cumprod, "v_prediction", schedule="cosine")
+    assert isinstance(pretrained.process_of(pretrained.check_pretrained(old, "p")), NoiseSchedule)
+    bad = {
+        "neither": (diffbench.Pretrained(net), "give the noise process (process=) or the DDPM schedule"),
+        "disagree": (
+            diffbench.Pretrained(net, NoiseSchedule("cosine", T).alphas_cumprod, process=flow),
+            "alphas_cumprod [50] is not the process's ('flow', 50 levels)",
+        ),
+        "edm type on a flow": (
+            diffbench.Pretrained(net, process=flow, prediction_type="edm_denoiser"),
+            "'edm_denoiser' needs an EDM process (with sigma_data), got process 'flow' (flow)",
+        ),
+        "not a process": (diffbench.Pretrained(net, process="flow"), "process must be a diffbench NoiseProcess"),
+    }
+    for what, (given, phrase) in bad.items():
+        with pytest.raises(pretrained.PretrainedError) as caught:
+            pretrained.check_pretrained(given, "p")
+        assert phrase in str(caught.value) and "\n" not in str(caught.value), what
