@@ -47,12 +47,16 @@ def load(layout: Layout, folder: str) -> Any:
 
 
 def clip_embeddings(
-    tokenizer: Any, encoder: Any, prompts: list[str], max_length: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One CLIP's ``[K, L, D]`` penultimate hidden states and ``[K, P]`` projected text embeddings."""
+    layout: Layout, index: str, prompts: list[str], max_length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+    """One CLIP's ``[K, L, D]`` penultimate hidden states, ``[K, P]`` projected text embeddings, and its dtype.
+
+    ``index`` is "" for the first (``text_encoder/``), "_2" for the second; each is freed once it has encoded.
+    """
+    tokenizer, encoder = load(layout, f"tokenizer{index}"), load(layout, f"text_encoder{index}")
     tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     out = encoder(tokens.input_ids, output_hidden_states=True)
-    return out.hidden_states[-2], out[0]
+    return out.hidden_states[-2], out[0], encoder.dtype
 
 
 def t5_embeddings(layout: Layout, prompts: list[str], max_length: int, dtype: torch.dtype) -> torch.Tensor:
@@ -77,13 +81,10 @@ def encode_prompts(
     layout: Layout, prompts: list[str], max_sequence_length: int = T5_MAX_SEQUENCE_LENGTH
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``embeds [K, L, D]`` and ``pooled [K, P]`` of each prompt: what SD3's transformer is conditioned on."""
-    tokenizer, encoder = load(layout, "tokenizer"), load(layout, "text_encoder")
-    max_length = tokenizer.model_max_length  # the pipeline's tokenizer_max_length, for both CLIPs
-    embeds, pooled = clip_embeddings(tokenizer, encoder, prompts, max_length)
-    second = load(layout, "tokenizer_2"), load(layout, "text_encoder_2")
-    embeds_2, pooled_2 = clip_embeddings(*second, prompts, max_length)
-    dtype = encoder.dtype
-    clip = torch.cat([embeds.to(dtype), embeds_2.to(dtype)], dim=-1)
+    max_length = load(layout, "tokenizer").model_max_length  # the pipeline's tokenizer_max_length, both CLIPs'
+    embeds, pooled, dtype = clip_embeddings(layout, "", prompts, max_length)
+    embeds_2, pooled_2, _ = clip_embeddings(layout, "_2", prompts, max_length)
+    clip = torch.cat([embeds.to(dtype), embeds_2.to(dtype)], dim=-1)  # both in the first encoder's dtype
     t5 = t5_embeddings(layout, prompts, max_sequence_length, dtype)
     clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
     return torch.cat([clip, t5], dim=-2), torch.cat([pooled, pooled_2], dim=-1)
