@@ -252,18 +252,33 @@ def test_a_dit_whose_positional_embeddings_are_fixed_at_another_size_is_refused(
     assert "are fixed at 8x8 latents (16x16 px)" in line
 
 
-def test_a_unet_trained_at_another_size_is_said_in_one_line_and_run(tmp_path, cli):
-    folder = save_class_unet(tmp_path / "m")
+UNET_NOTE = (
+    "the model was trained on 32x32 px, the dataset's images are 8x8 px: a convolutional UNet takes any size, "
+    "so it runs at the dataset's size, outside the size it was trained on (expect lower accuracy)"
+)
+
+
+def save_unet_of_size_32(folder: Path) -> Path:
+    save_class_unet(folder)
     edit_json(folder / "unet" / "config.json", sample_size=32)
-    note = check_sample_size(read_layout(str(folder)), (1, 8, 8))
-    assert note == (
-        "the model was trained on 32x32 px, the dataset's images are 8x8 px: a convolutional UNet takes any size, "
-        "so it runs at the dataset's size, outside the size it was trained on (expect lower accuracy)"
-    )
+    return folder
+
+
+def test_a_unet_trained_at_another_size_gets_a_one_line_note(tmp_path):
+    assert check_sample_size(read_layout(str(save_unet_of_size_32(tmp_path / "m"))), (1, 8, 8)) == UNET_NOTE
     assert check_sample_size(read_layout(str(save_class_unet(tmp_path / "fits"))), (1, 8, 8)) == ""
+
+
+@pytest.mark.slow
+def test_a_unet_trained_at_another_size_is_said_once_before_it_runs_and_recorded(tmp_path, cli):
+    folder = save_unet_of_size_32(tmp_path / "m")
+    note = UNET_NOTE
     result = cli(*run_args(tmp_path, f"diffusers[path={folder}]"), "--no-plots")
     assert result.exit_code == 0, result.output
     assert result.stderr.count(note) == 1  # said once, before anything runs
+    said = next(i for i, line in enumerate(result.stderr.splitlines()) if note in line)
+    assert said < min(i for i, line in enumerate(result.stderr.splitlines()) if "nothing trained" in line)
+    assert f"diffbench: note: diffusers[path={folder}]: {note}" in result.stderr
     row = offline_rows(tmp_path / "run").iloc[0]
     assert row["status"] == "ok" and row["model_note"] == note
 
