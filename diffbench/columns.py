@@ -47,7 +47,7 @@ IDENTITY = (
     _c("variance_baseline", "bool", "the estimator is the plain Monte Carlo baseline (full-mc)"),
     _c("schedule", "str", "noise schedule (the suite's, 'flow' for a flow-trained model, or a pretrained model's own)"),
     _c("noise_process", "str", "the model's noise process: vp, flow (rectified flow) or edm"),
-    _c("objective", "str", "training objective: epsilon, v_prediction or flow"),
+    _c("objective", "str", "training objective: epsilon, v_prediction or flow (pretrained: its prediction type)"),
     _c("num_timesteps", "int", "T, the schedule's length", "steps"),
     _c("train_steps", "int", "training steps (0 for a pretrained model)", "steps"),
     _c("train_batch_size", "int", "training batch size", "samples"),

@@ -267,6 +267,7 @@ def load(
     columns = {
         "schedule": schedule_name(made, process),
         "noise_process": process.kind,
+        "objective": made.prediction_type,  # what it was trained to predict (not the suite's, which trains nothing)
         "num_timesteps": process.num_timesteps,
         "train_steps": 0,
         "prediction_type": made.prediction_type,

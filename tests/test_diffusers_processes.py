@@ -154,7 +154,7 @@ def test_a_flow_or_edm_folder_runs_end_to_end_and_the_row_says_its_process(
     row = pd.read_parquet(tmp_path / "run" / "results.parquet").iloc[0]
     assert row["status"] == "ok", row["error"]
     assert (row["noise_process"], row["schedule"], row["num_timesteps"]) == (kind, schedule, levels)
-    assert row["prediction_type"] == declared and row["train_s"] == 0 and 0 <= row["accuracy"] <= 1
+    assert row["prediction_type"] == row["objective"] == declared and row["train_s"] == 0 and 0 <= row["accuracy"] <= 1
     assert isinstance(row["model_check"], str) and row["model_check"]  # a random model: flagged, still run
 
 
