@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import diffbench
 from tests.helpers import error_lines
@@ -301,3 +303,52 @@ def test_the_sample_size_rule_by_model(sd3_folders, tmp_path):
         check_sample_size(unet, (1, 7, 7))
     text_unet = read_layout(str(save_text_unet(tmp_path / "sd")))
     assert "a convolutional UNet takes any size" in check_sample_size(text_unet, (1, 16, 16))
+
+
+def test_a_vae_whose_latents_the_model_does_not_take_is_one_line(sd3_folders, tmp_path, cli):
+    folder = sd3_copy(sd3_folders, tmp_path)
+    edit_json(folder / "vae" / "config.json", latent_channels=16)
+    result = cli(*run_args(tmp_path, f"diffusers[path={folder}]"))
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result)
+    assert "its VAE makes latents of 16 channels but its SD3Transformer2DModel takes 4" in line
+
+
+# --- fuzz: mutated SD3 config values are one line naming the file, or a folder that fits or is said ------------
+
+SD3_KEYS = {
+    "transformer/config.json": ["sample_size", "patch_size", "pos_embed_max_size", "in_channels", "_class_name"],
+    "vae/config.json": ["block_out_channels", "latent_channels", "in_channels"],
+}
+SD3_VALUE = (
+    st.none()
+    | st.booleans()
+    | st.integers(-2, 300)
+    | st.floats(allow_nan=True)
+    | st.sampled_from(["", "4", "SD3Transformer2DModel", "FluxTransformer2DModel"])
+    | st.lists(st.integers(0, 64), max_size=4)
+)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(mutations=st.lists(st.tuples(st.sampled_from(sorted(SD3_KEYS)), st.integers(0, 4), SD3_VALUE), max_size=3))
+def test_mutated_sd3_configs_are_one_line_naming_the_file_or_a_size_rule(sd3_folders, mutations):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(shutil.copytree(sd3_folders["t5"], Path(tmp) / "sd3"))
+        for file, position, value in mutations:
+            keys = SD3_KEYS[file]
+            edit_json(folder / file, **{keys[position % len(keys)]: value})
+        try:
+            denoiser = Diffusers(path=str(folder))
+        except diffbench.ParamError as exc:
+            assert "\n" not in str(exc) and str(folder) in str(exc), str(exc)
+            return
+        for shape in ((1, 8, 8), (1, 32, 32), (1, 6, 6)):
+            try:
+                note = check_sample_size(denoiser.layout, shape)
+            except diffbench.ParamError as exc:
+                assert "\n" not in str(exc) and str(exc).startswith("the model cannot take"), str(exc)
+            else:
+                assert "\n" not in note and (note == "" or note.startswith("the model was trained on")), note

@@ -112,6 +112,7 @@ def read_layout(path: str, revision: str = "") -> Layout:
     vae_file = root / "vae" / "config.json"
     vae_config = read_json(vae_file) if vae_file.is_file() else {}
     integer(vae_config, "in_channels", vae_file)
+    latent_channels = integer(vae_config, "latent_channels", vae_file)
     layout = Layout(
         root=root,
         source=path,
@@ -126,6 +127,12 @@ def read_layout(path: str, revision: str = "") -> Layout:
         index=index,
         vae_config=vae_config,
     )
+    if latent_channels is not None and latent_channels != layout.in_channels:
+        raise diffbench.ParamError(
+            f"path '{path}': its VAE makes latents of {latent_channels} channels but its {layout.kind} takes "
+            f"{layout.in_channels} (`latent_channels` in {vae_file}, `in_channels` in its config): "
+            "give the VAE the model was trained with"
+        )
     check_conditioning(layout, path)
     check_weights(layout, path)
     return layout

@@ -62,7 +62,7 @@ def clip_embeddings(
 def t5_embeddings(layout: Layout, prompts: list[str], max_length: int, dtype: torch.dtype) -> torch.Tensor:
     """T5's ``[K, max_length, D]`` last hidden states, or zeros of the transformer's ``joint_attention_dim``."""
     if not (layout.root / "text_encoder_3" / "config.json").is_file():
-        width = layout.model_config["joint_attention_dim"]
+        width = layout.model_config.get("joint_attention_dim") or 4096  # diffusers' default where it is unset
         return torch.zeros(len(prompts), max_length, width, dtype=dtype)
     tokenizer, encoder = load(layout, "tokenizer_3"), load(layout, "text_encoder_3")
     tokens = tokenizer(
