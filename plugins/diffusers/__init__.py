@@ -12,10 +12,11 @@ prompts). Four kinds of model are conditioned on a class:
 - ``SD3Transformer2DModel`` (Stable Diffusion 3, a rectified flow) with two CLIPs and a T5 (``sd3``):
   ``transformer(hidden_states=z_t, timestep=t, encoder_hidden_states=embeds[c], pooled_projections=pooled[c])``.
 
-A ``FluxTransformer2DModel`` is refused in one line: Flux is distilled (guidance or steps), so its error is
-no class likelihood. A model whose ``sample_size`` is not the data's (in latents for a latent model) is
-refused where it cannot take it (a DiT's fixed positional embeddings, SD3 beyond ``pos_embed_max_size``)
-and said and run where it can (a convolutional UNet), the note recorded in ``model_note``.
+A ``FluxTransformer2DModel`` is refused in one line (not run at guidance 1): Flux is distilled (from
+guidance, or to few steps), so its error is no class likelihood. A model whose ``sample_size`` is not the
+data's (in latents for a latent model) is refused where it cannot take it (a DiT's fixed positional
+embeddings, SD3 beyond ``pos_embed_max_size``) and said and run where it can (a convolutional UNet), the
+note recorded in ``model_note``.
 
 The noise process and ``prediction_type`` come from the scheduler's config: a DDPM-family scheduler's
 ``alphas_cumprod`` (variance preserving; epsilon, v_prediction or sample), a ``FlowMatchEulerDiscreteScheduler``'s

@@ -28,10 +28,11 @@ TEXT_FOLDERS = {
 }
 OPTIONAL_TEXT_FOLDERS = {SD3: [("text_encoder_3", "tokenizer_3")]}  # no T5: diffusers feeds zeros in its place
 FLUX_REFUSED = (
-    "holds a FluxTransformer2DModel (Flux), which diffusers[...] does not take: Flux is distilled (flux-dev "
-    "on classifier-free guidance, fed a guidance scale; flux-schnell on few sampling steps), so its velocity, "
-    "at guidance 1 or any other, is not the conditional flow it was trained on and its denoising error is no "
-    "class likelihood; give an SD3 folder (SD3Transformer2DModel) for a rectified-flow text-to-image model"
+    "holds a FluxTransformer2DModel (Flux), which the diffusers denoiser refuses: Flux is distilled (flux-dev "
+    "from classifier-free guidance, fed the guidance scale; flux-schnell to a few sampling steps), so its velocity, "
+    "at guidance 1 or any other, imitates a sampler rather than the conditional flow of p(x | c), and its "
+    "denoising error is no class likelihood; give an SD3 folder (SD3Transformer2DModel) for a rectified-flow "
+    "text-to-image model"
 )
 
 
