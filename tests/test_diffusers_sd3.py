@@ -158,6 +158,34 @@ def test_the_adapter_calls_the_transformer_on_each_class_prompt(sd3_folders):
     assert out.shape == x_t.shape and torch.equal(out, want) and not torch.equal(out, other)
 
 
+def test_the_core_feeds_the_transformer_sigma_times_1000_and_reads_its_velocity_as_a_flow(sd3_folders):
+    """Through ConditionalModel, as estimators call it: x_t = (1 - sigma) z + sigma eps at index t, the
+    transformer fed the scheduler's timestep sigma * 1000, and eps_hat = x_t + (1 - sigma) v_hat."""
+    from diffbench.model import ConditionalModel
+
+    made = Diffusers(path=str(sd3_folders["t5"])).pretrained((1, 8, 8), 10, DIGITS)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(sd3_folders["t5"], subfolder="scheduler")
+    process = made.process
+    assert made.prediction_type == "flow" and process.kind == "flow"
+    sigmas = scheduler.sigmas.flip(0).double()  # diffusers lists its training sigmas from 1.0 down
+    assert torch.allclose(process.s, sigmas) and torch.allclose(process.model_timesteps, sigmas * 1000)
+    fed = []
+    made.module.transformer.register_forward_pre_hook(
+        lambda _, args, kwargs: fed.append(kwargs["timestep"]), with_kwargs=True
+    )
+    model = ConditionalModel(made.module, process, 10, (4, 4, 4), prediction_type="flow")
+    t, c = torch.tensor([0, 250, 999]), torch.tensor([0, 5, 9])
+    z, eps = torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4, 4)
+    x_t = model.q_sample(z, t, eps)
+    sigma = process.s.float()[t].reshape(-1, 1, 1, 1)
+    assert torch.allclose(x_t, (1 - sigma) * z + sigma * eps)
+    with torch.inference_mode():
+        eps_hat = model.eps(x_t, t, c)
+        v_hat = made.module(x_t, process.model_timesteps.float()[t], c)
+    assert torch.allclose(fed[0], sigmas.float()[t] * 1000)
+    assert torch.allclose(eps_hat, x_t + (1 - sigma) * v_hat, atol=1e-5)
+
+
 def test_the_sd3_vae_latents_are_shifted_then_scaled(sd3_folders):
     made = Diffusers(path=str(sd3_folders["t5"])).pretrained((1, 8, 8), 10, DIGITS)
     vae = diffusers.AutoencoderKL.from_pretrained(sd3_folders["t5"], subfolder="vae")
