@@ -7,6 +7,7 @@ Every tokenizer is built here, offline: CLIP's from a hand-written character voc
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -380,3 +381,40 @@ def test_mutated_sd3_configs_are_one_line_naming_the_file_or_a_size_rule(sd3_fol
                 assert "\n" not in str(exc) and str(exc).startswith("the model cannot take"), str(exc)
             else:
                 assert "\n" not in note and (note == "" or note.startswith("the model was trained on")), note
+
+
+def published_layout(kind: str, model_config: dict) -> object:
+    """A Layout with the published configs' sizes (no files): a VAE of 4 levels, 8 px to one latent."""
+    from diffbench_plugins.diffusers.layout import Layout
+
+    vae = {"block_out_channels": [128, 256, 512, 512], "latent_channels": model_config["in_channels"]}
+    return Layout(Path("/nowhere"), "hub/id", "transformer", kind, model_config, {}, True, True, vae_config=vae)
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "said"),
+    [
+        ("sd3-medium", 512, "trained on 128x128 latents (1024x1024 px), the dataset's images are 512x512 px, 64x64"),
+        ("sd3-medium", 32, "trained on 128x128 latents (1024x1024 px), the dataset's images are 32x32 px, 4x4"),
+        ("sd3-medium", 1024, ""),
+        ("sd3-medium", 3200, "pos_embed_max_size 192) cover at most 384x384 latents (3072x3072 px)"),
+        ("sd-2-base", 32, "trained on 64x64 latents (512x512 px), the dataset's images are 32x32 px, 4x4 latents"),
+        ("sd-2-base", 512, ""),
+        ("dit-xl-2-256", 256, ""),
+        ("dit-xl-2-256", 512, "DiTTransformer2DModel's positional embeddings are fixed at 32x32 latents (256x256 px)"),
+    ],
+)
+def test_the_sample_size_rule_on_the_published_models_sizes(model, size, said):
+    configs = {  # the keys the rule reads, as the hub's configs give them
+        "sd3-medium": ("SD3Transformer2DModel", {"sample_size": 128, "patch_size": 2, "pos_embed_max_size": 192}),
+        "sd-2-base": ("UNet2DConditionModel", {"sample_size": 64, "down_block_types": ["CrossAttnDownBlock2D"] * 4}),
+        "dit-xl-2-256": ("DiTTransformer2DModel", {"sample_size": 32, "patch_size": 2}),
+    }
+    kind, config = configs[model]
+    layout = published_layout(kind, config | {"in_channels": 4})
+    if "cover at most" in said or "fixed at" in said:
+        with pytest.raises(diffbench.ParamError, match=re.escape(said)):
+            check_sample_size(layout, (3, size, size))
+    else:
+        note = check_sample_size(layout, (3, size, size))
+        assert note == "" if not said else said in note, note
