@@ -303,3 +303,92 @@ def test_pretrained_takes_a_process_or_alphas_cumprod_and_they_must_agree():
         with pytest.raises(pretrained.PretrainedError) as caught:
             pretrained.check_pretrained(given, "p")
         assert phrase in str(caught.value) and "\n" not in str(caught.value), what
+
+
+def train_flow_unet(folder: Path, steps: int = 150) -> Path:
+    """The tiny UNet trained a few steps as a rectified flow, by the example's own batches (``noised``)."""
+    import importlib.util
+
+    from diffbench_plugins.digits import Digits
+
+    spec = importlib.util.spec_from_file_location(
+        "example", Path(__file__).parents[1] / "examples/train_diffusers_digits.py"
+    )
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    splits, sched, unet = Digits().load(0), SCHEDULERS["flow"](), tiny_unet()
+    optimizer = torch.optim.Adam(unet.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, splits.train_x.shape[0], (64,))
+        x0 = splits.train_x[idx]
+        x_t, timestep, target = example.noised(sched, x0, torch.randn_like(x0))
+        loss = torch.nn.functional.mse_loss(unet(x_t, timestep, class_labels=splits.train_y[idx]).sample, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    diffusers.DDPMPipeline(unet=unet.eval(), scheduler=sched).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_trained_flow_unet_checks_ok_and_flagged_once_its_scheduler_is_swapped_for_ddpm(tmp_path):
+    from diffbench_plugins.digits import Digits
+
+    digits = Digits().load(0)
+    held_x, held_y = digits.train_x[-32:], digits.train_y[-32:]
+
+    def checked(folder: Path) -> str:
+        made = load(folder)
+        return pretrained.model_check(
+            made.module, pretrained.process_of(made), made.prediction_type, False, held_x, held_y, 10
+        )
+
+    folder = train_flow_unet(tmp_path / "flow")
+    assert checked(folder) == "ok"
+    (folder / "scheduler" / "scheduler_config.json").unlink()
+    diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2").save_pretrained(
+        folder / "scheduler"
+    )
+    assert checked(folder).startswith("a rectified-flow model (it predicts eps - x0) declared 'epsilon' on a vp")
+
+
+def train_edm_unet(folder: Path, steps: int = 150) -> Path:
+    """The tiny UNet trained a few steps as an EDM network through diffusers' own preconditioning (Karras et al.'s
+    log-normal sigmas, the loss on F's target (x0 - c_skip x) / c_out)."""
+    from diffbench_plugins.digits import Digits
+
+    splits, sched, unet = Digits().load(0), SCHEDULERS["edm"](), tiny_unet()
+    optimizer = torch.optim.Adam(unet.parameters(), lr=3e-3)
+    sd = sched.config.sigma_data
+    torch.manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, splits.train_x.shape[0], (64,))
+        x0 = splits.train_x[idx]
+        sigma = (torch.randn(64) * 1.2 - 1.2).exp()
+        view = sigma.reshape(-1, 1, 1, 1)
+        x = x0 + view * torch.randn_like(x0)
+        raw = unet(
+            sched.precondition_inputs(x, view), sched.precondition_noise(sigma), class_labels=splits.train_y[idx]
+        )
+        c_skip, c_out = sd**2 / (view**2 + sd**2), view * sd / (view**2 + sd**2).sqrt()
+        loss = torch.nn.functional.mse_loss(raw.sample, (x0 - c_skip * x) / c_out)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    diffusers.DDPMPipeline(unet=unet.eval(), scheduler=sched).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_trained_edm_unet_checks_ok_and_flagged_when_run_without_its_preconditioning(tmp_path):
+    from diffbench_plugins.digits import Digits
+
+    digits = Digits().load(0)
+    held_x, held_y = digits.train_x[-32:], digits.train_y[-32:]
+    folder = train_edm_unet(tmp_path / "edm")
+    for declared, want in (("", "ok"), ("epsilon", "an EDM network run without its preconditioning")):
+        made = load(folder, prediction_type=declared)
+        process = pretrained.process_of(made)
+        checked = pretrained.model_check(made.module, process, made.prediction_type, False, held_x, held_y, 10)
+        assert checked.startswith(want), (declared, checked)
