@@ -54,6 +54,7 @@ class ErrorBank:
         self.values = torch.full((1024, num_classes, len(LOSSES)), math.nan, dtype=torch.float64)
         self.dirty: set[int] = set()  # rows changed since the last shard
         self.written = 0
+        self.seen: set[str] = set()  # the shards read (or written) by this process
         if folder is not None and folder.is_dir():
             self.load()
 
@@ -94,13 +95,19 @@ class ErrorBank:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"shard-{os.getpid()}-{self.written:05d}-{hashlib.sha1(keys.tobytes()).hexdigest()[:8]}.npz"
         replace_atomically(self.folder / name, lambda tmp: _save(tmp, keys, values))
+        self.seen.add(name)
         self.written += 1
         self.dirty.clear()
 
     def load(self) -> None:
-        """Read every shard of ``folder`` (later shards fill what earlier ones lack); merge many into one."""
-        shards = sorted(self.folder.glob("shard-*.npz"), key=lambda p: p.stat().st_mtime)
+        """Read every shard of ``folder`` not read yet (later shards fill what earlier ones lack); merge many
+        into one. Called again, it reads what other processes (a run's bank tasks) wrote since."""
+        shards = sorted(_mtimes(self.folder).items(), key=lambda item: item[1])
+        shards = [shard for shard, _ in shards]
         for shard in shards:
+            if shard.name in self.seen:
+                continue
+            self.seen.add(shard.name)
             try:
                 with np.load(shard, allow_pickle=False) as data:
                     keys, values = data["keys"], data["values"]
@@ -116,6 +123,17 @@ class ErrorBank:
             self.flush()
             for shard in shards:
                 shard.unlink(missing_ok=True)
+
+
+def _mtimes(folder: Path) -> dict[Path, float]:
+    """The shards of a bank folder with their modification times (a shard merged away meanwhile is left out)."""
+    found = {}
+    for shard in folder.glob("shard-*.npz") if folder.is_dir() else []:
+        try:
+            found[shard] = shard.stat().st_mtime
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def _save(path: str, keys: np.ndarray, values: np.ndarray) -> None:
@@ -190,11 +208,14 @@ _OPEN: dict[tuple[str, Path | None], ErrorBank] = {}  # this process's banks, by
 
 
 def open_bank(key: str, num_classes: int, cache_dir: Path | None) -> ErrorBank:
-    """The process's bank for ``key`` in ``cache_dir`` (read from ``cache_dir/banks/key`` the first time)."""
+    """The process's bank for ``key`` in ``cache_dir`` (read from ``cache_dir/banks/key``: all of it the first
+    time, then the shards written since)."""
     folder = None if cache_dir is None else Path(cache_dir) / "banks" / key
     bank = _OPEN.get((key, folder))
     if bank is None:
         bank = _OPEN[key, folder] = ErrorBank(num_classes, folder)
+    elif folder is not None:  # what other processes (the model's bank tasks) wrote since
+        bank.load()
     return bank
 
 
@@ -228,31 +249,50 @@ ACCOUNT_FILE = "errors.json"
 ACCOUNT_KEY = ("dataset_label", "denoiser_label", "seed", "device", "dtype", "compile")
 
 
-def accounting(frame: pd.DataFrame) -> list[dict]:
+def accounting(frame: pd.DataFrame, filled: pd.DataFrame | None = None) -> list[dict]:
     """Per model and numerics: the errors mode, its bank, and the quality passes' rows asked for and really run.
 
     ``live_nfe`` is what the same cells evaluate with ``--errors live``; ``computed_nfe`` what this run
-    evaluated. One row per cell is counted (a cell's scenarios share its quality passes).
+    evaluated: the cells' own rows plus, where bank tasks ran (``diffbench.bank_tasks``), the rows those
+    computed for them (``filled``: ``cell_id``, ``computed_nfe``), also given alone as ``bank_task_nfe``.
+    One row per cell is counted (a cell's scenarios share its quality passes).
     """
     if frame.empty or "live_nfe" not in frame:
         return []
     cells = frame[frame["status"] == "ok"].drop_duplicates("cell_id")
     cells = cells[cells["live_nfe"].notna()]
+    tasks = pd.Series(0, index=cells["cell_id"], dtype="int64")
+    if filled is not None and not filled.empty:
+        tasks = filled.groupby("cell_id")["computed_nfe"].sum().reindex(cells["cell_id"], fill_value=0)
+    cells = cells.assign(bank_task_nfe=tasks.to_numpy())
     out = []
     for key, part in cells.groupby([k for k in ACCOUNT_KEY if k in cells], sort=False, dropna=False):
-        live, computed = int(part["live_nfe"].sum()), int(part["computed_nfe"].sum())
+        live, by_tasks = int(part["live_nfe"].sum()), int(part["bank_task_nfe"].sum())
+        computed = int(part["computed_nfe"].sum()) + by_tasks
         sources = sorted(set(part["errors_source"].dropna()))
         banks = sorted(set(part.get("errors_bank", pd.Series(dtype=str)).dropna()) - {""})
         entry = dict(zip([k for k in ACCOUNT_KEY if k in cells], key, strict=True))
         entry.update(errors_source=sources, banks=banks, cells=len(part), live_nfe=live, computed_nfe=computed)
+        if by_tasks:
+            entry["bank_task_nfe"] = by_tasks
         entry["computed_share"] = computed / live if live else None
         out.append({k: (v.item() if hasattr(v, "item") else v) for k, v in entry.items()})
     return out
 
 
+TASK_PART = "bank"  # the part kind (``RunFolder.save_part``) of a bank task's rows (``diffbench.bank_tasks``)
+BANK_PARTS = f"parts/*.{TASK_PART}.parquet"
+
+
+def filled_rows(folder: Path) -> pd.DataFrame | None:
+    """The rows the run's bank tasks computed, per cell (None where none ran)."""
+    parts = sorted(Path(folder).glob(BANK_PARTS))
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else None
+
+
 def write_accounting(frame: pd.DataFrame, folder: Path) -> str | None:
     """Write ``errors.json`` into the run folder; the summary line to print (None without quality rows)."""
-    models = accounting(frame)
+    models = accounting(frame, filled_rows(folder))
     if not models:
         return None
     replace_atomically(Path(folder) / ACCOUNT_FILE, lambda tmp: Path(tmp).write_text(json.dumps(models, indent=2)))
