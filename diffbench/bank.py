@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,8 @@ from diffbench.model import ConditionalModel
 from diffbench.montecarlo import LOSSES, pointwise_loss
 
 MODES = ("bank", "live")
-SHARDS_BEFORE_MERGE = 64  # a bank folder with more shards is merged into one when opened
+SHARDS_BEFORE_MERGE = 64  # a bank folder with more shards has its small ones merged when first opened
+SHARD_BYTES = 32 * 2**20  # the values of one shard: about what a bank with a folder holds in memory
 
 
 def draw_key(sample_hashes: torch.Tensor, t: torch.Tensor, noise_hashes: torch.Tensor) -> torch.Tensor:
@@ -46,23 +48,47 @@ def draw_key(sample_hashes: torch.Tensor, t: torch.Tensor, noise_hashes: torch.T
 
 
 class ErrorBank:
-    """Per-loss errors ``[K, L]`` of each draw, by draw key: NaN where a class was never evaluated."""
+    """Per-loss errors ``[K, L]`` of each draw, by draw key: NaN where a class was never evaluated.
 
-    def __init__(self, num_classes: int, folder: Path | None = None) -> None:
+    Without a folder everything is in memory. With one, memory stays within about one shard whatever
+    the bank holds: the rows in memory (``index``, ``values``: those written since the last shard and
+    those read back) are written as a shard of ``folder`` once they reach ``shard_rows`` new rows and
+    dropped once they reach ``shard_rows`` in all; what is on disk is known by its keys alone
+    (``disk_keys``, 16 bytes a draw), and a key found there has its row read back from its shard (the
+    last shard read is kept).
+    """
+
+    def __init__(self, num_classes: int, folder: Path | None = None, shard_bytes: int = SHARD_BYTES) -> None:
         self.num_classes, self.folder = num_classes, folder
-        self.index = pd.Index(np.empty(0, dtype=np.int64))
-        self.values = torch.full((1024, num_classes, len(LOSSES)), math.nan, dtype=torch.float64)
-        self.dirty: set[int] = set()  # rows changed since the last shard
+        self.shard_rows = max(1024, shard_bytes // (num_classes * len(LOSSES) * 8))
         self.written = 0
+        self.seen: set[str] = set()  # the shards read (or written) by this process
+        self.shards: list[Path] = []  # every shard known, in the order they win (a later one over an earlier)
+        self.disk_keys = np.empty(0, dtype=np.int64)  # every key on disk, sorted ...
+        self.disk_where = np.empty(0, dtype=np.int64)  # ... with (shard number << 32) | row in that shard
+        self.cached: tuple[int, np.ndarray] | None = None  # the last shard whose values were read
+        self._evict()
         if folder is not None and folder.is_dir():
             self.load()
 
+    def _evict(self) -> None:
+        """Drop every row from memory (after ``flush``: nothing unwritten is lost)."""
+        self.index = pd.Index(np.empty(0, dtype=np.int64))
+        self.values = torch.full((1024, self.num_classes, len(LOSSES)), math.nan, dtype=torch.float64)
+        self.dirty = torch.zeros(1024, dtype=torch.bool)  # rows changed since the last shard
+
     def __len__(self) -> int:
-        return len(self.index)
+        """How many draws the bank holds (in memory or on disk)."""
+        hot = self.index.to_numpy()
+        return len(self.disk_keys) + int((~np.isin(hot, self.disk_keys)).sum())
 
     def rows(self, keys: torch.Tensor) -> torch.Tensor:
-        """Row of each key (int64 ``[M]`` on the CPU), new keys added as rows of NaN."""
+        """Row of each key (int64 ``[M]`` on the CPU) in ``values``: read back from disk where it is there,
+        else a new row of NaN. Rows stay valid until the next call."""
         flat = keys.cpu().numpy()
+        if self.folder is not None and len(self.index) >= self.shard_rows:
+            self.flush()
+            self._evict()
         found = self.index.get_indexer(flat)
         new = found < 0
         if new.any():
@@ -70,52 +96,169 @@ class ErrorBank:
             start = len(self.index)
             self._grow(start + len(fresh))
             self.index = self.index.append(pd.Index(fresh))
+            self._read_back(fresh, start)
             found[new] = start + pd.Index(fresh).get_indexer(flat[new])
         return torch.from_numpy(found)
 
     def _grow(self, size: int) -> None:
-        if size > self.values.shape[0]:
-            bigger = torch.full((max(size, 2 * self.values.shape[0]), *self.values.shape[1:]), math.nan)
-            bigger = bigger.to(self.values.dtype)
-            bigger[: self.values.shape[0]] = self.values
+        capacity = self.values.shape[0]
+        if size > capacity:
+            doubled = 2 * capacity if self.folder is None else min(2 * capacity, self.shard_rows)
+            bigger = torch.full((max(size, doubled), *self.values.shape[1:]), math.nan, dtype=self.values.dtype)
+            bigger[:capacity] = self.values
             self.values = bigger
+            dirty = torch.zeros(bigger.shape[0], dtype=torch.bool)
+            dirty[:capacity] = self.dirty
+            self.dirty = dirty
+
+    def _read_back(self, fresh: np.ndarray, start: int) -> None:
+        """Fill the rows ``start ...`` of the keys ``fresh`` found on disk with their values there."""
+        if not len(self.disk_keys):
+            return
+        at = np.searchsorted(self.disk_keys, fresh).clip(max=len(self.disk_keys) - 1)
+        hit = np.flatnonzero(self.disk_keys[at] == fresh)
+        where = self.disk_where[at[hit]]
+        shard, row = where >> 32, where & 0xFFFFFFFF
+        for number in np.unique(shard):
+            values = self._shard_values(int(number))
+            if values is None:  # a shard removed or torn since it was listed: those errors are computed again
+                continue
+            mine = shard == number
+            target = torch.from_numpy(start + hit[mine])
+            self.values[target] = torch.from_numpy(values[row[mine]]).to(self.values.dtype)
+
+    def _shard_values(self, number: int) -> np.ndarray | None:
+        if self.cached is None or self.cached[0] != number:
+            self.cached = None  # the last shard is dropped before the next is read
+            try:
+                with np.load(self.shards[number], allow_pickle=False) as data:
+                    self.cached = (number, data["values"])
+            except Exception:
+                return None
+        return self.cached[1]
 
     def store(self, rows: torch.Tensor, classes: torch.Tensor, losses: torch.Tensor) -> None:
-        """Write ``losses [n, L]`` for the (row, class) pairs ``rows [n]``, ``classes [n]``."""
+        """Write ``losses [n, L]`` for the (row, class) pairs ``rows [n]``, ``classes [n]``; with a folder a
+        shard is written whenever ``shard_rows`` rows are new."""
         self.values[rows, classes] = losses.detach().to("cpu", self.values.dtype)
-        self.dirty.update(rows.tolist())
+        self.dirty[rows] = True
+        if self.folder is not None and int(self.dirty.sum()) >= self.shard_rows:
+            self.flush()
 
     def flush(self) -> None:
         """Write the rows changed since the last shard into a new shard of ``folder`` (no-op without one)."""
-        if self.folder is None or not self.dirty:
+        if self.folder is None or not bool(self.dirty.any()):
             return
-        rows = torch.tensor(sorted(self.dirty), dtype=torch.long)
+        rows = self.dirty[: len(self.index)].nonzero().squeeze(1)
         keys, values = self.index.to_numpy()[rows.numpy()], self.values[rows].numpy()
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"shard-{os.getpid()}-{self.written:05d}-{hashlib.sha1(keys.tobytes()).hexdigest()[:8]}.npz"
         replace_atomically(self.folder / name, lambda tmp: _save(tmp, keys, values))
+        self.seen.add(name)
         self.written += 1
-        self.dirty.clear()
+        self.dirty[:] = False
+        self._know(self.folder / name, keys)
+
+    def _know(self, shard: Path, keys: np.ndarray) -> None:
+        """Add a shard's keys to what is known on disk (its rows win over earlier shards')."""
+        number = len(self.shards)
+        self.shards.append(shard)
+        where = (np.int64(number) << 32) | np.arange(len(keys), dtype=np.int64)
+        keys = np.concatenate([self.disk_keys, keys.astype(np.int64)])
+        where = np.concatenate([self.disk_where, where])
+        last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]  # each key's last occurrence
+        self.disk_keys, self.disk_where = keys[last], where[last]
 
     def load(self) -> None:
-        """Read every shard of ``folder`` (later shards fill what earlier ones lack); merge many into one."""
-        shards = sorted(self.folder.glob("shard-*.npz"), key=lambda p: p.stat().st_mtime)
-        for shard in shards:
-            try:
-                with np.load(shard, allow_pickle=False) as data:
-                    keys, values = data["keys"], data["values"]
-            except Exception:  # a torn or foreign file: its errors are simply computed again
+        """Learn the keys of every shard of ``folder`` not read yet (later shards win over earlier ones);
+        first merge many small shards into fewer. Called again, it learns what other processes (a run's
+        bank tasks) wrote since."""
+        if not self.shards:
+            self._compact()
+        shards = sorted(_mtimes(self.folder).items(), key=lambda item: item[1])
+        for shard, _ in shards:
+            if shard.name in self.seen:
                 continue
-            if values.ndim != 3 or values.shape[1:] != (self.num_classes, len(LOSSES)) or len(keys) != len(values):
-                continue
-            rows = self.rows(torch.from_numpy(keys.astype(np.int64)))
-            known = torch.from_numpy(values).to(self.values.dtype)
-            self.values[rows] = torch.where(known.isnan(), self.values[rows], known)
-        if len(shards) > SHARDS_BEFORE_MERGE:
-            self.dirty = set(range(len(self)))
-            self.flush()
-            for shard in shards:
-                shard.unlink(missing_ok=True)
+            self.seen.add(shard.name)
+            keys = _shard_keys(shard, self.num_classes)
+            if keys is not None:  # a torn or foreign file: its errors are simply computed again
+                self._know(shard, keys)
+
+    def _compact(self) -> None:
+        """Merge the small shards of a folder holding more than SHARDS_BEFORE_MERGE into shards of about
+        ``shard_rows`` rows, one at a time (memory: one shard)."""
+        small = [s for s, _ in sorted(_mtimes(self.folder).items(), key=lambda item: item[1])]
+        if len(small) <= SHARDS_BEFORE_MERGE:
+            return
+        group: list[tuple[Path, np.ndarray, np.ndarray]] = []
+        for shard in [*small, None]:
+            if shard is not None:
+                try:
+                    with np.load(shard, allow_pickle=False) as data:
+                        keys, values = data["keys"], data["values"]
+                except Exception:
+                    continue
+                if (
+                    values.ndim != 3
+                    or values.shape[1:] != (self.num_classes, len(LOSSES))
+                    or len(keys) >= (self.shard_rows // 2)
+                ):
+                    continue
+                group.append((shard, keys, values))
+            if group and (shard is None or sum(len(k) for _, k, _ in group) >= self.shard_rows):
+                keys = np.concatenate([k for _, k, _ in group])
+                values = np.concatenate([v for _, _, v in group])
+                last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]
+                name = f"shard-{os.getpid()}-merged-{hashlib.sha1(keys.tobytes()).hexdigest()[:8]}.npz"
+                replace_atomically(self.folder / name, lambda tmp: _save(tmp, keys[last], values[last]))  # noqa: B023
+                for merged, _, _ in group:
+                    merged.unlink(missing_ok=True)
+                group = []
+
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every key the bank holds and its values ``[n, K, L]`` (all of it in memory: what an export writes)."""
+        self.flush()
+        if self.folder is None:
+            return self.index.to_numpy().astype(np.int64), self.values[: len(self.index)].numpy()
+        values = np.full((len(self.disk_keys), self.num_classes, len(LOSSES)), math.nan)
+        shard, row = self.disk_where >> 32, self.disk_where & 0xFFFFFFFF
+        for number in np.unique(shard):
+            read = self._shard_values(int(number))
+            if read is not None:
+                mine = np.flatnonzero(shard == number)
+                values[mine] = read[row[mine]]
+        self.cached = None
+        return self.disk_keys.copy(), values
+
+
+_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _shard_keys(shard: Path, num_classes: int) -> np.ndarray | None:
+    """A shard's keys, checked against its values' header (not read), or None for a torn or foreign file."""
+    try:
+        with zipfile.ZipFile(shard) as archive:
+            with archive.open("keys.npy") as f:
+                keys = np.lib.format.read_array(f, allow_pickle=False)
+            with archive.open("values.npy") as f:
+                header = _HEADERS[np.lib.format.read_magic(f)]
+                shape, _, _ = header(f)
+    except Exception:
+        return None
+    if keys.ndim != 1 or len(shape) != 3 or shape != (len(keys), num_classes, len(LOSSES)):
+        return None
+    return keys.astype(np.int64)
+
+
+def _mtimes(folder: Path) -> dict[Path, float]:
+    """The shards of a bank folder with their modification times (a shard merged away meanwhile is left out)."""
+    found = {}
+    for shard in folder.glob("shard-*.npz") if folder.is_dir() else []:
+        try:
+            found[shard] = shard.stat().st_mtime
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def _save(path: str, keys: np.ndarray, values: np.ndarray) -> None:
@@ -190,11 +333,14 @@ _OPEN: dict[tuple[str, Path | None], ErrorBank] = {}  # this process's banks, by
 
 
 def open_bank(key: str, num_classes: int, cache_dir: Path | None) -> ErrorBank:
-    """The process's bank for ``key`` in ``cache_dir`` (read from ``cache_dir/banks/key`` the first time)."""
+    """The process's bank for ``key`` in ``cache_dir`` (read from ``cache_dir/banks/key``: all of it the first
+    time, then the shards written since)."""
     folder = None if cache_dir is None else Path(cache_dir) / "banks" / key
     bank = _OPEN.get((key, folder))
     if bank is None:
         bank = _OPEN[key, folder] = ErrorBank(num_classes, folder)
+    elif folder is not None:  # what other processes (the model's bank tasks) wrote since
+        bank.load()
     return bank
 
 
@@ -228,31 +374,50 @@ ACCOUNT_FILE = "errors.json"
 ACCOUNT_KEY = ("dataset_label", "denoiser_label", "seed", "device", "dtype", "compile")
 
 
-def accounting(frame: pd.DataFrame) -> list[dict]:
+def accounting(frame: pd.DataFrame, filled: pd.DataFrame | None = None) -> list[dict]:
     """Per model and numerics: the errors mode, its bank, and the quality passes' rows asked for and really run.
 
     ``live_nfe`` is what the same cells evaluate with ``--errors live``; ``computed_nfe`` what this run
-    evaluated. One row per cell is counted (a cell's scenarios share its quality passes).
+    evaluated: the cells' own rows plus, where bank tasks ran (``diffbench.bank_tasks``), the rows those
+    computed for them (``filled``: ``cell_id``, ``computed_nfe``), also given alone as ``bank_task_nfe``.
+    One row per cell is counted (a cell's scenarios share its quality passes).
     """
     if frame.empty or "live_nfe" not in frame:
         return []
     cells = frame[frame["status"] == "ok"].drop_duplicates("cell_id")
     cells = cells[cells["live_nfe"].notna()]
+    tasks = pd.Series(0, index=cells["cell_id"], dtype="int64")
+    if filled is not None and not filled.empty:
+        tasks = filled.groupby("cell_id")["computed_nfe"].sum().reindex(cells["cell_id"], fill_value=0)
+    cells = cells.assign(bank_task_nfe=tasks.to_numpy())
     out = []
     for key, part in cells.groupby([k for k in ACCOUNT_KEY if k in cells], sort=False, dropna=False):
-        live, computed = int(part["live_nfe"].sum()), int(part["computed_nfe"].sum())
+        live, by_tasks = int(part["live_nfe"].sum()), int(part["bank_task_nfe"].sum())
+        computed = int(part["computed_nfe"].sum()) + by_tasks
         sources = sorted(set(part["errors_source"].dropna()))
         banks = sorted(set(part.get("errors_bank", pd.Series(dtype=str)).dropna()) - {""})
         entry = dict(zip([k for k in ACCOUNT_KEY if k in cells], key, strict=True))
         entry.update(errors_source=sources, banks=banks, cells=len(part), live_nfe=live, computed_nfe=computed)
+        if by_tasks:
+            entry["bank_task_nfe"] = by_tasks
         entry["computed_share"] = computed / live if live else None
         out.append({k: (v.item() if hasattr(v, "item") else v) for k, v in entry.items()})
     return out
 
 
+TASK_PART = "bank"  # the part kind (``RunFolder.save_part``) of a bank task's rows (``diffbench.bank_tasks``)
+BANK_PARTS = f"parts/*.{TASK_PART}.parquet"
+
+
+def filled_rows(folder: Path) -> pd.DataFrame | None:
+    """The rows the run's bank tasks computed, per cell (None where none ran)."""
+    parts = sorted(Path(folder).glob(BANK_PARTS))
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else None
+
+
 def write_accounting(frame: pd.DataFrame, folder: Path) -> str | None:
     """Write ``errors.json`` into the run folder; the summary line to print (None without quality rows)."""
-    models = accounting(frame)
+    models = accounting(frame, filled_rows(folder))
     if not models:
         return None
     replace_atomically(Path(folder) / ACCOUNT_FILE, lambda tmp: Path(tmp).write_text(json.dumps(models, indent=2)))

@@ -161,7 +161,7 @@ def model_entry(key: str, group: str, rows: pd.DataFrame, folder: Path) -> Model
         about = json.loads(str(record["header"]))
         arrays = {name: record[name] for name in ARRAYS}
     bank = ErrorBank(about["num_classes"], folder)
-    keys, values = bank.index.to_numpy().astype(np.int64), bank.values[: len(bank)].numpy()
+    keys, values = bank.entries()
     first = rows.iloc[0].to_dict()
     identity = {k: _plain(v) for k, v in first.items() if _model_column(k) and not _missing(v)}
     cells = rows.drop_duplicates("cell_id")[["estimator_label", "trials"]]

@@ -64,8 +64,19 @@ def on_gpu_alone(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
 
 
+DEFAULT_SHARDS = 4  # bank tasks per model on an existing scheduler, unless --workers says how many
+
+
+def local_workers() -> int:
+    """Worker processes of a local cluster when --workers does not say: one per core, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 class DaskExecutor:
-    """Runs tasks on a dask cluster; ``scheduler`` names an existing one, else a local one is started."""
+    """Runs tasks on a dask cluster; ``scheduler`` names an existing one, else a local one is started.
+
+    ``shards``: the bank tasks per model in ``--errors bank`` mode (``diffbench.bank_tasks``), one per worker.
+    """
 
     in_process = False
 
@@ -79,6 +90,7 @@ class DaskExecutor:
     ) -> None:
         self.workers, self.scheduler, self.threads = workers, scheduler, threads
         self.plugin_specs, self.log = tuple(plugin_specs), log
+        self.shards = workers or (DEFAULT_SHARDS if scheduler else local_workers())
 
     def connect(self):
         """A client of the existing scheduler, or of a new local cluster of ``workers`` processes."""
@@ -93,7 +105,7 @@ class DaskExecutor:
                     "and give the address it prints, or drop --scheduler for a local cluster"
                 ) from None
         else:
-            workers = self.workers or max(1, min(4, os.cpu_count() or 1))
+            workers = self.workers or local_workers()
             threads = self.threads or max(1, (os.cpu_count() or 1) // workers)
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
             client = Client(cluster)

@@ -80,6 +80,9 @@ def resolve(args: tuple[Any, ...], results: dict[str, Any]) -> tuple[Any, ...]:
 class Executor(Protocol):
     #: Whether tasks run in this process, so they may draw progress bars on its terminal.
     in_process: bool
+    #: How many tasks may run at once, where that is more than one (else 0): in ``--errors bank`` mode the
+    #: runner then computes each model's errors once, in that many bank tasks (``diffbench.bank_tasks``).
+    shards: int
 
     def execute(self, tasks: list[Task]) -> Iterator[Outcome]:
         """Run every task (dependencies first) and yield its outcome as it finishes."""
@@ -90,6 +93,7 @@ class LocalExecutor:
     """Runs the tasks in this process, in the order given (each after the tasks it needs)."""
 
     in_process = True
+    shards = 0  # one task at a time: each cell fills the bank as it goes
 
     def execute(self, tasks: list[Task]) -> Iterator[Outcome]:
         results: dict[str, Any] = {}

@@ -24,7 +24,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from diffbench import resume_identity
+from diffbench.bank import TASK_PART
 from diffbench.bank_file import record_cache_dir
+from diffbench.bank_tasks import after_bank, fill_fits, fill_shard
 from diffbench.cell import Cell, unique
 from diffbench.executor import Executor, Outcome, Result, Task
 from diffbench.figures import NOTES, figures_data
@@ -64,12 +66,29 @@ def say_training(model: ModelPlan, outcome: Outcome, say: Log) -> bool:
     return False
 
 
-def build_tasks(plans: list[CellPlan], finished: set[str], references: list[ReferencePlan] = ()) -> list[Task]:
+def bank_tasks(model: ModelPlan, banked: list[CellPlan], trained: Result, shards: int) -> list[Task]:
+    """A model's bank tasks (none without ``banked`` cells): one ``bank-fit``, then ``shards`` ``bank-shard``."""
+    if not banked:
+        return []
+    gpu = any(p.cell.device == "cuda" for p in banked)
+    key = f"bank-fit-{model.group_id}"
+    tasks = [Task(key, fill_fits, (key, banked, trained), "bank", model, gpu=gpu)]
+    for shard in range(shards):
+        name = f"bank-shard-{model.group_id}-{shard}"
+        args = (name, banked, trained, shard, shards, Result(key))
+        tasks.append(Task(name, fill_shard, args, "bank", model, gpu=gpu))
+    return tasks
+
+
+def build_tasks(
+    plans: list[CellPlan], finished: set[str], references: list[ReferencePlan] = (), shards: int = 0
+) -> list[Task]:
     """The tasks that measure the cells of ``plans`` not yet ``finished``, in a runnable order.
 
     First one task per reference row not yet finished (each trains its own classifier); then per
     model with cells to measure: its training, one task per such cell, and its figure data over
-    every cell of the model that finishes ok (now or before).
+    every cell of the model that finishes ok (now or before). With ``shards`` (an executor that runs
+    tasks at once) a model's bank cells first wait for its bank tasks (``bank_tasks.bank_tasks``).
     """
     todo_references = [r for r in references if r.id not in finished]
     tasks = [Task(f"reference-{r.id}", measure_reference, (r,), "reference", r) for r in todo_references]
@@ -79,10 +98,18 @@ def build_tasks(plans: list[CellPlan], finished: set[str], references: list[Refe
             continue
         tasks.append(train_task(model))
         trained = Result(tasks[-1].key)
+        banked = [p for p in todo if p.errors == "bank"] if shards else []
+        banked_ids = {p.id for p in banked}
+        filling = bank_tasks(model, banked, trained, shards)
+        tasks += filling
+        filled = [Result(t.key) for t in filling if t.kind == "bank" and t.key.startswith("bank-shard")]
         measured = []
         for plan in todo:
             gpu = plan.cell.device == "cuda"
-            tasks.append(Task(f"cell-{plan.id}", measure_cell, (plan, trained), "cell", plan, gpu=gpu))
+            fn, args = (measure_cell, (plan, trained))
+            if plan.id in banked_ids:  # after its model's bank tasks
+                fn, args = after_bank, (plan, trained, filled)
+            tasks.append(Task(f"cell-{plan.id}", fn, args, "cell", plan, gpu=gpu))
             measured.append(Result(tasks[-1].key))
         before = {p.id for p in cells if p.id in finished}
         args = (model, cells, before, trained, measured)
@@ -144,6 +171,14 @@ class Recorder:
         except TableWriteError as exc:
             self.say(str(exc), once=True)
         self.tables_written_at = time.monotonic()
+
+    def record_bank(self, model: ModelPlan, outcome: Outcome) -> None:
+        """Keep the rows a bank task computed (``errors.json`` adds them to its cells'); its cells say any failure."""
+        filled = outcome.result
+        if outcome.error is None and filled.computed:
+            frame = pd.DataFrame({"cell_id": list(filled.computed), "computed_nfe": list(filled.computed.values())})
+            frame["task"], frame["seconds"] = filled.task, filled.seconds
+            self.folder.save_part(filled.task, TASK_PART, frame)
 
     def record_reference(self, plan: ReferencePlan, outcome: Outcome) -> None:
         result = failed_reference(plan, outcome.error) if outcome.error is not None else outcome.result
@@ -221,7 +256,7 @@ def measure(
     The last rebuild of the tables (at the end, or on Ctrl-C or any exception) runs to its end through a
     further Ctrl-C, which is raised once the tables hold every finished cell.
     """
-    tasks = build_tasks(plans, finished, references)
+    tasks = build_tasks(plans, finished, references, getattr(executor, "shards", 0))
     with CellProgress(tasks, progress, executor.in_process) as bar:
         recorder = Recorder(folder, order, bar.wrap(log))
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -10,6 +11,7 @@ from diffbench import plugins
 from diffbench.bank import BankScorer, ErrorBank, accounting, draw_key
 from diffbench.draws import Replay, normals, row_hash, stream_keys, uniforms
 from diffbench.model import ConditionalModel
+from diffbench.montecarlo import LOSSES
 from diffbench.schedule import NoiseSchedule
 from tests.helpers import write_suite
 
@@ -142,6 +144,38 @@ def test_bank_shards_survive_a_new_process(tmp_path):
     reopened = ErrorBank(model.num_classes, tmp_path / "bank")
     again, _, computed_again = run_estimator("shared-noise", model, x, 8, reopened)
     assert computed_again == 0 and torch.equal(again, errors)
+
+
+def test_a_bank_with_a_folder_holds_about_one_shard_in_memory_and_reads_the_rest_back(tmp_path):
+    """Shards of 1,024 rows: a bank of ~10,000 draws keeps at most one shard (plus one call's rows) in memory,
+    writes shards as it goes, and a new process (and a compacted folder) reads every error back exactly."""
+    model = untrained("mlp")
+    x = torch.randn(40, 2, generator=torch.Generator().manual_seed(2))
+    tiny = 1024 * model.num_classes * len(LOSSES) * 8
+    bank = ErrorBank(model.num_classes, tmp_path / "bank", shard_bytes=tiny)
+    assert bank.shard_rows == 1024
+    held, results = [], []
+    for stream in range(8):  # 8 passes of 40 samples x 32 draws
+        results.append(run_estimator("shared-noise", model, x, 32, bank, stream=f"s{stream}")[0])
+        held.append(len(bank.index))
+    bank.flush()
+    assert max(held) <= bank.shard_rows + 40 * 32
+    assert len(bank) == 8 * 40 * 32 and len(list((tmp_path / "bank").glob("shard-*.npz"))) >= 8
+    reopened = ErrorBank(model.num_classes, tmp_path / "bank", shard_bytes=tiny)
+    assert len(reopened.index) == 0 and len(reopened) == 8 * 40 * 32  # keys known, values left on disk
+    for stream, expected in enumerate(results):
+        again, _, computed = run_estimator("shared-noise", model, x, 32, reopened, stream=f"s{stream}")
+        assert computed == 0 and torch.equal(again, expected)
+    keys, values = reopened.entries()
+    assert len(keys) == 8 * 40 * 32 and not np.isnan(values).all(axis=(1, 2)).any()
+    before = len(list((tmp_path / "bank").glob("shard-*.npz")))
+    for i in range(70):  # many small shards (as many cells leave): merged into shards of about 1,024 rows when opened
+        one = np.zeros((1, model.num_classes, len(LOSSES)))
+        np.savez(tmp_path / "bank" / f"shard-small-{i:02d}.npz", keys=np.array([10**12 + i]), values=one)
+    merged = ErrorBank(model.num_classes, tmp_path / "bank", shard_bytes=tiny)
+    assert len(list((tmp_path / "bank").glob("shard-*.npz"))) <= before + 1 and len(merged) == 8 * 40 * 32 + 70
+    again, _, computed = run_estimator("shared-noise", model, x, 32, merged, stream="s3")
+    assert computed == 0 and torch.equal(again, results[3])
 
 
 def test_accounting_sums_each_cell_once():

@@ -1,8 +1,11 @@
 """The dask executor: a local cluster of 2 worker processes gives the local executor's table."""
 
+import json
+
 import pandas as pd
 import pytest
 
+from diffbench.cell import GROUP_KEY, key_id
 from tests.helpers import error_lines, write_suite
 
 pytest.importorskip("distributed")
@@ -84,3 +87,36 @@ def test_an_unreachable_scheduler_is_one_line(cli, tmp_path, address):
     assert line.endswith(
         "start one with `dask scheduler` and give the address it prints, or drop --scheduler for a local cluster"
     )
+
+
+@pytest.mark.slow
+def test_bank_tasks_compute_each_error_once_and_give_the_local_accuracy(cli, tmp_path):
+    """On 2 workers a model's errors are computed by its bank tasks, once: the cells read them all back, and the
+    rows computed equal the local run's (where each cell fills the bank as it goes in one process)."""
+    suite = write_suite(
+        tmp_path / "tiny.toml",
+        datasets=["spirals[n_train=200,n_test=40]"],
+        estimators=["shared-noise", "full-mc", "truncated", "importance[bins=4,fit_trials=2]"],
+        trials=[1, 4],
+        max_time_s=0.1,
+        errors="bank",
+    )
+    base = ["run", "--suite", suite, "--no-plots", "--no-report"]
+    local = cli(*base, "--out", tmp_path / "local", "--cache", tmp_path / "c1")
+    assert local.exit_code == 0, local.output
+    dask = cli(*base, "--out", tmp_path / "dask", "--cache", tmp_path / "c2", "--executor", "dask", "--workers", "2")
+    assert dask.exit_code == 0, dask.output
+    a = pd.read_parquet(tmp_path / "local" / "results.parquet")
+    b = pd.read_parquet(tmp_path / "dask" / "results.parquet")
+    pd.testing.assert_series_equal(a["accuracy"], b["accuracy"])
+    assert (b["errors_source"] == "bank").all()
+    assert b["computed_nfe"].sum() == 0, "every error the cells asked for was computed by the bank tasks"
+    tasks = pd.concat(pd.read_parquet(p) for p in (tmp_path / "dask" / "parts").glob("*.bank.parquet"))
+    group = key_id(a.iloc[0].to_dict(), GROUP_KEY)
+    assert sorted(set(tasks["task"])) == [f"bank-fit-{group}", f"bank-shard-{group}-0", f"bank-shard-{group}-1"]
+    computed_local = a.drop_duplicates("cell_id")["computed_nfe"].sum()
+    assert tasks["computed_nfe"].sum() == computed_local > 0
+    (local_account,) = json.loads((tmp_path / "local" / "errors.json").read_text())
+    (dask_account,) = json.loads((tmp_path / "dask" / "errors.json").read_text())
+    assert dask_account["computed_nfe"] == dask_account["bank_task_nfe"] == local_account["computed_nfe"]
+    assert dask_account["live_nfe"] == local_account["live_nfe"]
