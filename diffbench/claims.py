@@ -34,6 +34,8 @@ MARGIN = 0.02
 #: The 2-D toy datasets, where claim 2 expects low-noise windows to win.
 POINT_DATASETS = frozenset({"spirals", "moons", "circles", "checkerboard", "gaussian-mixture"})
 CLAIMS_FILE = "claims.md"
+#: The middle of the t range (fractions of T) where claim 2b expects images' most informative timestep.
+MID = (0.25, 0.75)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class Finding:
 
 @dataclass
 class Claim:
-    number: int
+    number: int | str
     statement: str
     paper: str
     findings: list[Finding]
@@ -96,8 +98,11 @@ def compare(a: pd.Series, b: pd.Series, outcomes: dict, what: str) -> Comparison
         r = paired_test(pa[1], pb[1])
         acc_a, acc_b = float(pa[1].mean()), float(pb[1].mean())
         return Comparison(what, acc_a, acc_b, r.n, r.diff, r.ci_low, r.ci_high, r.p_value, "paired McNemar")
-    acc_a, acc_b = float(a["accuracy"]), float(b["accuracy"])
-    n_a, n_b = int(a["n_test"]), int(b["n_test"])
+    return unpaired(what, float(a["accuracy"]), int(a["n_test"]), float(b["accuracy"]), int(b["n_test"]))
+
+
+def unpaired(what: str, acc_a: float, n_a: int, acc_b: float, n_b: int) -> Comparison:
+    """B against A from accuracies alone: a two-proportion z-test and the Wald CI of the difference."""
     diff = acc_b - acc_a
     half = norm.ppf(1 - ALPHA / 2) * math.sqrt(acc_a * (1 - acc_a) / n_a + acc_b * (1 - acc_b) / n_b)
     pooled = (acc_a * n_a + acc_b * n_b) / (n_a + n_b)
@@ -227,12 +232,57 @@ def claim_timesteps(rows: pd.DataFrame, outcomes: dict) -> Claim:
 
     needs = "stratified[mode=even] and truncated rows at a common trials budget"
     paper = (
-        "Li et al.: on images an evenly spaced grid over all of t beats narrow windows (the most informative "
-        "single timesteps are mid-range: read off timestep_accuracy.png, not checked here); on 2-D toys "
+        "Li et al.: on images an evenly spaced grid over all of t beats narrow windows; on 2-D toys "
         "low-noise windows win. Each window compared is the best one at its budget"
     )
     statement = "The even grid beats narrow windows on images; a low-noise window wins on 2-D toys"
     return Claim(2, statement, paper, per_model(rows, check, needs), needs)
+
+
+def claim_timestep_peak(timesteps: pd.DataFrame | None) -> Claim:
+    """Claim 2b, from the single-timestep accuracies (timesteps.parquet, ``diffbench.timestep_accuracy``).
+
+    On images the best timestep of the middle range (``MID`` of T) against the best one outside it; on 2-D
+    toys the best low-noise timestep (below ``MID[0]`` of T) against the best of the rest. Unpaired z-test
+    (the figure data keeps no per-sample predictions; both sides classified the same samples, so it is
+    conservative).
+    """
+    needs = "single-timestep accuracies (timesteps.parquet: a model trained by the run, figures not skipped)"
+    findings = []
+    frame = timesteps if timesteps is not None else pd.DataFrame()
+    groups = frame.groupby(["dataset_label", "denoiser_label"], sort=True) if not frame.empty else []
+    for (data, net), line in groups:
+        model = f"{data} x {net}"
+        toy = str(line["dataset"].iloc[0] if "dataset" in line else data).split("[")[0] in POINT_DATASETS
+        fraction = line["t_fraction"]
+        inside = fraction < MID[0] if toy else (fraction >= MID[0]) & (fraction <= MID[1])
+        if not inside.any() or inside.all():
+            findings.append(Finding(model, MISSING, f"needs timesteps inside and outside {span_text(toy)}"))
+            continue
+        a, b, best = top(line[~inside]), top(line[inside]), top(line)
+        what = f"best t in {span_text(toy)} (t={int(b['t'])}) vs best elsewhere (t={int(a['t'])})"
+        comparison = unpaired(what, float(a["accuracy"]), int(a["n_test"]), float(b["accuracy"]), int(b["n_test"]))
+        finding = beats(model, [comparison], f"t in {span_text(toy)}")
+        finding.why += (
+            f"; the most informative single timestep is t={int(best['t'])} ({best['t_fraction']:.0%} of T), "
+            f"accuracy {best['accuracy']:.3f} over {int(best['n_test'])} samples"
+        )
+        findings.append(finding)
+    paper = (
+        "Li et al. (timestep ablation): the single most informative timesteps are mid-range on images. On 2-D "
+        "toys diffbench expects the low-noise end instead (claim 2's contrast)"
+    )
+    statement = "The single most informative timesteps are mid-range on images (low-noise on 2-D toys)"
+    return Claim("2b", statement, paper, findings or [Finding("(no model)", MISSING, f"needs {needs}")], needs)
+
+
+def top(rows: pd.DataFrame) -> pd.Series:
+    """The most accurate row."""
+    return rows.loc[rows["accuracy"].idxmax()]
+
+
+def span_text(toy: bool) -> str:
+    return f"[0, {MID[0]:.0%}) of T" if toy else f"[{MID[0]:.0%}, {MID[1]:.0%}] of T"
 
 
 def partners(part: pd.DataFrame, name: str, default: str, a_value: str, b_value: str):
@@ -307,8 +357,11 @@ def claim_references(rows: pd.DataFrame, outcomes: dict) -> Claim:
     return Claim(6, statement, paper, findings or [Finding("(no reference)", MISSING, f"needs {needs}")], needs)
 
 
-def check_claims(table: pd.DataFrame, predictions: pd.DataFrame | None = None) -> list[Claim]:
-    """Claims 1-6 on ``table``'s measured rows; ``predictions`` (per-sample, as stored by the runner) pair the tests."""
+def check_claims(
+    table: pd.DataFrame, predictions: pd.DataFrame | None = None, timesteps: pd.DataFrame | None = None
+) -> list[Claim]:
+    """Claims 1-6 on ``table``'s measured rows; ``predictions`` (per-sample, as stored by the runner) pair the tests,
+    ``timesteps`` (the single-timestep accuracies) give claim 2b."""
     rows = usable(table)
     outcomes = correctness(predictions) if predictions is not None and len(predictions) else {}
     loss_paper = "Li et al.: l1 better on CIFAR-10 (88.4 vs 84.4), l2 better on ImageNet (61.4 vs 59.6)"
@@ -316,6 +369,7 @@ def check_claims(table: pd.DataFrame, predictions: pd.DataFrame | None = None) -
     return [
         claim_shared_noise(rows, outcomes),
         claim_timesteps(rows, outcomes),
+        claim_timestep_peak(timesteps),
         claim_by_param(rows, outcomes, 3, "The l1 loss beats l2", loss_paper, "loss", "l2", "l2", "l1"),
         claim_by_param(
             rows,
@@ -354,10 +408,28 @@ def render(claims: list[Claim]) -> str:
 
 
 def write_claims(
-    table: pd.DataFrame, folder: Path, predictions: pd.DataFrame | None = None
+    table: pd.DataFrame,
+    folder: Path,
+    predictions: pd.DataFrame | None = None,
+    timesteps: pd.DataFrame | None = None,
 ) -> tuple[Path, list[Claim]]:
-    """Write ``folder/claims.md`` from ``table`` (and ``predictions``); returns its path and the claims."""
-    claims = check_claims(table, predictions)
+    """Write ``folder/claims.md`` from ``table`` (and ``predictions``, ``timesteps``); returns its path and claims."""
+    claims = check_claims(table, predictions, timesteps)
     path = Path(folder) / CLAIMS_FILE
-    path.write_text(render(claims))
+    path.write_text(render(claims), encoding="utf-8")
     return path, claims
+
+
+def asked(suite: dict | None) -> bool:
+    """Whether a run's suite settings (suite.json) ask for the claims (``claims = true``, as li2023 does)."""
+    return bool((suite or {}).get("claims"))
+
+
+def write_run_claims(folder: Path) -> Path | None:
+    """``folder/claims.md`` for a finished run whose suite asks for it; None (nothing written) otherwise."""
+    from diffbench.rundir import RunFolder  # the run folder module reads tables through the results module
+
+    run = RunFolder(Path(folder))
+    if not asked(run.read_suite()):
+        return None
+    return write_claims(run.read_table(), run.path, run.read_predictions(), run.read_timesteps())[0]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 import pandas as pd
 
-from diffbench import bank, limits, plugins, pretrained, provenance, results
+from diffbench import bank, claims, limits, plugins, pretrained, provenance, results
 from diffbench.atomic import replace_atomically
 from diffbench.cell import Cell
 from diffbench.checkpoints import CheckpointError, non_finite_weights, read_state_dict
@@ -249,6 +249,9 @@ def finish_run(frame: pd.DataFrame, out: Path, plots: bool, report: bool) -> Non
 
         for path in plotting.plot_run(out):
             log(f"plot: {path}")
+    claims_md = claims.write_run_claims(out)  # where the suite asks for them (claims = true, as li2023)
+    if claims_md:
+        log(f"claims: {claims_md}")
     if report:
         write_run_report(out)
     click.echo(results.summary(frame))

@@ -192,6 +192,28 @@ class Denoiser(Plugin):
     #: Training settings that suit this architecture (keys of TrainSettings); a suite's [train] overrides them.
     train: ClassVar[dict[str, Any]] = {}
 
+    def __init__(self, objective: str = "", **overrides: Any) -> None:
+        """``objective`` (every denoiser's selector takes it, e.g. ``unet[objective=flow]``): the training
+        objective of this model, over the suite's; "" (the default) leaves it to the suite. A model of its own:
+        ``unet[objective=[epsilon,flow]]`` trains the same network twice (``Suite.train_settings``)."""
+        if "objective" in type(self).params:  # a plugin that declares its own `objective` keeps it
+            overrides["objective"], objective = objective, ""
+        super().__init__(**overrides)
+        from diffbench.training import OBJECTIVES  # training imports this module
+
+        if objective and objective not in OBJECTIVES:
+            raise ParamError(
+                f"denoiser '{self.name}': unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}"
+            )
+        self.objective = objective
+
+    def __repr__(self) -> str:
+        label = super().__repr__()
+        if not self.objective:
+            return label
+        extra = f"objective={self.objective}"
+        return f"{label[:-1]},{extra}]" if label.endswith("]") else f"{label}[{extra}]"
+
     def supports(self, data_shape: tuple[int, ...]) -> bool:
         """Whether ``build`` can take data of this sample shape (default: any)."""
         return True

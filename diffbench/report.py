@@ -6,7 +6,8 @@ Everything is inlined: the figures as base64 PNG, the style sheet and the table'
 Sections: the question and the summary (best estimator per problem at each NFE budget, with its
 CI and whether it beats the runner-up beyond noise), the ranking across problems, the results
 table (sortable, filterable, CSV of the filtered view), the figures, which timesteps carry the
-class (the single-timestep accuracies), failed and skipped cells, provenance. With several run
+class (the single-timestep accuracies), Li et al.'s claims where the run's suite asks for them
+(``claims = true``), failed and skipped cells, provenance. With several run
 folders: the runs compared cell by cell (``diffbench compare``'s verdicts, paired where possible)
 and side by side on shared plots, then each run's own sections.
 
@@ -25,13 +26,14 @@ from pathlib import Path
 import pandas as pd
 
 import diffbench
-from diffbench import plots
+from diffbench import claims, plots
 from diffbench.atomic import replace_atomically
 from diffbench.report_compare import comparison_section
 from diffbench.report_format import esc
 from diffbench.report_runs import ReportError as ReportError  # the error `diffbench report` catches
 from diffbench.report_runs import Run, load_run, run_names
 from diffbench.report_sections import (
+    claims_section,
     failures_section,
     figure_html,
     figures_section,
@@ -102,6 +104,10 @@ def single_run_body(run: Run, draw: bool) -> tuple[list[tuple[str, str]], str]:
         ("failures", "Failed and skipped"),
         ("provenance", "Provenance"),
     ]
+    claimed = ""
+    if claims.asked(run.suite):
+        nav.insert(nav.index(("failures", "Failed and skipped")), ("claims", "Claims"))
+        claimed = f'<section id="claims"><h2>Does it reproduce the paper?</h2>{claims_section(run)}</section>'
     body = f"""
 {run_intro(run)}
 <section id="summary"><h2>Summary: the best estimator at each NFE budget</h2>{summary_section(run.frame, run.predictions)}</section>
@@ -110,6 +116,7 @@ def single_run_body(run: Run, draw: bool) -> tuple[list[tuple[str, str]], str]:
 <section id="table"><h2>Results table</h2>{table_section(run.frame)}</section>
 <section id="figures"><h2>Figures</h2>{figures_section(run, draw)}</section>
 <section id="timesteps"><h2>Which timesteps carry the class</h2>{timesteps_section(run, draw)}</section>
+{claimed}
 <section id="failures"><h2>Failed and skipped cells</h2>{failures_section(run)}</section>
 <section id="provenance"><h2>Provenance</h2>{provenance_section(run)}</section>
 """  # noqa: E501

@@ -1,5 +1,5 @@
 """The sections of one run on the report page: summary, ranking, figures, which timesteps carry the class,
-failures and skips, provenance."""
+Li et al.'s claims (where the suite asks for them), failures and skips, provenance."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from diffbench import plots, results, rundir, standings
+from diffbench import claims, plots, results, rundir, standings
 from diffbench.report_format import esc, format_value, html_table, p_text, trials_text, verdict_tag
 from diffbench.report_runs import Run
 
@@ -222,6 +222,47 @@ def best_timestep_sentence(line: pd.DataFrame) -> str:
         f"with {int(best['draws'])} noise draws each, against {worst['accuracy']:.3f} at t = {int(worst['t'])}, "
         f"the worst of the {len(line)} timesteps."
     )
+
+
+CLAIM_TAGS = {claims.HOLDS: "better", claims.FAILS: "worse"}  # how a claim's verdict is coloured
+
+
+def claim_tag(verdict: str) -> str:
+    """A claim's verdict as a tag coloured (and marked) as the comparisons' verdicts are: holds green."""
+    kind = CLAIM_TAGS.get(verdict, "same")
+    glyph = {"better": "\u25b2 ", "worse": "\u25bc "}.get(kind, "= ")
+    return f'<span class="verdict v-{kind}">{glyph}{esc(verdict)}</span>'
+
+
+def claims_section(run: Run) -> str:
+    """Li et al.'s claims on this run (``diffbench.claims``, as in its claims.md): per claim the verdict, the
+    paper's number, each model's finding and the comparisons behind it."""
+    parts = [
+        "<p class='small'>Each comparison is B minus A on the same test points: McNemar's exact paired test where "
+        "both cells' per-sample predictions were stored, else an unpaired two-proportion z-test; 'better' and "
+        f"'worse' at p &lt; {claims.ALPHA}. The same text is in the run folder's {esc(claims.CLAIMS_FILE)}.</p>"
+    ]
+    for claim in claims.check_claims(run.frame, run.predictions, run.timesteps):
+        parts.append(
+            f"<h3>{esc(claim.number)}. {esc(claim.statement)} {claim_tag(claim.verdict)}</h3><p>{esc(claim.paper)}.</p>"
+        )
+        items = "".join(f"<li><b>{esc(f.model)}</b>: {esc(f.verdict)} ({esc(f.why)})</li>" for f in claim.findings)
+        parts.append(f"<ul>{items}</ul>")
+        rows = [
+            {
+                "B vs A": c.what,
+                "effect (B − A)": f"{c.diff:+.3f} ({c.acc_b:.3f} vs {c.acc_a:.3f}, n={c.n})",
+                "95% CI": f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}]",
+                "test": c.test,
+                "p": p_text(c.p_value),
+                "B is": verdict_tag(c.direction),
+            }
+            for f in claim.findings
+            for c in f.comparisons
+        ]
+        if rows:
+            parts.append(html_table(pd.DataFrame(rows), numeric={"p"}, raw_html={"B is"}))
+    return "\n".join(parts)
 
 
 def failures_section(run: Run) -> str:

@@ -60,16 +60,24 @@ class Suite:
     train: dict[str, Any] = field(default_factory=dict)
     #: Reference classifier selectors: one reference row per dataset and reference (diffbench.reference_cell).
     references: list[str] = field(default_factory=list)
+    #: Check Li et al.'s claims on the run's table: claims.md in the run folder and a section of the report
+    #: (diffbench.claims; the built-in suite li2023 sets it).
+    claims: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field; ``references`` only when set, so run folders from before it resume with the same settings."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "references" or self.references}
+        """Every field; ``references`` and ``claims`` only when set, so older run folders resume with the same
+        settings."""
+        optional = {"references": self.references, "claims": self.claims}
+        return {f.name: getattr(self, f.name) for f in fields(self) if optional.get(f.name, True)}
 
     def train_settings(self, denoiser: Plugin, dataset: Plugin | None = None) -> TrainSettings:
-        """Defaults < the denoiser's ``train`` < the dataset's ``train`` < the suite's [train] < [train.<denoiser>]."""
+        """Defaults < the denoiser's ``train`` < the dataset's ``train`` < the suite's [train] < [train.<denoiser>]
+        < the selector's ``objective`` (``unet[objective=flow]``: one network trained to two objectives)."""
         overrides = {k: v for k, v in self.train.items() if not isinstance(v, dict)}
         own = {**getattr(denoiser, "train", {}), **getattr(dataset, "train", {})}
         merged = {**own, **overrides, **self.train.get(denoiser.name, {})}
+        if getattr(denoiser, "objective", ""):
+            merged["objective"] = denoiser.objective
         return TrainSettings(**merged)
 
 
@@ -128,6 +136,9 @@ def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
                 value = [value]
             if not isinstance(value, list) or not value:
                 raise SuiteError(f"{where}: '{key}' must be a non-empty list")
+        elif key == "claims":
+            if not isinstance(value, bool):
+                raise SuiteError(f"{where}: 'claims' must be true or false, got {value!r}")
         elif not isinstance(value, type(default)) or isinstance(value, bool):
             raise SuiteError(f"{where}: '{key}' must be {type(default).__name__}, got {value!r}")
         values[key] = value

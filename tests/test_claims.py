@@ -36,8 +36,9 @@ def row(estimator, trials, accuracy, n=BIG, dataset="mnist5k", denoiser="unet", 
     return out
 
 
-def claim(number, rows, predictions=None):
-    return claims.check_claims(pd.DataFrame(rows), predictions)[number - 1]
+def claim(number, rows, predictions=None, timesteps=None):
+    (found,) = [c for c in claims.check_claims(pd.DataFrame(rows), predictions, timesteps) if c.number == number]
+    return found
 
 
 def verdicts(number, rows, predictions=None):
@@ -181,3 +182,39 @@ def test_models_disagreeing_make_a_mixed_claim_and_claims_md_shows_every_number(
     assert "**digits x unet**: does not hold" in text and "**mnist5k x unet**: holds" in text
     assert "| shared-noise vs full-mc at 4 trials (40 NFE) | +0.200 (0.900 vs 0.700, n=5000) |" in text
     assert "## 6. " in text and MISSING in text
+
+
+def timestep_line(dataset, accuracies, n=BIG, denoiser="unet"):
+    """One model's single-timestep accuracies on Li et al.'s grid of len(accuracies) timesteps (T = 1000)."""
+    ts = np.arange(len(accuracies)) * (1000 // len(accuracies)) + 1000 // len(accuracies) // 2
+    return pd.DataFrame(
+        {"dataset_label": dataset, "denoiser_label": denoiser, "t": ts, "t_fraction": ts / 1000,
+         "accuracy": accuracies, "n_test": n, "num_timesteps": 1000}
+    )  # fmt: skip
+
+
+def test_claim_2b_reads_the_single_timestep_accuracies():
+    mid = timestep_line("mnist5k", [0.3, 0.5, 0.8, 0.9, 0.85, 0.6, 0.4, 0.2, 0.1, 0.1])  # best t = 350
+    ends = timestep_line("mnist5k", [0.9, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.5, 0.1, 0.1])  # best t = 50
+    toy = timestep_line("spirals", [0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.5, 0.5, 0.5], denoiser="mlp")
+    found = claim("2b", [row("shared-noise", 4, 0.9)], timesteps=pd.concat([mid, toy]))
+    assert [f.model for f in found.findings] == ["mnist5k x unet", "spirals x mlp"]
+    assert [f.verdict for f in found.findings] == [HOLDS, HOLDS]
+    image = found.findings[0]
+    assert "t=350 (35% of T)" in image.why and image.comparisons[0].diff == pytest.approx(0.9 - 0.5)
+    assert "(t=350) vs best elsewhere (t=850)" not in image.comparisons[0].what  # elsewhere's best is t=150
+    assert "(t=350) vs best elsewhere (t=150)" in image.comparisons[0].what
+    assert claim("2b", [row("shared-noise", 4, 0.9)], timesteps=ends).verdict == FAILS
+    assert (
+        claim("2b", [row("shared-noise", 4, 0.9)], timesteps=timestep_line("mnist5k", [0.5] * 10, n=SMALL)).verdict
+        == INCONCLUSIVE
+    )
+    assert claim("2b", [row("shared-noise", 4, 0.9)]).verdict == MISSING, "no timesteps.parquet"
+
+
+def test_claims_md_holds_claim_2b_between_2_and_3(tmp_path):
+    timesteps = timestep_line("mnist5k", [0.3, 0.5, 0.8, 0.9, 0.85, 0.6, 0.4, 0.2, 0.1, 0.1])
+    text = claims.write_claims(pd.DataFrame([row("shared-noise", 4, 0.9)]), tmp_path, timesteps=timesteps)[0]
+    text = text.read_text()
+    assert text.index("## 2. ") < text.index("## 2b. ") < text.index("## 3. ")
+    assert "## 2b. The single most informative timesteps are mid-range on images (low-noise on 2-D toys): holds" in text
