@@ -15,6 +15,7 @@ from diffbench import limits, plugins, pretrained
 from diffbench.batch_size import parse_batch_size
 from diffbench.checkpoints import CheckpointError, default_cache_dir
 from diffbench.contract import DataError, ParamError
+from diffbench.parameterisation import OBJECTIVES
 from diffbench.rundir import FolderError, ResumeError, RunFolder, check_writable_folder
 from diffbench.schedule import SCHEDULES
 from diffbench.selectors import SelectorError, parse_int_list
@@ -31,7 +32,6 @@ from diffbench.suite import (
     resolve_devices,
     suite_from_dict,
 )
-from diffbench.training import OBJECTIVES
 
 INPUT_ERRORS = (plugins.PluginError, ParamError, SelectorError, SuiteError, CheckpointError, ResumeError, DataError)
 

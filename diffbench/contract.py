@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from diffbench import subsets
+from diffbench.parameterisation import OBJECTIVES
 from diffbench.params import (  # noqa: F401  (the param rules are part of the contract: re-exported here)
     INT64_MAX,
     Choice,
@@ -197,10 +198,10 @@ class Denoiser(Plugin):
         objective of this model, over the suite's; "" (the default) leaves it to the suite. A model of its own:
         ``unet[objective=[epsilon,flow]]`` trains the same network twice (``Suite.train_settings``)."""
         if "objective" in type(self).params:  # a plugin that declares its own `objective` keeps it
-            overrides["objective"], objective = objective, ""
+            if objective:
+                overrides["objective"] = objective
+            objective = ""
         super().__init__(**overrides)
-        from diffbench.training import OBJECTIVES  # training imports this module
-
         if objective and objective not in OBJECTIVES:
             raise ParamError(
                 f"denoiser '{self.name}': unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}"

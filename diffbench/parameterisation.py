@@ -22,6 +22,8 @@ import torch
 from diffbench.noise_process import NoiseProcess, as_process
 
 #: What a pretrained VP denoiser's output may be: diffusers' ``scheduler.config.prediction_type`` values.
+#: What diffbench can train a built-in network to predict (``[train] objective``; ``flow`` is the velocity).
+OBJECTIVES = ("epsilon", "v_prediction", "flow")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 #: What the other processes' networks predict: a rectified flow's velocity, an EDM network's raw output.
 PROCESS_PREDICTION_TYPES = ("flow", "edm_denoiser")

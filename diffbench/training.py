@@ -34,12 +34,12 @@ from diffbench.checkpoints import (
 )
 from diffbench.contract import DataError, Dataset, Denoiser, Splits, check_module_output, short_repr
 from diffbench.noise_process import FLOW_TIMESTEP_SCALE, NoiseProcess
+from diffbench.parameterisation import OBJECTIVES
 from diffbench.schedule import NoiseSchedule, q_sample
 
 CACHE_FORMAT = 2  # bump when training code changes what a key's weights would be
 MAX_TRAIN_STEPS = 10**9  # larger values are typos (and overflow the table's int64 column)
 MAX_TRAIN_BATCH = 2**31 - 1
-OBJECTIVES = ("epsilon", "v_prediction", "flow")
 FLOW_SIGMAS = ("logit-normal", "uniform")  # how a flow draws sigma: SD3's logit-normal(0, 1), or uniform on (0, 1)
 NEW_KEYS = {"objective": "epsilon", "flow_sigma": "logit-normal"}  # left out of cache keys at their defaults
 

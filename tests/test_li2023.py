@@ -192,3 +192,17 @@ def test_without_claims_a_run_writes_no_claims_md_and_no_section(cli, tmp_path, 
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "run" / claims.CLAIMS_FILE).exists()
     assert 'id="claims"' not in build_report([tmp_path / "run"], draw=False)
+
+
+def test_a_denoiser_that_declares_its_own_objective_param_keeps_its_default_and_takes_the_override():
+    from diffbench.contract import Denoiser
+
+    class Own(Denoiser):
+        name = "own-objective"
+        params = {"objective": "mine"}
+
+        def build(self, data_shape, num_classes):
+            raise NotImplementedError
+
+    assert Own().params["objective"] == "mine" and Own().objective == ""
+    assert Own(objective="theirs").params["objective"] == "theirs" and Own(objective="theirs").objective == ""
