@@ -123,7 +123,13 @@ def test_claims_3_and_4_pair_rows_that_differ_only_in_loss_or_weighting():
 
 @pytest.mark.parametrize(
     ("adaptive_acc", "adaptive_nfe", "n", "expected"),
-    [(0.9, 20.0, BIG, HOLDS), (0.8, 20.0, BIG, FAILS), (0.9, 40.0, BIG, FAILS), (0.88, 20.0, SMALL, INCONCLUSIVE)],
+    [
+        (0.9, 20.0, BIG, HOLDS),
+        (0.8, 20.0, BIG, FAILS),
+        (0.9, 48.0, BIG, FAILS),
+        (0.9, 40.0, BIG, INCONCLUSIVE),  # the whole budget spent: nothing eliminated, nothing to say
+        (0.88, 20.0, SMALL, INCONCLUSIVE),
+    ],
 )
 def test_claim_5_adaptive_reaches_the_fixed_budget_with_fewer_nfe(adaptive_acc, adaptive_nfe, n, expected):
     fixed = row("stratified", 4, 0.9, n, label="stratified[mode=even]", mode="even")
@@ -132,6 +138,16 @@ def test_claim_5_adaptive_reaches_the_fixed_budget_with_fewer_nfe(adaptive_acc, 
     found = claim(5, [fixed, adaptive])
     assert found.verdict == expected
     assert f"({adaptive_nfe / 40:.0%})" in found.findings[0].comparisons[0].what
+
+
+def test_claim_5_leaves_out_a_budget_too_small_to_eliminate_but_shows_it():
+    rows = [row("stratified", t, 0.9, BIG, label="stratified[mode=even]", mode="even") for t in (1, 4)]
+    for t, spent in ((1, 10.0), (4, 20.0)):  # at 1 trial adaptive spends the fixed 10 NFE: one round, no elimination
+        rows.append(row("adaptive", t, 0.9, BIG, mode="li"))
+        rows[-1]["nfe_per_sample"] = spent
+    found = claim(5, rows)
+    assert found.verdict == HOLDS
+    assert len(found.findings[0].comparisons) == 2 and "not counted" in found.findings[0].why
 
 
 def test_claim_6_reads_reference_rows_and_compares_the_best_estimator():
