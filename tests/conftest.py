@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,12 @@ from tests.helpers import Recorder, make_model, write_suite  # noqa: E402
 # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads
 # that contend with other processes make every small op up to 100x slower.
 torch.set_num_threads(1)
+
+# A shell starts a background job with SIGINT ignored, and Python then installs no KeyboardInterrupt
+# handler (nor do the child processes it starts): the Ctrl-C tests need what a terminal gives, so the
+# test process takes Python's default handler back (children then start with the default disposition).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
