@@ -19,33 +19,11 @@ diffusers = pytest.importorskip("diffusers")
 
 from diffbench_plugins.diffusers import Diffusers  # noqa: E402
 
+from tests.test_diffusers import offline, tiny_unet  # noqa: E402, F401  (offline: the autouse fixture)
+
 T = 50
 RUN = ["-d", "digits[per_class=2]", "-e", "shared-noise", "--trials", "2", "--scenario", "offline"]
 RUN += ["--repeats", "1", "--device", "cpu", "--no-plots"]
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    diffusers.utils.logging.set_verbosity_error()
-
-
-def tiny_unet() -> diffusers.UNet2DModel:
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        num_class_embeds=10,
-    )
 
 
 SCHEDULERS = {
