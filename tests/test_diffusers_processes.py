@@ -283,30 +283,39 @@ def test_pretrained_takes_a_process_or_alphas_cumprod_and_they_must_agree():
         assert phrase in str(caught.value) and "\n" not in str(caught.value), what
 
 
+def train_tiny_unet(folder: Path, which: str, steps: int, loss_of) -> Path:
+    """The tiny UNet trained ``steps`` Adam steps on digits batches of 64 by ``loss_of(unet, scheduler, x0, y)``
+    and saved with ``SCHEDULERS[which]``."""
+    from diffbench_plugins.digits import Digits
+
+    splits, sched, unet = Digits().load(0), SCHEDULERS[which](), tiny_unet()
+    optimizer = torch.optim.Adam(unet.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, splits.train_x.shape[0], (64,))
+        loss = loss_of(unet, sched, splits.train_x[idx], splits.train_y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    diffusers.DDPMPipeline(unet=unet.eval(), scheduler=sched).save_pretrained(folder)
+    return folder
+
+
 def train_flow_unet(folder: Path, steps: int = 150) -> Path:
     """The tiny UNet trained a few steps as a rectified flow, by the example's own batches (``noised``)."""
     import importlib.util
-
-    from diffbench_plugins.digits import Digits
 
     spec = importlib.util.spec_from_file_location(
         "example", Path(__file__).parents[1] / "examples/train_diffusers_digits.py"
     )
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    splits, sched, unet = Digits().load(0), SCHEDULERS["flow"](), tiny_unet()
-    optimizer = torch.optim.Adam(unet.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, splits.train_x.shape[0], (64,))
-        x0 = splits.train_x[idx]
+
+    def loss_of(unet, sched, x0, y):
         x_t, timestep, target = example.noised(sched, x0, torch.randn_like(x0))
-        loss = torch.nn.functional.mse_loss(unet(x_t, timestep, class_labels=splits.train_y[idx]).sample, target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    diffusers.DDPMPipeline(unet=unet.eval(), scheduler=sched).save_pretrained(folder)
-    return folder
+        return torch.nn.functional.mse_loss(unet(x_t, timestep, class_labels=y).sample, target)
+
+    return train_tiny_unet(folder, "flow", steps, loss_of)
 
 
 @pytest.mark.slow
@@ -334,28 +343,17 @@ def test_a_trained_flow_unet_checks_ok_and_flagged_once_its_scheduler_is_swapped
 def train_edm_unet(folder: Path, steps: int = 150) -> Path:
     """The tiny UNet trained a few steps as an EDM network through diffusers' own preconditioning (Karras et al.'s
     log-normal sigmas, the loss on F's target (x0 - c_skip x) / c_out)."""
-    from diffbench_plugins.digits import Digits
 
-    splits, sched, unet = Digits().load(0), SCHEDULERS["edm"](), tiny_unet()
-    optimizer = torch.optim.Adam(unet.parameters(), lr=3e-3)
-    sd = sched.config.sigma_data
-    torch.manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, splits.train_x.shape[0], (64,))
-        x0 = splits.train_x[idx]
+    def loss_of(unet, sched, x0, y):
+        sd = sched.config.sigma_data
         sigma = (torch.randn(64) * 1.2 - 1.2).exp()
         view = sigma.reshape(-1, 1, 1, 1)
         x = x0 + view * torch.randn_like(x0)
-        raw = unet(
-            sched.precondition_inputs(x, view), sched.precondition_noise(sigma), class_labels=splits.train_y[idx]
-        )
+        raw = unet(sched.precondition_inputs(x, view), sched.precondition_noise(sigma), class_labels=y)
         c_skip, c_out = sd**2 / (view**2 + sd**2), view * sd / (view**2 + sd**2).sqrt()
-        loss = torch.nn.functional.mse_loss(raw.sample, (x0 - c_skip * x) / c_out)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    diffusers.DDPMPipeline(unet=unet.eval(), scheduler=sched).save_pretrained(folder)
-    return folder
+        return torch.nn.functional.mse_loss(raw.sample, (x0 - c_skip * x) / c_out)
+
+    return train_tiny_unet(folder, "edm", steps, loss_of)
 
 
 @pytest.mark.slow
