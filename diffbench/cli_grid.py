@@ -22,6 +22,7 @@ from diffbench.selectors import SelectorError, parse_int_list
 from diffbench.suite import (
     DEVICES,
     ERROR_MODES,
+    QUALITY_MODES,
     Suite,
     SuiteError,
     check_grid,
@@ -128,6 +129,12 @@ def measurement_options() -> list:
             help="With --errors bank: draw every timestep from Li et al.'s evenly spaced grid of N (0: all T).",
         ),
         click.option(
+            "--quality",
+            "quality",
+            type=click.Choice(QUALITY_MODES),
+            help="full (default): accuracy, calibration and flip rate; accuracy: the seeded test pass only.",
+        ),
+        click.option(
             "--max-time",
             "max_time_s",
             type=click.FloatRange(0, limits.MAX_TIME_S, min_open=True),
@@ -193,6 +200,7 @@ def build_grid(opts: dict, base: Suite | None = None) -> tuple[Suite, list[str],
             "max_time_s": opts["max_time_s"],
             "errors": opts.get("errors"),
             "t_grid": opts.get("t_grid"),
+            "quality": opts.get("quality"),
         }
         suite = replace(suite, **{k: v for k, v in overrides.items() if v not in (None, [])})
         if opts.get("objective"):

@@ -70,11 +70,14 @@ class Answers:
     predictions: dict
 
 
-def answers(cell: Cell, model: ConditionalModel, data: CellData, scorer: BankScorer | None = None) -> Answers:
+def answers(
+    cell: Cell, model: ConditionalModel, data: CellData, scorer: BankScorer | None = None, passes: str = "full"
+) -> Answers:
     """``fit`` (a copy of the estimator) on held-out data, then ``quality``'s passes, on the cell's seeded generator.
 
-    With a ``scorer`` (bank mode) both draw from the design of draws and read errors from the bank. What
-    ``measured_rows`` runs before the scenarios, and all that ``diffbench.rescore`` runs.
+    With a ``scorer`` (bank mode) both draw from the design of draws and read errors from the bank. ``passes``:
+    the suite's ``quality`` ("accuracy": the seeded test pass only). What ``measured_rows`` runs before the
+    scenarios, and all that ``diffbench.rescore`` runs.
     """
     generator = torch.Generator(device=model.device).manual_seed(cell.seed)
     design = Design(cell.seed, scorer.t_grid) if scorer is not None else None
@@ -86,7 +89,7 @@ def answers(cell: Cell, model: ConditionalModel, data: CellData, scorer: BankSco
             estimator = fitted(cell.estimator, model, data.heldout_x, data.heldout_y, generator)
         fit_nfe = model.reset_nfe()
         model.check_finite(f"while estimator '{cell.estimator.name}' fitted")
-        common, first_s, bins, predictions = quality(cell, estimator, model, data, generator, design)
+        common, first_s, bins, predictions = quality(cell, estimator, model, data, generator, design, passes)
     finally:
         model.bank = None
         if scorer is not None:
@@ -117,7 +120,7 @@ def measured_rows(
     """
     cell = plan.cell
     reset_peak_memory(model.device)
-    got = answers(cell, model, data, scorer)
+    got = answers(cell, model, data, scorer, plan.quality)
     estimator, generator, common, first_s = got.estimator, got.generator, got.common, got.first_s
     rows = []
     with torch.inference_mode():  # as a deployed classifier runs: no autograd bookkeeping in any timed call

@@ -72,6 +72,11 @@ def calibration(errors: torch.Tensor, labels: torch.Tensor, temperature: float) 
     }
 
 
+def calibration_skipped() -> dict[str, float]:
+    """``calibration``'s columns where no temperature was fitted (the suite's ``quality = "accuracy"``): NaN."""
+    return {"nll": float("nan"), "ece": float("nan"), "brier": float("nan")}
+
+
 def reliability_bins(errors: torch.Tensor, labels: torch.Tensor, temperature: float) -> list[dict[str, float]]:
     """Per confidence bin: mean confidence, accuracy and count (the reliability diagram's data)."""
     prob = log_probs(errors, temperature).exp()

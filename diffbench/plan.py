@@ -68,6 +68,7 @@ class CellPlan:
     run: dict[str, str] = field(default_factory=dict)  # provenance.run_info() of the process that started the run
     errors: str = "live"  # where the quality passes' errors come from: "bank" (diffbench.bank) or "live"
     t_grid: int = 0  # the bank's timestep grid (diffbench.draws.Design; 0: all T)
+    quality: str = "full"  # which quality passes run: "full", or "accuracy" (the seeded test pass only)
 
     @property
     def id(self) -> str:
@@ -125,6 +126,7 @@ def plan_cells(
             dict(run),
             suite.errors,
             suite.t_grid,
+            suite.quality,
         )
         for cell in grid
     ]

@@ -3,7 +3,9 @@
 In order, on the generators the cell's seed gives: one seeded pass over the test set (accuracy,
 the per-sample predictions, and the seconds it took: the timing starts from it), a temperature
 fitted on the held-out data, then GAP_REPEATS independent passes over the first GAP_SAMPLES
-test samples (gap variance, flip rate and the spread of NFE).
+test samples (gap variance, flip rate and the spread of NFE). With ``passes = "accuracy"`` (suite key
+``quality``) only the seeded pass runs: the columns of the other two are NaN and there are no
+reliability bins.
 """
 
 from __future__ import annotations
@@ -99,11 +101,13 @@ def quality(
     data: CellData,
     generator: torch.Generator,
     design: Design | int | None = None,
+    passes: str = "full",
 ) -> tuple[dict[str, Any], float, list[dict], dict[str, Any]]:
     """Accuracy, calibration and noise of a fitted estimator (draws from the design given a ``design``).
 
     Returns its columns, the first pass's seconds, the reliability bins and the seeded pass's
-    per-sample labels and predictions (what paired comparisons need).
+    per-sample labels and predictions (what paired comparisons need). ``passes = "accuracy"`` runs the
+    seeded pass alone.
     """
     x, y = data.x, data.y
     n = x.shape[0]
@@ -121,6 +125,18 @@ def quality(
     predictions = {"sample": torch.arange(n).numpy(), "label": y_cpu.numpy(), "pred": err.argmin(1).numpy()}
     correct = int((err.argmin(1) == y_cpu).sum())
     low, high = metrics.wilson_interval(correct, n)
+    columns = {
+        "n_test": n,
+        "samples_per_call": min(n, per_call),
+        "accuracy": correct / n,
+        "accuracy_ci_low": low,
+        "accuracy_ci_high": high,
+        "nfe_per_sample": pass_nfe[0],
+    }
+    if passes == "accuracy":
+        nan = float("nan")
+        skipped = {"nfe_per_sample_iqr": nan, "temperature": nan, "gap_variance": nan, "flip_rate": nan}
+        return {**columns, **skipped, **metrics.calibration_skipped()}, first_s, [], predictions
     temperature = 1.0
     if data.heldout_x.shape[0] >= 2:
         temperature = metrics.fit_temperature(
@@ -131,13 +147,7 @@ def quality(
     gap_var, flips, repeat_nfe = answer_noise(cell, classify, model, x, y_cpu)
     pass_nfe += repeat_nfe
     nfe_mid, nfe_iqr = median_iqr(pass_nfe)
-    columns = {
-        "n_test": n,
-        "samples_per_call": min(n, per_call),
-        "accuracy": correct / n,
-        "accuracy_ci_low": low,
-        "accuracy_ci_high": high,
-        "nfe_per_sample": pass_nfe[0],
+    columns |= {
         "nfe_per_sample_iqr": nfe_iqr,
         "temperature": temperature,
         **metrics.calibration(err, y_cpu, temperature),

@@ -147,11 +147,16 @@ def rescored_row(ident: dict[str, Any], common: dict[str, Any], run: dict[str, s
     return columns.row(ident, measured, {"status": "ok", "error": ""}, provenance(run), when)
 
 
-def rescore_cell(cell: Cell, model: ModelBank, scorer: BankScorer, run: dict[str, str]) -> tuple[dict, list, dict]:
-    """One cell's row, bins and predictions, every error read from the bank; RescoreError when one is missing."""
+def rescore_cell(
+    cell: Cell, model: ModelBank, scorer: BankScorer, run: dict[str, str], passes: str = "full"
+) -> tuple[dict, list, dict]:
+    """One cell's row, bins and predictions, every error read from the bank; RescoreError when one is missing.
+
+    ``passes``: the run's ``quality`` (a bank of an ``accuracy`` run holds no calibration nor repeat draws).
+    """
     started = time.time()
     try:
-        got = answers(cell, bank_model(model), cell_data(model), scorer)
+        got = answers(cell, bank_model(model), cell_data(model), scorer, passes)
     except MissingErrors as exc:
         raise RescoreError(
             f"estimator '{cell.estimator!r}' at {cell.trials} trials needs errors the bank does not hold ({exc}); "
@@ -191,7 +196,7 @@ def rescore(
         for model, cell in plans:
             key = model.about["bank"]
             row, bins, predictions = rescore_cell(
-                cell, model, BankScorer(banks[key], key, int(suite.get("t_grid", 0))), run
+                cell, model, BankScorer(banks[key], key, int(suite.get("t_grid", 0))), run, suite.get("quality", "full")
             )
             folder.save_cell(cell.id, [row], bins, predictions)
     finally:

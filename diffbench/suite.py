@@ -24,6 +24,9 @@ SCENARIOS = ("offline", "single")
 
 
 ERROR_MODES = ("bank", "live")
+#: The quality passes of every cell: "full" (the seeded test pass, the calibration pass and the noise repeats)
+#: or "accuracy" (the seeded test pass only; no temperature, calibration, flip rate nor gap variance).
+QUALITY_MODES = ("full", "accuracy")
 
 
 class SuiteError(ValueError):
@@ -56,6 +59,9 @@ class Suite:
     #: The error bank's timestep grid: 0 draws from all T; N puts every draw on Li et al.'s evenly spaced
     #: grid of N timesteps (bank mode only: diffbench.draws.Design).
     t_grid: int = 0
+    #: Which quality passes each cell runs (QUALITY_MODES): "accuracy" skips the calibration pass and the noise
+    #: repeats, most of a cell's denoiser rows, where only accuracies are asked for (the li2023 suite).
+    quality: str = "full"
     #: Training overrides: TrainSettings keys for every denoiser, or a table per denoiser name.
     train: dict[str, Any] = field(default_factory=dict)
     #: Reference classifier selectors: one reference row per dataset and reference (diffbench.reference_cell).
@@ -65,9 +71,9 @@ class Suite:
     claims: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field; ``references`` and ``claims`` only when set, so older run folders resume with the same
-        settings."""
-        optional = {"references": self.references, "claims": self.claims}
+        """Every field; ``references``, ``claims`` and ``quality`` only when set, so older run folders resume with
+        the same settings."""
+        optional = {"references": self.references, "claims": self.claims, "quality": self.quality != "full"}
         return {f.name: getattr(self, f.name) for f in fields(self) if optional.get(f.name, True)}
 
     def train_settings(self, denoiser: Plugin, dataset: Plugin | None = None) -> TrainSettings:
@@ -200,6 +206,8 @@ def check_suite(suite: Suite, where: str = "suite") -> None:
         raise SuiteError(f"{where}: 'compile' must be true, false or a list of them, got {suite.compile!r}")
     if suite.errors not in ERROR_MODES:
         raise SuiteError(f"{where}: unknown errors mode {suite.errors!r}; choose from {', '.join(ERROR_MODES)}")
+    if suite.quality not in QUALITY_MODES:
+        raise SuiteError(f"{where}: unknown quality {suite.quality!r}; choose from {', '.join(QUALITY_MODES)}")
     if isinstance(suite.t_grid, bool) or not isinstance(suite.t_grid, int) or suite.t_grid < 0:
         raise SuiteError(f"{where}: t_grid must be a whole number of timesteps (0: all T), got {suite.t_grid!r}")
     if suite.t_grid and suite.errors != "bank":

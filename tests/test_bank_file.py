@@ -114,3 +114,25 @@ def test_a_process_keeps_one_bank_per_cache_folder(tmp_path):
 def test_the_refusing_module_names_the_draws_it_was_asked_for():
     with pytest.raises(MissingErrors, match="3 rows, the first at timestep 7 for class 2"):
         RefusingModule()(torch.zeros(3, 2), torch.tensor([7, 8, 9]), torch.tensor([2, 0, 1]))
+
+
+def test_an_accuracy_only_run_skips_calibration_and_repeats_and_rescores_the_same(cli, tmp_path):
+    suite = write_suite(
+        tmp_path / "tiny.toml", estimators=ESTIMATORS, scenarios=["offline"], max_time_s=0.1, quality="accuracy"
+    )
+    full = tmp_path / "full"
+    base = ["run", "--suite", suite, "--cache", tmp_path / "cache", "--errors", "bank", "--no-plots", "--no-report"]
+    assert cli(*base, "--out", full, "--quality", "full").exit_code == 0
+    run = tmp_path / "run"
+    assert cli(*base, "--out", run).exit_code == 0
+    only, whole = (pd.read_parquet(f / "results.parquet").set_index("cell_id") for f in (run, full))
+    skipped = ["temperature", "nll", "ece", "brier", "flip_rate", "gap_variance", "nfe_per_sample_iqr"]
+    assert only[skipped].isna().all().all() and whole[skipped].notna().all().all()
+    # the seeded test pass is the same pass: same draws, same answers; the skipped passes cost nothing
+    assert (only["accuracy"] == whole.loc[only.index, "accuracy"]).all()
+    assert (only["live_nfe"] < whole.loc[only.index, "live_nfe"] / 2).all()
+    assert not (run / "reliability.parquet").exists() or pd.read_parquet(run / "reliability.parquet").empty
+    assert cli("bank", "export", run, tmp_path / "bank.npz").exit_code == 0
+    rescored = cli("rescore", tmp_path / "bank.npz", "--out", tmp_path / "again", "--no-plots", "--no-report")
+    assert rescored.exit_code == 0, rescored.output
+    pd.testing.assert_frame_equal(answers(tmp_path / "again"), answers(run))

@@ -27,9 +27,11 @@ def grid():
 def test_the_suite_parses_asks_for_claims_and_uses_the_bank(grid):
     suite, _ = grid
     assert suite.claims and suite.errors == "bank" and suite.scenarios == ["offline"]
+    assert suite.quality == "accuracy", "the claims read accuracies: no calibration pass, no noise repeats"
     assert suite.references == ["logistic", "knn", "cnn"]
     assert suite.to_dict()["claims"] is True
     assert "claims" not in Suite().to_dict(), "older run folders resume with the same settings"
+    assert "quality" not in Suite().to_dict() and suite.to_dict()["quality"] == "accuracy"
 
 
 def test_every_model_is_trained_to_epsilon_and_to_flow(grid):

@@ -156,6 +156,7 @@ class TestSuites:
             ({"trials": []}, "non-empty list"),
             ({"devices": ["tpu"]}, "unknown device 'tpu'"),
             ({"schedule": "quadratic"}, "unknown schedule"),
+            ({"quality": "fast"}, "unknown quality 'fast'; choose from full, accuracy"),
             ({"seed": -1}, "'seed' must be an integer from 0 to"),
             ({"repeats": True}, "'repeats' must be int"),
             ({"datasets": [1]}, "list of selector strings"),
