@@ -117,7 +117,9 @@ def json_safe(value):
     type=click.Path(path_type=Path, file_okay=False),
     help="Finish an interrupted run in this folder: only its missing cells run, with the same settings.",
 )
-@click.option("--no-cache", is_flag=True, help="Train afresh and do not save the weights.")
+@click.option(
+    "--no-cache", is_flag=True, help="Train (and fit references) afresh; save no weights nor reference answers."
+)
 @click.option(
     "--checkpoint",
     type=click.Path(path_type=Path, dir_okay=False),

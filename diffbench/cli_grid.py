@@ -150,7 +150,7 @@ def source_options() -> list:
             "--suite",
             "suite_name",
             metavar="NAME|FILE.toml",
-            help="A built-in suite (quick, full, gpu-reference) or a suite file; default quick.",
+            help="A built-in suite (quick, full, li2023, gpu-reference) or a suite file; default quick.",
         ),
         click.option(
             "--cache",

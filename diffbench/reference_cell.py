@@ -6,7 +6,9 @@ reference of the suite (not per denoiser). Its data is exactly a model's (``prep
 the same fixed test subset, and the training split less the held-out part, which the reference trains
 on; the held-out part fits the softmax temperature its calibration columns use, as it does for the
 estimators. Its row carries the table's ``kind`` = ``reference``; the core computes its accuracy,
-Wilson CI, calibration and timing, and the reference only fits and predicts. ``measure_reference``
+Wilson CI, calibration and timing, and the reference only fits and predicts. Its answers (probabilities on
+the test subset and the held-out part) are cached by content (``reference_cache``): a later run on the same
+data reads them instead of fitting. ``measure_reference``
 never raises: a failure is a failed row naming the reference and the fix.
 """
 
@@ -16,15 +18,17 @@ import copy
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffbench import columns, metrics
+from diffbench import columns, metrics, reference_cache
 from diffbench.cell import key_id
 from diffbench.contract import Dataset, PluginOutputError, Reference, check_probabilities
 from diffbench.measurement import CellResult, failure
 from diffbench.preparation import prepare_data
+from diffbench.reference_cache import FittedAnswers
 from diffbench.provenance import device_name, provenance
 
 KIND = "reference"
@@ -67,6 +71,7 @@ class ReferencePlan:
 
     cell: ReferenceCell
     run: dict[str, str] = field(default_factory=dict)  # provenance.run_info() of the process that started the run
+    cache_dir: Path | None = None  # where fitted references' answers are cached (reference_cache); None: always fit
 
     @property
     def id(self) -> str:
@@ -120,24 +125,53 @@ def calling(reference: Reference, method: str, *args: Any) -> Any:
         ) from None
 
 
-def fit_and_score(cell: ReferenceCell, data) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit a fresh copy of the reference, then its quality and timing columns and its per-sample predictions."""
+def fitted_answers(cell: ReferenceCell, data) -> FittedAnswers:
+    """Fit a fresh copy of the reference on the training split; its probabilities on the test and held-out data."""
     splits = data.splits
     reference, classes = copy.deepcopy(cell.reference), splits.num_classes
     started = time.perf_counter()
     calling(reference, "fit", splits.train_x, splits.train_y, classes, cell.seed)
     fit_s = time.perf_counter() - started
-    x, y = splits.test_x, splits.test_y
     seconds, probabilities = [], None
     for _ in range(PREDICT_REPEATS):
         started = time.perf_counter()
-        probabilities = scored(reference, x, classes)
+        probabilities = scored(reference, splits.test_x, classes)
         seconds.append(time.perf_counter() - started)
+    heldout = scored(reference, data.heldout_x, classes) if data.heldout_y.shape[0] >= 2 else None
+    return FittedAnswers(probabilities, heldout, fit_s, statistics.median(seconds))
+
+
+def cached_answers(cell: ReferenceCell, data, cache_dir: Path | None) -> tuple[FittedAnswers, bool, list[str]]:
+    """The reference's answers from the cache where it holds them for this data (``reference_cache``), else
+    fitted now (and kept there); whether the cache had them, and a line where its file was unreadable."""
+    if cache_dir is None:
+        return fitted_answers(cell, data), False, []
+    splits = data.splits
+    exact = [splits.train_x, splits.train_y, splits.test_x, splits.test_y, data.heldout_x, data.heldout_y]
+    path = reference_cache.cache_path(
+        cache_dir, cell.reference, cell.dataset, reference_cache.answers_key(cell.reference, cell.seed, exact)
+    )
+    messages: list[str] = []
+    try:
+        got = reference_cache.load(path)
+    except ValueError as exc:
+        messages.append(f"{cell.pair()}: cached answers '{path}' are unreadable ({exc}); fitting it again")
+        got = None
+    shape = (splits.test_y.shape[0], splits.num_classes)
+    if got is not None and tuple(got.test.shape) == shape and (got.heldout is None) == (data.heldout_y.shape[0] < 2):
+        return got, True, messages
+    got = fitted_answers(cell, data)
+    reference_cache.save(path, got)
+    return got, False, messages
+
+
+def scored_answers(got: FittedAnswers, data, cache_hit: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A reference row's quality and timing columns and its per-sample predictions, from its answers."""
+    y, probabilities = data.splits.test_y, got.test
     errors = -probabilities.clamp_min(1e-12).log()  # metrics' convention: lower error, more likely
     temperature = 1.0
-    if data.heldout_y.shape[0] >= 2:
-        heldout = scored(reference, data.heldout_x, classes)
-        temperature = metrics.fit_temperature(-heldout.clamp_min(1e-12).log(), data.heldout_y)
+    if got.heldout is not None:
+        temperature = metrics.fit_temperature(-got.heldout.clamp_min(1e-12).log(), data.heldout_y)
     n, correct = y.shape[0], int((probabilities.argmax(1) == y).sum())
     low, high = metrics.wilson_interval(correct, n)
     measured = {
@@ -149,9 +183,11 @@ def fit_and_score(cell: ReferenceCell, data) -> tuple[dict[str, Any], dict[str, 
         "nfe_per_sample": float("nan"),
         "temperature": temperature,
         **metrics.calibration(errors, y, temperature),
-        "train_s": fit_s,
-        "samples_per_s": n / max(statistics.median(seconds), 1e-9),
+        "cache_hit": cache_hit,
+        "train_s": 0.0 if cache_hit else got.fit_s,
+        "samples_per_s": n / max(got.predict_s, 1e-9),
         "repeats": PREDICT_REPEATS,
+        **({"timing_note": reference_cache.TIMING_NOTE} if cache_hit else {}),
     }
     predictions = {"sample": torch.arange(n).numpy(), "label": y.numpy(), "pred": probabilities.argmax(1).numpy()}
     return measured, predictions
@@ -177,10 +213,10 @@ def measure_reference(plan: ReferencePlan) -> CellResult:
         if data.splits.train_x.shape[0] == 0:
             line = f"skipping {cell.pair()}: {cell.dataset!r} has no training split to train a reference on"
             return CellResult(cell.id, [], [], [line], skipped=True)
-        measured, predictions = fit_and_score(cell, data)
+        got, cache_hit, messages = cached_answers(cell, data, plan.cache_dir)
+        measured, predictions = scored_answers(got, data, cache_hit)
         predictions["test_digest"] = data.columns["test_digest"]
         parts: tuple[dict[str, Any], ...] = (measured, {"status": "ok", "error": ""})
-        messages: list[str] = []
     except Exception as exc:
         error = failure(exc)
         parts, messages, predictions = ({"status": "failed", "error": error},), [f"{cell.pair()} failed: {error}"], None
@@ -197,10 +233,11 @@ def failed_reference(plan: ReferencePlan, exc: BaseException) -> CellResult:
     return CellResult(plan.cell.id, [row], [], [f"{plan.cell.pair()} failed: {failure(exc)}"])
 
 
-def reference_plans(suite, grid: list, run: dict[str, str]) -> list[ReferencePlan]:
-    """The reference rows of a run: every reference of ``suite.references`` on every dataset of ``grid``."""
+def reference_plans(suite, grid: list, run: dict[str, str], cache_dir: Path | None = None) -> list[ReferencePlan]:
+    """The reference rows of a run: every reference of ``suite.references`` on every dataset of ``grid``, their
+    answers cached in ``cache_dir`` (None: fitted every run)."""
     from diffbench.suite import instantiate  # the suite reads plugins: imported where the run needs it
 
     references = [r for selector in suite.references for r in instantiate("reference", selector)]
     cells = reference_cells(references, [c.dataset for c in grid], suite.seed)
-    return [ReferencePlan(cell, dict(run)) for cell in cells]
+    return [ReferencePlan(cell, dict(run), cache_dir) for cell in cells]

@@ -224,7 +224,7 @@ def run(
         folder.start(settings, resume, log)
         if suite.errors == "bank":  # where `diffbench bank export` finds the banks' shards
             record_cache_dir(out, cache_dir)
-        references = reference_plans(suite, grid, run_info())
+        references = reference_plans(suite, grid, run_info(), cache_dir)
         rows = f" and {len(references)} reference row(s)" if references else ""
         log(f"running {len(grid)} cells{rows} on {', '.join(settings['devices'])}; results go to {out}")
         tune_cpu_allocator()

@@ -344,3 +344,40 @@ def test_one_reference_row_per_dataset_and_reference_not_per_denoiser(builtins):
         "moons x reference knn",
     ]
     assert len({p.id for p in plans} | {c.id for c in grid}) == len(plans) + len(grid)
+
+
+class Counted(Centroid):
+    """Centroid that counts its fits (the cache must save all but the first)."""
+
+    name = "counted"
+    fits = 0
+
+    def fit(self, x, y, num_classes, seed):
+        type(self).fits += 1
+        super().fit(x, y, num_classes, seed)
+
+
+def test_a_references_answers_are_cached_by_content_and_fitted_again_only_when_needed(register_plugin, tmp_path):
+    register_plugin(reference_hooks(Counted))
+    Counted.fits = 0
+    rows = []
+    for out, extra in [("a", ()), ("b", ()), ("c", ("--no-cache",)), ("d", ()), ("e", ("--seed", "1"))]:
+        if out == "d":  # a damaged cache file is said in one line and replaced
+            (damaged,) = (tmp_path / "cache" / "references").glob("counted-spirals-*.npz")
+            damaged.write_bytes(b"not a zip")
+        result = run_tiny(tmp_path, "-r", "counted", "--no-plots", "--no-report", *extra, out=out)
+        assert result.exit_code == 0, result.output
+        table = pd.read_parquet(tmp_path / out / "results.parquet")
+        rows.append(table[table["kind"] == "reference"].iloc[0])
+        if out == "d":
+            (line,) = [line for line in result.stderr.splitlines() if "x reference counted: cached answers" in line]
+            assert "are unreadable (" in line and line.endswith("; fitting it again")
+    assert Counted.fits == 4, "a, c (--no-cache), d (damaged file) and e (another seed) fit; b reads a's answers"
+    a, b, c, d, _ = rows
+    assert not a["cache_hit"] and b["cache_hit"] and not c["cache_hit"] and not d["cache_hit"]
+    assert b["train_s"] == 0 and a["train_s"] > 0 and "from the cache" in b["timing_note"]
+    assert b["samples_per_s"] == pytest.approx(a["samples_per_s"])
+    for column in ("accuracy", "nll", "ece", "temperature"):
+        assert b[column] == a[column] == c[column], column
+    predictions = [pd.read_parquet(tmp_path / out / "predictions.parquet") for out in "ab"]
+    pd.testing.assert_frame_equal(*(p[p["cell_id"] == a["cell_id"]].reset_index(drop=True) for p in predictions))
