@@ -28,8 +28,8 @@ from diffbench.cell import key_id
 from diffbench.contract import Dataset, PluginOutputError, Reference, check_probabilities
 from diffbench.measurement import CellResult, failure
 from diffbench.preparation import prepare_data
-from diffbench.reference_cache import FittedAnswers
 from diffbench.provenance import device_name, provenance
+from diffbench.reference_cache import FittedAnswers
 
 KIND = "reference"
 PREDICT_REPEATS = 3  # timed predict passes over the test subset; samples_per_s is their median
