@@ -72,10 +72,15 @@ class ErrorBank:
             self.load()
 
     def _evict(self) -> None:
-        """Drop every row from memory (after ``flush``: nothing unwritten is lost)."""
+        """Drop every row from memory (after ``flush``: nothing unwritten is lost).
+
+        With a folder the rows' room is one shard, allocated once and untouched (so not resident) until rows
+        fill it: no doubling, no copy as it fills. Without one it starts small and doubles.
+        """
         self.index = pd.Index(np.empty(0, dtype=np.int64))
-        self.values = torch.full((1024, self.num_classes, len(LOSSES)), math.nan, dtype=torch.float64)
-        self.dirty = torch.zeros(1024, dtype=torch.bool)  # rows changed since the last shard
+        rows = 1024 if self.folder is None else self.shard_rows + 1024
+        self.values = torch.empty((rows, self.num_classes, len(LOSSES)), dtype=torch.float64)
+        self.dirty = torch.zeros(rows, dtype=torch.bool)  # rows changed since the last shard
 
     def __len__(self) -> int:
         """How many draws the bank holds (in memory or on disk)."""
@@ -95,6 +100,7 @@ class ErrorBank:
             fresh = pd.unique(flat[new])
             start = len(self.index)
             self._grow(start + len(fresh))
+            self.values[start : start + len(fresh)] = math.nan  # touched (made resident) only as rows are used
             self.index = self.index.append(pd.Index(fresh))
             self._read_back(fresh, start)
             found[new] = start + pd.Index(fresh).get_indexer(flat[new])
@@ -104,7 +110,7 @@ class ErrorBank:
         capacity = self.values.shape[0]
         if size > capacity:
             doubled = 2 * capacity if self.folder is None else min(2 * capacity, self.shard_rows)
-            bigger = torch.full((max(size, doubled), *self.values.shape[1:]), math.nan, dtype=self.values.dtype)
+            bigger = torch.empty((max(size, doubled), *self.values.shape[1:]), dtype=self.values.dtype)
             bigger[:capacity] = self.values
             self.values = bigger
             dirty = torch.zeros(bigger.shape[0], dtype=torch.bool)
@@ -150,7 +156,10 @@ class ErrorBank:
         if self.folder is None or not bool(self.dirty.any()):
             return
         rows = self.dirty[: len(self.index)].nonzero().squeeze(1)
-        keys, values = self.index.to_numpy()[rows.numpy()], self.values[rows].numpy()
+        if len(rows) == len(self.index):  # every row in memory is new (the usual case): a view, not a copy
+            keys, values = self.index.to_numpy(), self.values[: len(rows)].numpy()
+        else:
+            keys, values = self.index.to_numpy()[rows.numpy()], self.values[rows].numpy()
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"shard-{os.getpid()}-{self.written:05d}-{hashlib.sha1(keys.tobytes()).hexdigest()[:8]}.npz"
         replace_atomically(self.folder / name, lambda tmp: _save(tmp, keys, values))

@@ -53,7 +53,7 @@ _UNIFORM_TAG, _NOISE_TAG = _signed(0x5D6E1F0A3B2C4D5E), _signed(0x1A2B3C4D5E6F70
 _TIMESTEP_NOISE_TAG = _signed(0x6C1F2E3D4A5B6978)  # noise keyed by (t, occurrence) instead of by slot
 OCCURRENCE_BITS = 32  # a (t, e) noise's counter is t * 2^32 + e
 MAX_SCAN = 1 << 24  # slots a rejection request may examine per sample before it gives up
-BLOCK_ELEMENTS = 1 << 23  # most int64 elements one noise block builds at a time (64 MiB)
+BLOCK_ELEMENTS = 1 << 18  # most int64 elements one noise block builds at a time (2 MiB; faster than larger)
 
 
 def _lsr(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -111,15 +111,19 @@ def uniforms(keys: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 
 
 def normals(keys: torch.Tensor, slots: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Noise ``[B, S, *shape]`` in ``dtype`` of the streams ``keys [B]`` at ``slots [B, S]`` (Box-Muller, float64)."""
+    """Noise ``[B, S, *shape]`` in ``dtype`` of the streams ``keys [B]`` at ``slots [B, S]`` (Box-Muller, float64).
+
+    Built ``BLOCK_ELEMENTS`` at a time (whole draws of ``shape``), so the float64 and int64 temporaries stay a
+    few times 2 MiB whatever ``B x S``.
+    """
     size = math.prod(shape)
     B, S = slots.shape
-    out = torch.empty((B, S, size), dtype=dtype, device=slots.device)
+    out = torch.empty((B * S, size), dtype=dtype, device=slots.device)
     element = torch.arange(size, device=slots.device, dtype=torch.int64) * _signed(2 * GOLDEN)
-    base = mix64(mix64(keys ^ _NOISE_TAG).unsqueeze(1) + slots * GOLDEN)  # [B, S]
-    step = max(1, BLOCK_ELEMENTS // max(1, S * size))
-    for start in range(0, B, step):
-        counters = base[start : start + step].unsqueeze(2) + element  # [b, S, size]
+    base = mix64(mix64(keys ^ _NOISE_TAG).unsqueeze(1) + slots * GOLDEN).reshape(-1)  # [B * S]
+    step = max(1, BLOCK_ELEMENTS // max(1, size))
+    for start in range(0, B * S, step):
+        counters = base[start : start + step].unsqueeze(1) + element  # [draws, size]
         radius = torch.sqrt(-2.0 * torch.log1p(-to_unit(mix64(counters))))
         angle = (2 * math.pi) * to_unit(mix64(counters + GOLDEN))
         out[start : start + step] = radius * torch.cos(angle)

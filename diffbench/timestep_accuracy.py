@@ -65,19 +65,20 @@ def correct_counts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per timestep ``[G]``: how many of ``x`` the single-timestep classifier gets right, and the rows it really ran.
 
-    The noise ``[B, G, draws, *shape]`` comes from the design of ``x`` on ``STREAM`` (one slot per
-    (t, e)); each t's errors ``[B, draws, K]`` go through ``class_errors`` (the bank, where set).
+    The noise comes from the design of ``x`` on ``STREAM``: slots ``g * draws + e`` for (t_g, e), drawn one t
+    at a time (``[B, draws, *shape]``, so memory does not grow with the grid); each t's errors ``[B, draws, K]``
+    go through ``class_errors`` (the bank, where set).
     """
     B, G = x.shape[0], len(timesteps)
     correct = torch.zeros(G, dtype=torch.long)
     computed = torch.zeros(G, dtype=torch.long)
     generator = torch.Generator(device=model.device).manual_seed(seed)  # unused: every draw is the design's
     with replaying(model, x, seed, STREAM):
-        eps = draw_noise(model, (B, G, draws), generator)
         for g, t in enumerate(timesteps.tolist()):
             before = model.evaluated
+            eps = draw_noise(model, (B, draws), generator)  # the next `draws` slots of each sample
             t_rows = torch.full((B, draws), t, dtype=torch.long, device=model.device)
-            errors = class_errors(model, x, t_rows, eps[:, g], loss=LOSS)  # [B, draws, K]
+            errors = class_errors(model, x, t_rows, eps, loss=LOSS)  # [B, draws, K]
             correct[g] = int((errors.mean(1).argmin(1) == y).sum())
             computed[g] = model.evaluated - before
     model.check_finite(f"while classifying at single timesteps ({STREAM} figure data)")
