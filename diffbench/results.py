@@ -151,14 +151,15 @@ def summary(frame: pd.DataFrame) -> str:
 
 
 def reference_summary(refs: pd.DataFrame) -> list[str]:
-    """Each dataset's reference classifiers: accuracy with its 95% interval, fit seconds and samples/s."""
+    """Each dataset's reference classifiers: accuracy with its 95% interval, fit seconds (or "cached") and samples/s."""
     parts: list[str] = []
     if refs.empty:
         return parts
     for dataset, group in refs.groupby("dataset_label", sort=False):
         lines = [
             f"  {r.estimator_label:<16} {r.accuracy:.3f} [{r.accuracy_ci_low:.3f}, {r.accuracy_ci_high:.3f}]"
-            f"  fit {r.train_s:.2f}s, {r.samples_per_s:,.0f} samples/s"
+            f"  {'fit cached' if getattr(r, 'cache_hit', False) is True else f'fit {r.train_s:.2f}s'}, "
+            f"{r.samples_per_s:,.0f} samples/s"
             for r in group.itertuples()
         ]
         parts.append(f"{dataset}: reference classifiers, accuracy [95% CI]\n" + "\n".join(lines))

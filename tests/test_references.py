@@ -360,13 +360,14 @@ class Counted(Centroid):
 def test_a_references_answers_are_cached_by_content_and_fitted_again_only_when_needed(register_plugin, tmp_path):
     register_plugin(reference_hooks(Counted))
     Counted.fits = 0
-    rows = []
+    rows, outputs = [], {}
     for out, extra in [("a", ()), ("b", ()), ("c", ("--no-cache",)), ("d", ()), ("e", ("--seed", "1"))]:
         if out == "d":  # a damaged cache file is said in one line and replaced
             (damaged,) = (tmp_path / "cache" / "references").glob("counted-spirals-*.npz")
             damaged.write_bytes(b"not a zip")
         result = run_tiny(tmp_path, "-r", "counted", "--no-plots", "--no-report", *extra, out=out)
         assert result.exit_code == 0, result.output
+        outputs[out] = result.stdout
         table = pd.read_parquet(tmp_path / out / "results.parquet")
         rows.append(table[table["kind"] == "reference"].iloc[0])
         if out == "d":
@@ -377,6 +378,7 @@ def test_a_references_answers_are_cached_by_content_and_fitted_again_only_when_n
     assert not a["cache_hit"] and b["cache_hit"] and not c["cache_hit"] and not d["cache_hit"]
     assert b["train_s"] == 0 and a["train_s"] > 0 and "from the cache" in b["timing_note"]
     assert b["samples_per_s"] == pytest.approx(a["samples_per_s"])
+    assert "  counted " in outputs["b"] and "fit cached, " in outputs["b"] and "fit cached" not in outputs["a"]
     for column in ("accuracy", "nll", "ece", "temperature"):
         assert b[column] == a[column] == c[column], column
     predictions = [pd.read_parquet(tmp_path / out / "predictions.parquet") for out in "ab"]
