@@ -249,6 +249,11 @@ def load(
     made = denoiser.pretrained(splits.data_shape, splits.num_classes, list(splits.class_names))
     if made is None:
         return None
+    if denoiser.objective:  # a training objective means nothing to a model that arrives trained
+        raise ParamError(
+            f"denoiser '{denoiser!r}' arrives trained, so objective={denoiser.objective} (what diffbench trains a "
+            "model to) means nothing here; drop it (the model's scheduler says what it predicts)"
+        )
     made = check_pretrained(made, denoiser.name)
     module = made.module.to(device).eval()
     encode_s, per_image = 0.0, math.nan

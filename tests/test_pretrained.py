@@ -101,6 +101,16 @@ def test_a_broken_pretrained_fails_its_cells_with_the_reason(frozen, cli, tmp_pa
     assert "prediction_type 'x0' is none of epsilon, v_prediction, sample, flow, edm_denoiser" in result.stderr
 
 
+def test_a_training_objective_on_a_model_that_arrives_trained_is_refused_in_one_line(frozen, cli, tmp_path):
+    result = run(cli, tmp_path, "frozen[objective=flow]")
+    assert result.exit_code == 1
+    table = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert (table["status"] == "failed").all()
+    error = table["error"].iloc[0]
+    assert "denoiser 'frozen[objective=flow]' arrives trained, so objective=flow" in error and "drop it" in error
+    assert "\n" not in error
+
+
 class VOracle(torch.nn.Module):
     """Knows the one image x0 every sample is: predicts v exactly (plus a class-dependent nudge)."""
 
