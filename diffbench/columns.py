@@ -108,7 +108,7 @@ QUALITY = (
         help="denoiser evaluations per test sample, read from the model's counter",
     ),
     _c("nfe_per_sample_iqr", "float", "spread of NFE per sample over the cell's passes", "NFE"),
-    _c("temperature", "float", "softmax temperature fitted on the held-out data"),
+    _c("temperature", "float", "softmax temperature fitted on the held-out data (NaN: quality = accuracy)"),
     _c("nll", "float", "test negative log-likelihood of the calibrated probabilities", "nats"),
     _c("ece", "float", "expected calibration error (15 bins)"),
     _c("brier", "float", "Brier score"),
@@ -121,7 +121,7 @@ QUALITY = (
     _c(
         "flip_rate",
         "float",
-        "share of samples whose answer differs between two independent repeats",
+        "share of samples whose answer differs between two independent repeats (NaN: quality = accuracy)",
         help="share of samples whose predicted class changes between two independent repeats",
     ),
     _c("fit_nfe_per_sample", "float", "denoiser rows per held-out sample spent in fit", "NFE"),
