@@ -259,6 +259,9 @@ def resumed_suite(folder: Path) -> Suite:
     if settings is None:
         raise InputError(f"'{folder}' holds no run.json: it is not a diffbench run folder to resume")
     try:
-        return suite_from_dict(settings["suite"], f"'{folder}/run.json'")
+        recorded = settings["suite"]
+        if isinstance(recorded, dict) and "errors" not in recorded:  # a folder from before the error bank ran live
+            recorded = {**recorded, "errors": "live"}
+        return suite_from_dict(recorded, f"'{folder}/run.json'")
     except (KeyError, TypeError, SuiteError) as exc:
         raise InputError(f"'{folder}/run.json' is not a diffbench run's settings ({exc})") from None

@@ -66,7 +66,7 @@ class CellPlan:
     max_time_s: float  # seconds of timed repeats per scenario before the stopping rule gives up
     cache_dir: Path | None = None  # where tuned batch sizes are cached
     run: dict[str, str] = field(default_factory=dict)  # provenance.run_info() of the process that started the run
-    errors: str = "live"  # where the quality passes' errors come from: "bank" (diffbench.bank) or "live"
+    errors: str = "bank"  # where the quality passes' errors come from: "bank" (diffbench.bank) or "live"
     t_grid: int = 0  # the bank's timestep grid (diffbench.draws.Design; 0: all T)
     quality: str = "full"  # which quality passes run: "full", or "accuracy" (the seeded test pass only)
 

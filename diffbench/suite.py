@@ -54,8 +54,9 @@ class Suite:
     #: Seconds of timed repeats per cell and scenario before the stopping rule gives up on a small spread.
     max_time_s: float = 10.0
     #: Where the quality passes' errors come from: "bank" (computed once per model and draw, shared by
-    #: every cell: diffbench.bank) or "live" (every cell evaluates its own draws).
-    errors: str = "live"
+    #: every cell: diffbench.bank; the default, measured faster on the quick and the full suite) or "live"
+    #: (every cell evaluates its own draws).
+    errors: str = "bank"
     #: The error bank's timestep grid: 0 draws from all T; N puts every draw on Li et al.'s evenly spaced
     #: grid of N timesteps (bank mode only: diffbench.draws.Design).
     t_grid: int = 0

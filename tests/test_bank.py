@@ -271,7 +271,7 @@ def test_a_timestep_grid_draws_uniformly_over_its_points_in_the_window():
 def test_t_grid_runs_on_the_grid_and_is_refused_outside_bank_mode(cli, tmp_path):
     suite = write_suite(tmp_path / "tiny.toml", estimators=["shared-noise"], trials=[4], scenarios=["offline"])
     base = ["run", "--suite", suite, "--cache", tmp_path / "cache", "--no-plots", "--no-report", "--max-time", "0.1"]
-    refused = cli(*base, "--t-grid", "10", "--out", tmp_path / "live")
+    refused = cli(*base, "--t-grid", "10", "--errors", "live", "--out", tmp_path / "live")
     assert refused.exit_code == 2 and 't_grid = 10 is part of the error bank\'s design; set errors = "bank"' in (
         refused.output
     )
