@@ -89,7 +89,7 @@ def row_hash(rows: torch.Tensor) -> torch.Tensor:
     collide with chance about 2^-64.
     """
     n = rows.shape[0]
-    flat = rows.detach().reshape(n, -1)
+    flat = rows.detach().reshape(n, math.prod(rows.shape[1:]))  # n = 0 (no held-out data) too
     if flat.dtype == torch.bool:
         flat = flat.to(torch.uint8)
     words = flat.contiguous().view(_WORD[flat.element_size()]).to(torch.int64)

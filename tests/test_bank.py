@@ -131,6 +131,7 @@ def test_row_hash_sees_every_bit_and_is_batch_free():
     assert (row_hash(x) != row_hash(y)).sum() == 1
     t = torch.zeros(64, dtype=torch.long)
     assert not torch.equal(draw_key(row_hash(x), t, row_hash(x)), draw_key(row_hash(x), t + 1, row_hash(x)))
+    assert row_hash(x[:0]).shape == (0,), "no held-out data: no rows, no error"
 
 
 def test_bank_shards_survive_a_new_process(tmp_path):

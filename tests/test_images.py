@@ -412,7 +412,9 @@ def test_digits_written_as_pngs_read_back_as_digits(tmp_path):
 def test_digits_as_pngs_through_image_folder_classify_like_digits(cli, tmp_path):
     """The acceptance check: the same model, the same images, the same accuracy through either reader."""
     write_digits_as_pngs(tmp_path / "pngs")
-    args = ("-e", "shared-noise", "--trials", "2")
+    # live: the cell's seeded generator gives both readers the same noise (a bank's draws follow each image's
+    # exact bits, which the PNG round trip may move by a rounding)
+    args = ("-e", "shared-noise", "--trials", "2", "--errors", "live")
     result = run(cli, tmp_path, "digits", "--out", tmp_path / "digits", *args, steps=200)
     assert result.exit_code == 0, result.output
     (weights,) = (tmp_path / "cache").glob("unet-digits-*.pt")
