@@ -149,6 +149,61 @@ def relative_errors(raw: torch.Tensor, wanted: dict[str, torch.Tensor]) -> dict[
     return {k: float(((raw - v) ** 2).mean() / (v**2).mean().clamp_min(1e-12)) for k, v in wanted.items()}
 
 
+def raw_output(
+    module: torch.nn.Module,
+    process: NoiseProcess,
+    declared: str,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor,
+    channels: int | None = None,
+) -> torch.Tensor:
+    """The module's raw output on the CPU, called as ``ConditionalModel`` calls it under ``declared`` (its
+    process's model timesteps; an EDM network through c_in), ``CHECK_BATCH`` rows at a time; the first
+    ``channels`` channels where the model learned a variance too."""
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    x_in = ToEpsilon(declared, False, process, torch.device("cpu"), torch.float32).inputs(x_t, t)
+    t_in = t if process.kind == "vp" else process.model_timesteps.float()[t]
+    parts = []
+    for i in range(0, x_t.shape[0], CHECK_BATCH):
+        rows = slice(i, i + CHECK_BATCH)
+        parts.append(module(x_in[rows].to(device), t_in[rows].to(device), labels[rows].to(device)).float().cpu())
+    out = torch.cat(parts)
+    return out if channels is None else out[:, :channels]
+
+
+def wrong_process(
+    errors: dict[str, float], declared_type: str, process: NoiseProcess, through_preconditioning: Callable[[], float]
+) -> tuple[str, dict[str, float]]:
+    """Why the module looks run on a process other than its own ("" if it does not), and the relative errors of
+    the types the declared one competes with.
+
+    An EDM network called without its preconditioning fits far better through it (``through_preconditioning``,
+    called only on an EDM process); a rectified-flow model declared another type off a flow fits eps - x0
+    best. Off a flow, eps - x0 lies close to v (equal up to scale where a = s), so 'flow' is a rival only when
+    it fits best of all and clearly better than the declared type, and it leaves the competitors.
+    """
+    declared = errors[declared_type]
+    if declared_type != "edm_denoiser" and process.sigma_data is not None:
+        fitted = through_preconditioning()
+        if fitted < CHECK_RATIO * declared:
+            return (
+                f"an EDM network run without its preconditioning: relative error {declared:.3f} under "
+                f"'{declared_type}', {fitted:.3f} called through c_in, c_skip and c_out: "
+                "declare prediction_type 'edm_denoiser'"
+            ), errors
+    if declared_type == "flow" or process.kind == "flow":
+        return "", errors
+    rivals = {k: v for k, v in errors.items() if k != "flow"}
+    if errors["flow"] < CHECK_RATIO * declared and errors["flow"] < min(rivals.values()):
+        return (
+            f"a rectified-flow model (it predicts eps - x0) declared '{declared_type}' on a {process.kind} "
+            f"process: relative error {declared:.3f} under '{declared_type}', {errors['flow']:.3f} under 'flow' "
+            "at mid-range t; give it the FlowMatchEulerDiscreteScheduler it was trained with"
+        ), rivals
+    return "", rivals
+
+
 @torch.inference_mode()
 def model_check(
     module: torch.nn.Module,
@@ -173,7 +228,6 @@ def model_check(
     if x0.shape[0] == 0:
         return "not checked: no held-out samples"
     process = as_process(schedule)
-    device = next(iter(module.parameters()), torch.empty(0)).device
     generator = torch.Generator().manual_seed(seed)
     x0, y = x0[:CHECK_SAMPLES].float(), y[:CHECK_SAMPLES]
     n, big_t = x0.shape[0], process.num_timesteps
@@ -182,47 +236,26 @@ def model_check(
     eps = torch.randn(x0.shape, generator=generator)
     x_t = process.q_sample(x0, t, eps)
     wanted = targets(x0, eps, process, t)
-    other = (y + 1) % num_classes
+    channels = x0.shape[1] if learned_variance else None
 
     def call(declared: str, labels: torch.Tensor) -> torch.Tensor:
-        """The module's raw output as ``ConditionalModel`` calls it under ``declared``: its timesteps and inputs."""
-        convert = ToEpsilon(declared, False, process, torch.device("cpu"), torch.float32)
-        x_in = convert.inputs(x_t, t)
-        t_in = t if process.kind == "vp" else process.model_timesteps.float()[t]
-        parts = []
-        for i in range(0, n, CHECK_BATCH):
-            rows = slice(i, i + CHECK_BATCH)
-            parts.append(module(x_in[rows].to(device), t_in[rows].to(device), labels[rows].to(device)).float().cpu())
-        out = torch.cat(parts)
-        return out[:, : x0.shape[1]] if learned_variance else out
+        return raw_output(module, process, declared, x_t, t, labels, channels)
 
-    out, out_other = call(prediction_type, y), call(prediction_type, other)
+    out, out_other = call(prediction_type, y), call(prediction_type, (y + 1) % num_classes)
     if out.shape != x0.shape:
         return f"the output has shape {list(out.shape[1:])}, the data {list(x0.shape[1:])}"
     if not torch.isfinite(out).all():
         return "the output holds NaN or inf"
-    if prediction_type != "edm_denoiser":
-        wanted.pop("edm_denoiser", None)  # the output of a call without c_in says nothing about F
-    errors = relative_errors(out, wanted)
+    # the output of a call without c_in says nothing about an EDM network's F
+    errors = relative_errors(out, {k: v for k, v in wanted.items() if k != "edm_denoiser" or k == prediction_type})
     declared = errors[prediction_type]
-    if prediction_type != "edm_denoiser" and process.sigma_data is not None:
-        fitted = relative_errors(call("edm_denoiser", y), targets(x0, eps, process, t))["edm_denoiser"]
-        if fitted < CHECK_RATIO * declared:
-            return (
-                f"an EDM network run without its preconditioning: relative error {declared:.3f} under "
-                f"'{prediction_type}', {fitted:.3f} called through c_in, c_skip and c_out: "
-                "declare prediction_type 'edm_denoiser'"
-            )
-    if prediction_type != "flow" and process.kind != "flow":
-        # off a flow, eps - x0 lies close to v (equal up to scale where a = s): a rival only when it fits best
-        # of all and clearly better than the declared type
-        flow = errors.pop("flow")
-        if flow < CHECK_RATIO * declared and flow < min(errors.values()):
-            return (
-                f"a rectified-flow model (it predicts eps - x0) declared '{prediction_type}' on a {process.kind} "
-                f"process: relative error {declared:.3f} under '{prediction_type}', {flow:.3f} under 'flow' at "
-                "mid-range t; give it the FlowMatchEulerDiscreteScheduler it was trained with"
-            )
+
+    def through_preconditioning() -> float:
+        return relative_errors(call("edm_denoiser", y), {"edm_denoiser": wanted["edm_denoiser"]})["edm_denoiser"]
+
+    misread, errors = wrong_process(errors, prediction_type, process, through_preconditioning)
+    if misread:
+        return misread
     best_other = min((k for k in errors if k != prediction_type), key=errors.__getitem__)
     if not declared < CHECK_RATIO * errors[best_other]:
         return (
