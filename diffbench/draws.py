@@ -12,6 +12,8 @@ model (one per estimator call, for the call's batch of samples):
 
 - uniform timesteps over ``[low, high)``: the next slots whose ``t_j = floor(U_j T)`` falls in the window
   (rejection: exactly uniform on the window; every window draws from the same slots);
+- timesteps from a distribution ``p`` over [0, T): the next slots kept by thinning, ``V_j < p(t_j) / max p``
+  with a second uniform ``V_j`` (exactly distributed as ``p``, and on the same slots as the uniform draws);
 - stratified uniforms: for stratum ``r`` of ``R``, the next slot whose ``U_j`` lies in it;
 - plain uniforms: the next slots' ``U_j``;
 - noise: for draws whose timestep is known, the noise of (t, e), e counting the call's earlier draws at
@@ -51,6 +53,7 @@ GOLDEN = _signed(0x9E3779B97F4A7C15)  # splitmix64's increment
 _M1, _M2 = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
 _UNIFORM_TAG, _NOISE_TAG = _signed(0x5D6E1F0A3B2C4D5E), _signed(0x1A2B3C4D5E6F7081)
 _TIMESTEP_NOISE_TAG = _signed(0x6C1F2E3D4A5B6978)  # noise keyed by (t, occurrence) instead of by slot
+_THINNING_TAG = _signed(0x2F4E6D8C0B1A3957)  # a slot's second uniform V_j, for thinning (non-uniform timesteps)
 OCCURRENCE_BITS = 32  # a (t, e) noise's counter is t * 2^32 + e
 MAX_SCAN = 1 << 24  # slots a rejection request may examine per sample before it gives up
 BLOCK_ELEMENTS = 1 << 18  # most int64 elements one noise block builds at a time (2 MiB; faster than larger)
@@ -216,12 +219,19 @@ class Replay:
             block = min(block * 2, 1 << 16)
 
     def slots_where(self, count: int, accept: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``[B, count]``: each sample's next ``count`` slots whose uniform passes ``accept(U) -> bool``."""
+        """``[B, count]``: each sample's next ``count`` slots whose uniform passes ``accept(U)``.
+
+        ``accept`` returns a bool per slot, or a probability of keeping it (floating point): slot j is then
+        kept when its second uniform ``V_j`` (independent of ``U_j``) is below it. Thinning a uniform
+        timestep by ``p(t) / max p`` keeps slots whose timesteps are exactly distributed as ``p``.
+        """
         found = torch.full((self.rows, count), -1, dtype=torch.long, device=self.device)
         have = torch.zeros(self.rows, dtype=torch.long, device=self.device)
 
         def pick(rows: torch.Tensor, slots: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
             ok = accept(u)
+            if ok.is_floating_point():
+                ok = uniforms(self.keys[rows] ^ _THINNING_TAG, slots) < ok
             rank = ok.long().cumsum(1) - 1 + have[rows].unsqueeze(1)
             take = ok & (rank < count)
             r, s = take.nonzero(as_tuple=True)

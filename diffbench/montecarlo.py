@@ -129,16 +129,24 @@ def draw_timesteps(
     stratify: bool = False,
     low: int = 0,
     high: int | None = None,
+    probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Uniform timesteps ``t [rows, trials]`` over [low, high) (default [0, T)): i.i.d., or one per stratum.
 
+    ``probs`` (``[T]``, nonnegative, any scale) draws t from that distribution over [0, T) instead, by
+    inverse CDF of i.i.d. (or stratified) uniforms; it cannot be combined with a window.
+
     In bank mode (``diffbench.draws``) an i.i.d. draw takes the design's next slots whose timestep falls in
     the window, so every window draws from the same slots; a stratified one maps its uniforms onto the window.
+    An i.i.d. draw from ``probs`` thins the same slots (slot j kept with probability ``probs[t_j] / max``),
+    so it meets the uniform draws wherever it keeps theirs.
     """
     T = model.num_timesteps
     high = T if high is None else high
     if not 0 <= low < high <= T:
         raise ValueError(f"draw_timesteps needs 0 <= low < high <= T = {T}, got low={low}, high={high}")
+    if probs is not None:
+        return _timesteps_from(model, rows, trials, generator, stratify, _checked_probs(probs, T, low, high))
     replay = _replay(model, rows)
     if replay is not None:
         t = _design_timesteps(replay, T, trials, stratify, low, high)
@@ -148,6 +156,32 @@ def draw_timesteps(
         return torch.randint(low, high, (rows, trials), generator=generator, device=model.device)
     u = draw_uniform(model, rows, trials, generator, stratify=True)
     return low + (u * (high - low)).floor().long().clamp_(max=high - low - 1)
+
+
+def _checked_probs(probs: torch.Tensor, T: int, low: int, high: int) -> torch.Tensor:
+    if (low, high) != (0, T):
+        raise ValueError("draw_timesteps: give either probs or a window (low, high), not both")
+    probs = probs.detach().double().reshape(-1)
+    if probs.numel() != T or not torch.isfinite(probs).all() or (probs < 0).any() or probs.sum() <= 0:
+        raise ValueError(f"draw_timesteps: probs must be {T} finite nonnegative weights, not all 0")
+    return probs
+
+
+def _timesteps_from(model: ConditionalModel, rows: int, trials: int, generator, stratify: bool, probs: torch.Tensor):
+    """``t [rows, trials]`` drawn from ``probs [T]``: thinning the design's slots in bank mode (all T), else
+    the inverse CDF of i.i.d. or stratified uniforms."""
+    probs = probs.to(model.device)
+    replay = _replay(model, rows)
+    if replay is not None and not stratify and not replay.design.t_grid:
+        T = probs.numel()
+        keep = probs / probs.max()
+        slots = replay.slots_where(trials, lambda u: keep[(u * T).floor().long().clamp_(max=T - 1)])
+        t = (replay.uniform_at(slots) * T).floor().long().clamp_(max=T - 1)
+        replay.drew_timesteps(t)
+        return t
+    cdf = probs.cumsum(0)
+    u = draw_uniform(model, rows, trials, generator, stratify=stratify)
+    return torch.searchsorted(cdf / cdf[-1], u, right=True).clamp_(max=probs.numel() - 1)
 
 
 def _design_timesteps(replay, T: int, trials: int, stratify: bool, low: int, high: int) -> torch.Tensor:

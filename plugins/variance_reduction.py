@@ -173,10 +173,7 @@ class Importance(_Draws):
             t = draw_timesteps(model, B, trials, generator, stratify=self.params["stratify"])
             return t, draw_noise(model, (B, trials), generator), None
         q = q.to(model.device)
-        cdf = q.cumsum(0)
-        cdf = cdf / cdf[-1]
-        u = draw_uniform(model, B, trials, generator, stratify=self.params["stratify"])
-        t = torch.searchsorted(cdf, u, right=True).clamp_(max=q.numel() - 1)
+        t = draw_timesteps(model, B, trials, generator, stratify=self.params["stratify"], probs=q)
         importance = (1 / (q.numel() * q[t])).to(model.dtype)
         return t, draw_noise(model, (B, trials), generator, timesteps=t), importance
 

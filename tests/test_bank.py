@@ -109,6 +109,71 @@ def test_rejection_draws_are_uniform_on_the_window_and_share_slots_with_wider_wi
     assert len(matches) > 300 and all(matches)
 
 
+def peaked(T: int = 1000) -> torch.Tensor:
+    """A distribution over [0, T) that puts most of its mass on small t, like a fitted importance proposal."""
+    return 0.1 / T + 0.9 * torch.softmax(-torch.arange(T, dtype=torch.float64) / 80, 0)
+
+
+def test_draws_from_a_distribution_thin_the_uniform_slots_and_keep_its_law():
+    from diffbench.montecarlo import draw_timesteps, draw_uniform
+
+    model = untrained("mlp")
+    x = torch.randn(3000, 2, generator=torch.Generator().manual_seed(4))
+    q = peaked()
+    model.replay = Replay(x, 0, "test")
+    thinned = draw_timesteps(model, 3000, 4, torch.Generator(), probs=q * 7)  # any scale
+    model.replay = Replay(x, 0, "test")
+    uniform = draw_timesteps(model, 3000, 256, torch.Generator())
+    model.replay = None
+    # the law of q: chi-square over 10 bins of equal q-mass
+    edges = torch.searchsorted(q.cumsum(0) / q.sum(), torch.linspace(0, 1, 11)[1:-1].double())
+    counts = torch.bincount(torch.bucketize(thinned.flatten(), edges, right=True), minlength=10).double()
+    chi2 = float(((counts - counts.mean()) ** 2 / counts.mean()).sum())
+    assert chi2 < 30, counts  # 9 degrees of freedom: p < 0.001 beyond 27.9
+    # ... drawn from the very slots the uniform draws use, so they meet them: each thinned t is among them
+    met = [set(row.tolist()) >= set(own.tolist()) for row, own in zip(uniform, thinned, strict=True)]
+    assert sum(met) > 0.95 * len(met)
+    # live: the inverse CDF of the generator's uniforms, as before
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    live = draw_timesteps(model, 50, 6, g1, probs=q)
+    u = draw_uniform(model, 50, 6, g2)
+    assert torch.equal(live, torch.searchsorted(q.cumsum(0) / q.sum(), u, right=True).clamp_(max=999))
+
+
+@pytest.mark.parametrize("bad", [torch.ones(999), -torch.ones(1000), torch.zeros(1000), torch.full((1000,), float("nan"))])
+def test_draws_from_a_distribution_refuse_bad_weights_and_a_window(bad):
+    from diffbench.montecarlo import draw_timesteps
+
+    model = untrained("mlp")
+    with pytest.raises(ValueError, match="probs must be 1000 finite nonnegative"):
+        draw_timesteps(model, 2, 3, torch.Generator(), probs=bad)
+    with pytest.raises(ValueError, match="not both"):
+        draw_timesteps(model, 2, 3, torch.Generator(), high=500, probs=torch.ones(1000))
+
+
+@pytest.mark.parametrize("stratify", [False, True])
+@pytest.mark.parametrize("denoiser", sorted(SHAPES))
+def test_a_fitted_importance_replays_exactly_and_meets_shared_noise(denoiser, stratify):
+    model = untrained(denoiser)
+    x = torch.randn(6, *model.data_shape, generator=torch.Generator().manual_seed(1))
+    estimator = plugins.registry()["estimator"]["importance"].cls(stratify=stratify)
+    estimator.proposal = peaked()
+    bank = ErrorBank(model.num_classes)
+    run_estimator("shared-noise", model, x, 256, bank)
+    for trials in (1, 4):
+        errors = {}
+        for mode in ("live", "bank"):
+            model.bank, model.replay = (BankScorer(bank) if mode == "bank" else None), Replay(x, 0, "test")
+            before = model.evaluated
+            with torch.no_grad():
+                errors[mode] = estimator.errors(model, x, trials, torch.Generator().manual_seed(5))
+            computed = model.evaluated - before
+            model.bank = model.replay = None
+        torch.testing.assert_close(errors["bank"], errors["live"], rtol=1e-5, atol=1e-6)
+        if not stratify:  # thinned from the slots shared-noise computed: almost nothing is new
+            assert computed < 0.2 * 6 * trials * model.num_classes
+
+
 def test_stratified_design_draws_take_one_draw_per_stratum():
     model = untrained("mlp")
     x = torch.randn(300, 2, generator=torch.Generator().manual_seed(3))
