@@ -172,11 +172,19 @@ class ErrorBank:
         """Add a shard's keys to what is known on disk (its rows win over earlier shards')."""
         number = len(self.shards)
         self.shards.append(shard)
+        keys = keys.astype(np.int64, copy=False)
         where = (np.int64(number) << 32) | np.arange(len(keys), dtype=np.int64)
-        keys = np.concatenate([self.disk_keys, keys.astype(np.int64)])
-        where = np.concatenate([self.disk_where, where])
-        last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]  # each key's last occurrence
-        self.disk_keys, self.disk_where = keys[last], where[last]
+        last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]  # each key's last row, sorted by key
+        keys, where = keys[last], where[last]
+        # merged into the sorted index without sorting it again: a key already known moves to this shard,
+        # the others are inserted in place (one new copy of the index, not a sort's several)
+        at = np.searchsorted(self.disk_keys, keys)
+        known = at < len(self.disk_keys)
+        known[known] = self.disk_keys[at[known]] == keys[known]
+        self.disk_where[at[known]] = where[known]
+        fresh = ~known
+        self.disk_keys = np.insert(self.disk_keys, at[fresh], keys[fresh])
+        self.disk_where = np.insert(self.disk_where, at[fresh], where[fresh])
 
     def load(self) -> None:
         """Learn the keys of every shard of ``folder`` not read yet (later shards win over earlier ones);
@@ -270,9 +278,21 @@ def _mtimes(folder: Path) -> dict[Path, float]:
     return found
 
 
+WRITE_PIECE_BYTES = 1 << 20  # a shard goes to disk in pieces of this size, straight from its arrays
+
+
 def _save(path: str, keys: np.ndarray, values: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, keys=keys, values=values)
+    """``np.savez``'s file (an uncompressed zip of ``keys.npy`` and ``values.npy``) without its staging copies:
+    numpy writes an array into a zip through 16 MiB buffers and a ``tobytes`` copy of each (32 MiB beside a
+    32 MiB shard); here the arrays' own memory goes out in 1 MiB pieces."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in (("keys", keys), ("values", values)):
+            array = np.ascontiguousarray(array)
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+                raw = array.reshape(-1).view(np.uint8)
+                for start in range(0, raw.size, WRITE_PIECE_BYTES):
+                    f.write(raw[start : start + WRITE_PIECE_BYTES])
 
 
 class BankScorer:
@@ -343,10 +363,19 @@ _OPEN: dict[tuple[str, Path | None], ErrorBank] = {}  # this process's banks, by
 
 def open_bank(key: str, num_classes: int, cache_dir: Path | None) -> ErrorBank:
     """The process's bank for ``key`` in ``cache_dir`` (read from ``cache_dir/banks/key``: all of it the first
-    time, then the shards written since)."""
+    time, then the shards written since).
+
+    One bank with a folder is open at a time: opening another writes the open one's new rows to its folder
+    and lets it go, so a run over many models holds one model's shard in memory, not one per model (a bank
+    without a folder lives only in memory and is kept)."""
     folder = None if cache_dir is None else Path(cache_dir) / "banks" / key
     bank = _OPEN.get((key, folder))
     if bank is None:
+        if folder is not None:
+            for other_key, other in list(_OPEN.items()):
+                if other.folder is not None:
+                    other.flush()
+                    del _OPEN[other_key]
         bank = _OPEN[key, folder] = ErrorBank(num_classes, folder)
     elif folder is not None:  # what other processes (the model's bank tasks) wrote since
         bank.load()

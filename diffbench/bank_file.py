@@ -42,11 +42,13 @@ from diffbench.quality import GAP_REPEATS, GAP_SAMPLES
 from diffbench.rundir import RunFolder
 
 FORMAT = "diffbench-error-bank"
-VERSION = 2  # 2: noise keyed by (t, occurrence) where the timestep is known
+# 2: noise keyed by (t, occurrence) where the timestep is known; 3: draws from a distribution thin the slots
+VERSION = 3
 #: What a bank's entries replay: the draws' generator, the losses of each entry, the passes' streams.
 DESIGN = {
     "draws": "diffbench.draws: splitmix64 uniforms per (seed, sample hash, stream, slot); Box-Muller noise per "
-    "(seed, sample hash, stream, t, occurrence), or per slot where no timestep is known",
+    "(seed, sample hash, stream, t, occurrence), or per slot where no timestep is known; timesteps from a "
+    "distribution p by thinning the slots with a second uniform per slot (V < p(t) / max p)",
     "draw_key": "diffbench.bank.draw_key(sample hash, t, noise hash)",
     "losses": list(LOSSES),
     "streams": ["fit", "test", "calibration", *[f"repeat-{r + 1}" for r in range(GAP_REPEATS)]],

@@ -140,7 +140,10 @@ def test_draws_from_a_distribution_thin_the_uniform_slots_and_keep_its_law():
     assert torch.equal(live, torch.searchsorted(q.cumsum(0) / q.sum(), u, right=True).clamp_(max=999))
 
 
-@pytest.mark.parametrize("bad", [torch.ones(999), -torch.ones(1000), torch.zeros(1000), torch.full((1000,), float("nan"))])
+BAD_PROBS = [torch.ones(999), -torch.ones(1000), torch.zeros(1000), torch.full((1000,), float("nan"))]
+
+
+@pytest.mark.parametrize("bad", BAD_PROBS)
 def test_draws_from_a_distribution_refuse_bad_weights_and_a_window(bad):
     from diffbench.montecarlo import draw_timesteps
 
@@ -210,6 +213,25 @@ def test_bank_shards_survive_a_new_process(tmp_path):
     reopened = ErrorBank(model.num_classes, tmp_path / "bank")
     again, _, computed_again = run_estimator("shared-noise", model, x, 8, reopened)
     assert computed_again == 0 and torch.equal(again, errors)
+
+
+def test_opening_another_models_bank_writes_the_open_one_and_lets_it_go(tmp_path, monkeypatch):
+    from diffbench import bank as bank_module
+
+    monkeypatch.setattr(bank_module, "_OPEN", {})
+    model = untrained("mlp")
+    x = torch.randn(10, 2, generator=torch.Generator().manual_seed(1))
+    first = bank_module.open_bank("model-a", model.num_classes, tmp_path)
+    errors, _, _ = run_estimator("shared-noise", model, x, 8, first)  # rows in memory, not yet written
+    in_memory = bank_module.open_bank("no-folder", model.num_classes, None)
+    assert bank_module.open_bank("model-a", model.num_classes, tmp_path) is first  # a bank without one: no effect
+    bank_module.open_bank("model-b", model.num_classes, tmp_path)
+    assert set(bank_module._OPEN) == {("no-folder", None), ("model-b", tmp_path / "banks" / "model-b")}
+    assert bank_module.open_bank("no-folder", model.num_classes, None) is in_memory
+    reopened = bank_module.open_bank("model-a", model.num_classes, tmp_path)
+    assert reopened is not first  # read back from its shards: nothing was lost, nothing is computed again
+    again, _, computed = run_estimator("shared-noise", model, x, 8, reopened)
+    assert computed == 0 and torch.equal(again, errors)
 
 
 def test_a_bank_with_a_folder_holds_about_one_shard_in_memory_and_reads_the_rest_back(tmp_path):

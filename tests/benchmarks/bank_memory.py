@@ -2,6 +2,8 @@
 
     python tests/benchmarks/bank_memory.py digits    # 360 test digits (8 x 8), all T = 1000, E = 2
     python tests/benchmarks/bank_memory.py folder    # 1,000 PNGs (32 x 32 x 3) of an image folder, t_grid = 100
+    python tests/benchmarks/bank_memory.py digits live   # the same errors computed without a bank: the
+                                                       # working set of the calls alone, to subtract
 
 Builds the bank of the single-timestep classifier (``timestep_accuracy.correct_counts``) at every t of the
 grid, E = 2 noises per (sample, t), through ``open_bank`` with a cache folder, in batches of
@@ -67,7 +69,7 @@ def folder_data(root: Path, n: int = 2000, classes: int = 10) -> tuple[torch.Ten
     return splits.test_x, splits.test_y
 
 
-def main(which: str) -> None:
+def main(which: str, errors: str = "bank") -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if which == "digits":
             (dataset,) = instantiate("dataset", "digits")
@@ -85,7 +87,7 @@ def main(which: str) -> None:
         before = rss_mb()
         reset_peak_memory(CPU)
         started = time.perf_counter()
-        model.bank = scorer
+        model.bank = scorer if errors == "bank" else None
         with torch.no_grad():
             for start in range(0, x.shape[0], per_call):
                 part = slice(start, start + per_call)
@@ -97,11 +99,11 @@ def main(which: str) -> None:
         size = sum(p.stat().st_size for p in shards) / 2**20
         draws = x.shape[0] * len(timesteps) * DRAWS
         print(
-            f"{which}: {x.shape[0]} samples {list(shape)}, {len(timesteps)} timesteps x {DRAWS} draws = {draws:,} "
-            f"draws; {per_call} samples a call; RSS before {before:.0f} MB, peak {peak:.0f} MB "
+            f"{which} ({errors}): {x.shape[0]} samples {list(shape)}, {len(timesteps)} timesteps x {DRAWS} draws = "
+            f"{draws:,} draws; {per_call} samples a call; RSS before {before:.0f} MB, peak {peak:.0f} MB "
             f"(+{peak - before:.0f} MB); {len(shards)} shard(s), {size:.0f} MiB on disk; {seconds:.0f} s"
         )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "digits")
+    main(*(sys.argv[1:] or ["digits"]))
