@@ -95,10 +95,13 @@ def row_hash(rows: torch.Tensor) -> torch.Tensor:
     flat = rows.detach().reshape(n, math.prod(rows.shape[1:]))  # n = 0 (no held-out data) too
     if flat.dtype == torch.bool:
         flat = flat.to(torch.uint8)
-    words = flat.contiguous().view(_WORD[flat.element_size()]).to(torch.int64)
+    words = flat.contiguous().view(_WORD[flat.element_size()])
     size = words.shape[1]
     position = mix64(torch.arange(size, device=words.device, dtype=torch.int64) * GOLDEN + 7) | 1
-    total = (words * position).sum(1) if size else torch.zeros(n, dtype=torch.int64, device=words.device)
+    total = torch.zeros(n, dtype=torch.int64, device=words.device)
+    step = max(1, BLOCK_ELEMENTS // max(1, size))  # int64 temporaries of a block of rows, not of all of them
+    for start in range(0, n if size else 0, step):
+        total[start : start + step] = (words[start : start + step].to(torch.int64) * position).sum(1)
     return mix64(total + _signed(size * GOLDEN))
 
 
