@@ -155,7 +155,7 @@ def draw_timesteps(
     if not stratify:
         return torch.randint(low, high, (rows, trials), generator=generator, device=model.device)
     u = draw_uniform(model, rows, trials, generator, stratify=True)
-    return low + (u * (high - low)).floor().long().clamp_(max=high - low - 1)
+    return low + _cell_of(u, high - low)
 
 
 def _checked_probs(probs: torch.Tensor, T: int, low: int, high: int) -> torch.Tensor:
@@ -175,8 +175,8 @@ def _timesteps_from(model: ConditionalModel, rows: int, trials: int, generator, 
     if replay is not None and not stratify and not replay.design.t_grid:
         T = probs.numel()
         keep = probs / probs.max()
-        slots = replay.slots_where(trials, lambda u: keep[(u * T).floor().long().clamp_(max=T - 1)])
-        t = (replay.uniform_at(slots) * T).floor().long().clamp_(max=T - 1)
+        slots = replay.slots_where(trials, lambda u: keep[_cell_of(u, T)])
+        t = _cell_of(replay.uniform_at(slots), T)
         replay.drew_timesteps(t)
         return t
     cdf = probs.cumsum(0)
@@ -190,9 +190,9 @@ def _design_timesteps(replay, T: int, trials: int, stratify: bool, low: int, hig
     if grid is None:
         if stratify:
             u = replay.uniform_at(replay.strata_slots(trials))
-            return low + (u * (high - low)).floor().long().clamp_(max=high - low - 1)
+            return low + _cell_of(u, high - low)
         slots = replay.slots_where(trials, lambda u: _in_window((u * T).floor(), low, high))
-        return (replay.uniform_at(slots) * T).floor().long().clamp_(max=T - 1)
+        return _cell_of(replay.uniform_at(slots), T)
     points = grid[_in_window(grid, low, high)]
     if points.numel() == 0:
         raise ValueError(
@@ -201,10 +201,10 @@ def _design_timesteps(replay, T: int, trials: int, stratify: bool, low: int, hig
         )
     if stratify:
         u = replay.uniform_at(replay.strata_slots(trials))
-        return points[(u * points.numel()).floor().long().clamp_(max=points.numel() - 1)]
+        return points[_cell_of(u, points.numel())]
     N = grid.numel()
-    slots = replay.slots_where(trials, lambda u: _in_window(grid[(u * N).floor().long().clamp_(max=N - 1)], low, high))
-    return grid[(replay.uniform_at(slots) * N).floor().long().clamp_(max=N - 1)]
+    slots = replay.slots_where(trials, lambda u: _in_window(grid[_cell_of(u, N)], low, high))
+    return grid[_cell_of(replay.uniform_at(slots), N)]
 
 
 def _design_grid(replay, T: int) -> torch.Tensor | None:
@@ -215,6 +215,11 @@ def _design_grid(replay, T: int) -> torch.Tensor | None:
     if n > T:
         raise ValueError(f"t_grid = {n} is more timesteps than the model's T = {T}; lower t_grid")
     return li_timesteps(T, n, replay.device)
+
+
+def _cell_of(u: torch.Tensor, n: int) -> torch.Tensor:
+    """Which of ``n`` equal cells of [0, 1) each uniform ``u`` lies in: ``floor(u n)``, at most ``n - 1``."""
+    return (u * n).floor().long().clamp_(max=n - 1)
 
 
 def _in_window(t: torch.Tensor, low: int, high: int) -> torch.Tensor:

@@ -112,6 +112,18 @@ class Adaptive(_Shared):
             out.append((n, left))
         return out
 
+    def li_stages(self, trials: int, num_classes: int) -> list[tuple[list[int], int]]:
+        """Mode li, per stage: the points of the ``trials``-point grid it evaluates (indices, those no earlier
+        stage evaluated) and the classes it keeps."""
+        evaluated: set[int] = set()
+        out = []
+        for n, keep in self.stages(trials, num_classes):
+            stride = trials // n
+            new = [i for i in range(stride // 2, trials, stride)[:n] if i not in evaluated]
+            evaluated.update(new)
+            out.append((new, keep))
+        return out
+
     def errors(self, model, x, trials, generator):
         if self.params["mode"] == "paired-test":
             return self._paired_test(model, x, trials, generator)
@@ -120,20 +132,15 @@ class Adaptive(_Shared):
     def _li(self, model, x, trials, generator) -> torch.Tensor:
         B, K = x.shape[0], model.num_classes
         grid = li_timesteps(model.num_timesteps, trials, model.device)
-        evaluated = [False] * trials
         alive = torch.ones(B, K, dtype=torch.bool, device=model.device)
         sums = torch.zeros(B, K, device=model.device, dtype=torch.float64)
         frozen = torch.zeros_like(sums)
-        stages = self.stages(trials, K)
+        stages = self.li_stages(trials, K)
         last = len(stages) - 1
         dropped_at = torch.full((B, K), last, device=model.device)
         count = 0
-        for stage, (n, keep) in enumerate(stages):
-            stride = trials // n
-            new = [i for i in range(stride // 2, trials, stride)[:n] if not evaluated[i]]
+        for stage, (new, keep) in enumerate(stages):
             if new:
-                for i in new:
-                    evaluated[i] = True
                 t = grid[new].expand(B, len(new))
                 err = self._score(model, x, t, generator, alive)
                 sums += err.double().nan_to_num(0.0).sum(1)

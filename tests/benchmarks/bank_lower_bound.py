@@ -31,16 +31,14 @@ import pandas as pd
 import torch
 
 from diffbench import plugins
+from diffbench.montecarlo import li_timesteps
 
 
 def lower_bound(cells: pd.DataFrame, T: int, K: int) -> float:
     """The bound above for one model's estimator rows (one row per cell)."""
     estimators = plugins.registry()["estimator"]
     shared = cells[(cells.estimator == "shared-noise")]
-    if shared.empty:
-        raise SystemExit("the bound needs a shared-noise cell, whose live_nfe gives the samples x passes")
-    top = shared.sort_values("trials").iloc[-1]
-    passes = top.live_nfe / (K * top.trials)  # samples x quality passes of every cell
+    passes = _passes(cells, K)
     density = torch.zeros(T, dtype=torch.float64)
     for _, cell in cells[cells.estimator.isin(["shared-noise", "truncated"])].iterrows():
         low, high = 0, T
@@ -58,14 +56,10 @@ def lower_bound(cells: pd.DataFrame, T: int, K: int) -> float:
             continue
         estimator = estimators["adaptive"].cls(to_keep=cell.p_estimator_to_keep, n_samples=cell.p_estimator_n_samples)
         R = int(cell.trials)
-        grid = (torch.arange(R) * (T // R) + T // R // 2).tolist()
-        seen, alive = set(), K
-        for n, keep in estimator.stages(R, K):
-            stride = R // n
-            for i in range(stride // 2, R, stride)[:n]:
-                if i not in seen:
-                    seen.add(i)
-                    asked[grid[i]] = max(asked.get(grid[i], 0), alive)
+        grid, alive = li_timesteps(T, R).tolist(), K
+        for new, keep in estimator.li_stages(R, K):
+            for i in new:
+                asked[grid[i]] = max(asked.get(grid[i], 0), alive)
             alive = keep
     rows += sum(k * max(0.0, 1 - float(density[t]) - single) for t, k in asked.items())
     fit = 0.0
@@ -79,10 +73,17 @@ def lower_bound(cells: pd.DataFrame, T: int, K: int) -> float:
 def antithetic_rows(cells: pd.DataFrame, K: int) -> float:
     """The rows of ``antithetic``'s ``-eps`` draws (its largest trials): no other estimator draws a negated
     noise, so a design whose draws within a call are independent computes them for antithetic alone."""
-    shared = cells[cells.estimator == "shared-noise"].sort_values("trials").iloc[-1]
-    passes = shared.live_nfe / (K * shared.trials)
     most = cells[cells.estimator == "antithetic"].trials.max()
-    return 0.0 if pd.isna(most) else passes * K * (most // 2)
+    return 0.0 if pd.isna(most) else _passes(cells, K) * K * (most // 2)
+
+
+def _passes(cells: pd.DataFrame, K: int) -> float:
+    """Samples x quality passes of every cell, from the shared-noise cell of most trials (K x trials rows each)."""
+    shared = cells[cells.estimator == "shared-noise"]
+    if shared.empty:
+        raise SystemExit("the bound needs a shared-noise cell, whose live_nfe gives the samples x passes")
+    top = shared.sort_values("trials").iloc[-1]
+    return top.live_nfe / (K * top.trials)
 
 
 def main(run: Path) -> None:
